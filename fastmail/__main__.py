@@ -1,0 +1,3 @@
+from fastmail.cli import main
+import sys
+sys.exit(main())

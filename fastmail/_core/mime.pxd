@@ -1,0 +1,58 @@
+# C types for mime.py (Cython pure-Python mode: this file augments the .py source when compiled).
+# `p` is the bytes object in the pure twin and a pointer to its data when compiled: p[i] is a byte either way.
+
+import cython
+
+@cython.locals(lf=Py_ssize_t)
+cdef Py_ssize_t _next_line(bytes buf, Py_ssize_t pos, Py_ssize_t end) except -2
+
+@cython.locals(p='const unsigned char*')
+cdef Py_ssize_t _strip_nl(bytes buf, Py_ssize_t lo, Py_ssize_t pos) except -2
+
+@cython.locals(p='const unsigned char*', s=Py_ssize_t, le=Py_ssize_t, ce=Py_ssize_t, best=Py_ssize_t,
+               best_len=Py_ssize_t, k=Py_ssize_t, bl=Py_ssize_t, q=Py_ssize_t, b=bytes)
+cdef Py_ssize_t _boundary_at(bytes buf, Py_ssize_t pos, Py_ssize_t end, list bounds) except -2
+
+@cython.locals(p='const unsigned char*', n=Py_ssize_t, pos=Py_ssize_t, nb=Py_ssize_t, c=int, r=Py_ssize_t,
+               pe=Py_ssize_t, lf=Py_ssize_t)
+cpdef tuple scan_header(bytes buf, Py_ssize_t start, Py_ssize_t end, list bounds)
+
+@cython.locals(n=Py_ssize_t, start=Py_ssize_t, r=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, ls=Py_ssize_t)
+cpdef tuple find_boundary(bytes buf, Py_ssize_t pos, Py_ssize_t end, list bounds)
+
+cpdef Py_ssize_t count_lines(bytes buf, Py_ssize_t start, Py_ssize_t end) except -1
+
+@cython.locals(p='const unsigned char*', i=Py_ssize_t, name_end=Py_ssize_t, bad=bint, c=int, colon=Py_ssize_t,
+               q=Py_ssize_t, lf=Py_ssize_t, fe=Py_ssize_t, nxt=Py_ssize_t)
+cdef Py_ssize_t _field_at(bytes buf, Py_ssize_t pos, Py_ssize_t end, list out) except -2
+
+@cython.locals(p='const unsigned char*', n=Py_ssize_t, pos=Py_ssize_t, c=int, nxt=Py_ssize_t,
+               name_end=Py_ssize_t, colon=Py_ssize_t, fe=Py_ssize_t, res=list, tmp=list, name=bytes,
+               value=bytes)
+cpdef list fields(bytes buf, Py_ssize_t start, Py_ssize_t end, object wanted)
+
+@cython.locals(p='const unsigned char*', n=Py_ssize_t, pos=Py_ssize_t, c=int, nxt=Py_ssize_t,
+               name_end=Py_ssize_t, res=list, tmp=list)
+cpdef list field_spans(bytes buf, Py_ssize_t start, Py_ssize_t end)
+
+@cython.locals(p='const unsigned char*', n=Py_ssize_t, k=Py_ssize_t, c=int, out=bytearray)
+cdef bytes _unescape(bytes raw)
+
+@cython.locals(p='const unsigned char*', j=Py_ssize_t, esc=bint, c=int, text=bytes)
+cdef Py_ssize_t _quoted(bytes v, Py_ssize_t i, Py_ssize_t n, list out) except -2
+
+@cython.locals(p='const unsigned char*', j=Py_ssize_t, depth=Py_ssize_t, esc=bint, c=int, text=bytes)
+cdef Py_ssize_t _comment(bytes v, Py_ssize_t i, Py_ssize_t n, list out) except -2
+
+@cython.locals(p='const unsigned char*', c=int, depth=Py_ssize_t)
+cdef Py_ssize_t _skip_cfws(bytes v, Py_ssize_t i, Py_ssize_t n) except -2
+
+@cython.locals(p='const unsigned char*', c=int)
+cdef Py_ssize_t _token_end(bytes v, Py_ssize_t i, Py_ssize_t n) except -2
+
+@cython.locals(p='const unsigned char*', n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, c=int, res=list, tmp=list)
+cpdef list lex_address(bytes v)
+
+@cython.locals(p='const unsigned char*', n=Py_ssize_t, i=Py_ssize_t, j=Py_ssize_t, k=Py_ssize_t, e=Py_ssize_t,
+               tmp=list, params=list, typ=bytes, sub=bytes, name=bytes)
+cpdef tuple content_value(bytes v, bint slash)

@@ -1,0 +1,406 @@
+"""The `fastmail` command: everything an operator does (ARCHITECTURE §6).
+
+Exit codes: 0 done, 1 failed (the reason on stderr as "fastmail: error: ..."), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from fastmail import config as configmod
+from fastmail.config import Config, ConfigError
+
+DEMO_DOMAIN = "fastmail.test"
+DEMO_USER = f"demo@{DEMO_DOMAIN}"
+
+
+class CLIError(Exception):
+    pass
+
+
+def _load(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "data_dir", None):
+        overrides["server.data_dir"] = args.data_dir
+    if getattr(args, "workers", None):
+        overrides["server.workers"] = args.workers
+    return configmod.load(args.config, overrides)
+
+
+def _store(args: argparse.Namespace) -> Any:
+    from fastmail.store.store import Store
+
+    cfg = _load(args)
+    return Store(cfg.data_dir, map_size=cfg.server_map_size_mb * 1024 * 1024)
+
+
+def _print(args: argparse.Namespace, data: Any, text: str) -> None:
+    if getattr(args, "json", False):
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif text:
+        print(text)
+
+
+# -- serve ---------------------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from fastmail import log
+    from fastmail.master.arbiter import Arbiter
+    from fastmail.server.worker import worker_main
+
+    cfg = _load(args)
+    log.setup(args.log_level)
+    bootstrap(cfg)
+
+    def reload() -> Config:
+        return _load(args)
+
+    return Arbiter(reload, worker_main).run()
+
+
+def bootstrap(cfg: Config) -> None:
+    """First-start work done before any worker exists: data folder, self-signed certificate, demo account.
+
+    The store is opened in a short-lived child process, so the master never holds an LMDB environment.
+    """
+    from fastmail.master.errors import BootError
+    from fastmail.tlsfiles import ensure_self_signed
+
+    data = cfg.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    if not cfg.tls_cert:
+        cert, key = cfg.tls_files
+        if ensure_self_signed(cert, key, cfg.hostname):
+            print(f"fastmail: made a self-signed certificate: {cert}", file=sys.stderr)
+    if os.geteuid() == 0 and cfg.user:
+        from fastmail.master.privileges import resolve_credentials
+
+        creds = resolve_credentials(cfg.user, cfg.group)
+        if creds is not None:
+            for root, dirs, files in os.walk(data):
+                for name in dirs + files:
+                    os.chown(os.path.join(root, name), creds.uid, creds.gid)
+            os.chown(data, creds.uid, creds.gid)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: open the store, make the demo account, report, exit
+        os.close(r)
+        code = 0
+        try:
+            message = _bootstrap_store(cfg)
+        except Exception as e:  # noqa: BLE001 - reported to the operator verbatim
+            message, code = f"store cannot open at {data}: {e}", 1
+        os.write(w, message.encode())
+        os._exit(code)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    message = b"".join(chunks).decode()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise BootError(message or "store bootstrap failed")
+    if message:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _bootstrap_store(cfg: Config) -> str:
+    from fastmail.auth import hash_password
+    from fastmail.store.store import Store
+
+    store = Store(cfg.data_dir, map_size=cfg.server_map_size_mb * 1024 * 1024)
+    try:
+        if not cfg.server_demo:
+            return ""
+        creds = cfg.data_dir / "demo-credentials.txt"
+        if store.get_user(DEMO_USER) is None and DEMO_DOMAIN not in store.list_domains():
+            password = secrets.token_urlsafe(12)
+            store.add_domain(DEMO_DOMAIN)
+            store.add_user(DEMO_USER, hash_password(password))
+            fd = os.open(creds, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(f"user: {DEMO_USER}\npassword: {password}\n")
+            return _banner(cfg, f"password: {password}")
+        return _banner(cfg, f"password: see {creds}")
+    finally:
+        store.close()
+
+
+def _banner(cfg: Config, password_line: str) -> str:
+    from fastmail.master.listeners import format_address
+
+    listen = ", ".join(f"{spec.name} {format_address(spec.address)}" for spec in cfg.listeners)
+    return (
+        "fastmail: demo domain and user ready\n"
+        f"  user: {DEMO_USER}\n  {password_line}\n  data: {cfg.data_dir}\n  listeners: {listen}\n"
+        f"  try: swaks --server 127.0.0.1:2525 --to {DEMO_USER}"
+    )
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    if args.list:
+        sys.stdout.write(configmod.describe())
+        return 0
+    cfg = _load(args)
+    print(f"{cfg.source}: OK ({len(cfg.listeners)} listeners, {cfg.workers} workers, data in {cfg.data_dir})")
+    return 0
+
+
+# -- accounts ------------------------------------------------------------------------------------------
+
+
+def cmd_domain(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.action == "add":
+        store.add_domain(args.domain)
+        print(f"domain {args.domain} added")
+    elif args.action == "del":
+        store.del_domain(args.domain)
+        print(f"domain {args.domain} deleted")
+    else:
+        domains = store.list_domains()
+        _print(args, domains, "\n".join(domains))
+    return 0
+
+
+def _read_password(args: argparse.Namespace) -> tuple[str, bool]:
+    """(password, generated?)."""
+    if getattr(args, "password_stdin", False):
+        pw = sys.stdin.readline().rstrip("\r\n")
+        if not pw:
+            raise CLIError("empty password on stdin")
+        return pw, False
+    if getattr(args, "password", None):
+        return args.password, False
+    if sys.stdin.isatty():
+        pw = getpass.getpass("password: ")
+        if pw != getpass.getpass("again: "):
+            raise CLIError("passwords differ")
+        if not pw:
+            raise CLIError("empty password")
+        return pw, False
+    return secrets.token_urlsafe(12), True
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from fastmail.auth import hash_password
+
+    store = _store(args)
+    if args.action == "add":
+        pw, generated = _read_password(args)
+        uid = store.add_user(args.address, hash_password(pw), quota=args.quota)
+        print(f"user {args.address} added (id {uid})" + (f", password: {pw}" if generated else ""))
+    elif args.action == "passwd":
+        pw, generated = _read_password(args)
+        store.set_password(args.address, hash_password(pw))
+        print(f"password of {args.address} changed" + (f" to: {pw}" if generated else ""))
+    elif args.action == "quota":
+        store.set_quota(args.address, args.bytes)
+        print(f"quota of {args.address} set to {args.bytes or 'unlimited'}")
+    elif args.action == "del":
+        store.del_user(args.address)
+        print(f"user {args.address} deleted")
+    else:
+        users = store.list_users()
+        text = "\n".join(
+            f"{u['address']}\tid={u['id']}\tmessages={u['messages']}\tused={u['used_bytes']}\tquota={u['quota'] or '-'}"
+            for u in users
+        )
+        _print(args, users, text)
+    return 0
+
+
+def cmd_alias(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.action == "add":
+        store.add_alias(args.address, args.targets)
+        print(f"alias {args.address} -> {', '.join(args.targets)}")
+    elif args.action == "del":
+        store.del_alias(args.address)
+        print(f"alias {args.address} deleted")
+    else:
+        aliases = store.list_aliases()
+        _print(args, aliases, "\n".join(f"{a}\t{', '.join(t)}" for a, t in aliases.items()))
+    return 0
+
+
+# -- queue and mailboxes -------------------------------------------------------------------------------
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    store = _store(args)
+    if args.action == "list":
+        entries = store.queue_list()
+        text = "\n".join(
+            f"{e['id']}\t{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e['arrived']))}\t{e['size']}\t"
+            f"<{e['sender']}>\t" + ", ".join(f"{r['to']}({r['state']})" for r in e["rcpts"])
+            for e in entries
+        )
+        _print(args, entries, text or "queue is empty")
+    elif args.action == "show":
+        entry = store.queue_get(args.id)
+        if entry is None:
+            raise CLIError(f"no queue entry {args.id}")
+        if args.raw:
+            sys.stdout.buffer.write(store.read_blob(bytes.fromhex(entry["id"])))
+        else:
+            _print(args, entry, orjson.dumps(entry, option=orjson.OPT_INDENT_2).decode())
+    else:
+        store.queue_delete(args.id)
+        print(f"queue entry {args.id} deleted")
+    return 0
+
+
+def _user_id(store: Any, address: str) -> int:
+    rec = store.get_user(address)
+    if rec is None:
+        raise CLIError(f"no user {address}")
+    return int(rec["id"])
+
+
+def cmd_mailbox(args: argparse.Namespace) -> int:
+    store = _store(args)
+    boxes = store.list_mailboxes(_user_id(store, args.user))
+    text = "\n".join(
+        f"{b['name']}\t{b['special'] or '-'}\texists={b['exists']}\tunseen={b['unseen']}\tuidnext={b['uidnext']}"
+        f"\tuidvalidity={b['uidvalidity']}\tsize={b['size']}"
+        for b in boxes
+    )
+    _print(args, boxes, text)
+    return 0
+
+
+def cmd_message(args: argparse.Namespace) -> int:
+    store = _store(args)
+    uid_ = _user_id(store, args.user)
+    mid = store.mailbox_id(uid_, args.mailbox)
+    if mid is None:
+        raise CLIError(f"no mailbox {args.mailbox} for {args.user}")
+    if args.action == "list":
+        msgs = store.list_messages(mid)
+        for m in msgs:
+            m["blob"] = m["blob"].hex()
+        _print(args, msgs, "\n".join(f"{m['uid']}\t{m['size']}\t{' '.join(m['flags'])}" for m in msgs))
+        return 0
+    raw = store.read_message(mid, args.uid)
+    if raw is None:
+        raise CLIError(f"no message {args.uid} in {args.mailbox}")
+    sys.stdout.buffer.write(raw)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+# -- argument parsing ----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", help="TOML config file (default: the embedded dev settings)")
+    common.add_argument("--data-dir", help="override server.data_dir")
+    jsonp = argparse.ArgumentParser(add_help=False)
+    jsonp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    p = argparse.ArgumentParser(prog="fastmail", description="fastmail mail server")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", parents=[common], help="run the server (master + workers)")
+    s.add_argument("-w", "--workers", type=int, help="override server.workers")
+    s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("check-config", parents=[common], help="validate the configuration and exit")
+    s.add_argument("--list", action="store_true", help="print every setting with its default and meaning")
+    s.set_defaults(func=cmd_check_config)
+
+    d = sub.add_parser("domain", help="local domains").add_subparsers(dest="action", required=True)
+    for action in ("add", "del"):
+        x = d.add_parser(action, parents=[common])
+        x.add_argument("domain")
+        x.set_defaults(func=cmd_domain)
+    d.add_parser("list", parents=[common, jsonp]).set_defaults(func=cmd_domain)
+
+    u = sub.add_parser("user", help="users (mailboxes)").add_subparsers(dest="action", required=True)
+    for action in ("add", "passwd"):
+        x = u.add_parser(action, parents=[common])
+        x.add_argument("address")
+        x.add_argument("--password", help="the password (visible in ps; prefer --password-stdin)")
+        x.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+        if action == "add":
+            x.add_argument("--quota", type=int, default=0, help="quota in bytes (0: none)")
+        x.set_defaults(func=cmd_user)
+    x = u.add_parser("quota", parents=[common])
+    x.add_argument("address")
+    x.add_argument("bytes", type=int, help="quota in bytes (0: none)")
+    x.set_defaults(func=cmd_user)
+    x = u.add_parser("del", parents=[common])
+    x.add_argument("address")
+    x.set_defaults(func=cmd_user)
+    u.add_parser("list", parents=[common, jsonp]).set_defaults(func=cmd_user)
+
+    a = sub.add_parser("alias", help="aliases: address or @domain -> targets").add_subparsers(dest="action", required=True)
+    x = a.add_parser("add", parents=[common])
+    x.add_argument("address", help="alias address, or @domain for a catch-all")
+    x.add_argument("targets", nargs="+", help="local or external addresses")
+    x.set_defaults(func=cmd_alias)
+    x = a.add_parser("del", parents=[common])
+    x.add_argument("address")
+    x.set_defaults(func=cmd_alias)
+    a.add_parser("list", parents=[common, jsonp]).set_defaults(func=cmd_alias)
+
+    q = sub.add_parser("queue", help="the outbound queue").add_subparsers(dest="action", required=True)
+    q.add_parser("list", parents=[common, jsonp]).set_defaults(func=cmd_queue)
+    x = q.add_parser("show", parents=[common, jsonp])
+    x.add_argument("id")
+    x.add_argument("--raw", action="store_true", help="print the message itself")
+    x.set_defaults(func=cmd_queue)
+    x = q.add_parser("delete", parents=[common])
+    x.add_argument("id")
+    x.set_defaults(func=cmd_queue)
+
+    m = sub.add_parser("mailbox", help="mailboxes of a user").add_subparsers(dest="action", required=True)
+    x = m.add_parser("list", parents=[common, jsonp])
+    x.add_argument("user")
+    x.set_defaults(func=cmd_mailbox)
+
+    g = sub.add_parser("message", help="messages in a mailbox").add_subparsers(dest="action", required=True)
+    x = g.add_parser("list", parents=[common, jsonp])
+    x.add_argument("user")
+    x.add_argument("mailbox")
+    x.set_defaults(func=cmd_message)
+    x = g.add_parser("show", parents=[common])
+    x.add_argument("user")
+    x.add_argument("mailbox")
+    x.add_argument("uid", type=int)
+    x.set_defaults(func=cmd_message)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from fastmail.master.errors import BootError
+    from fastmail.store.store import StoreError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, CLIError, StoreError, BootError) as e:
+        print(f"fastmail: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,253 @@
+"""Configuration: one TOML file, every setting declared once.
+
+Each `Setting` carries its TOML key ("section.name"), type, default, validator and one line of doc; loading,
+validation, `fastmail check-config` and docs/config.md all come from the SETTINGS table.  A bad value stops
+the start with "FILE: key: reason".  With no file at all, the defaults form the embedded dev server: high
+ports on 127.0.0.1, data in ./fastmail-data, a self-signed certificate made on first start.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastmail.master.listeners import ListenerSpec
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the operator: 'FILE: key: reason'."""
+
+
+def _positive(v: Any) -> None:
+    if v <= 0:
+        raise ValueError("must be > 0")
+
+
+def _at_least(n: int | float, why: str = "") -> Callable[[Any], None]:
+    def check(v: Any) -> None:
+        if v < n:
+            raise ValueError(f"must be at least {n}{' (' + why + ')' if why else ''}")
+
+    return check
+
+
+def _one_of(*choices: str) -> Callable[[Any], None]:
+    def check(v: Any) -> None:
+        if v not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+
+    return check
+
+
+def _addresses(v: Any) -> None:
+    for item in v:
+        parse_listen(item)
+
+
+def _networks(v: Any) -> None:
+    for item in v:
+        ipaddress.ip_network(item, strict=False)
+
+
+def parse_listen(item: str) -> tuple[str, int] | str:
+    """'127.0.0.1:25', '[::1]:25', ':25' (all IPv4+IPv6 via '::'), or 'unix:/path'."""
+    if item.startswith("unix:"):
+        path = item[5:]
+        if not path:
+            raise ValueError(f"{item!r}: empty unix socket path")
+        return path
+    host, sep, port_s = item.rpartition(":")
+    if not sep or not port_s.isdigit():
+        raise ValueError(f"{item!r}: expected HOST:PORT or unix:PATH")
+    port = int(port_s)
+    if not 0 < port < 65536:
+        raise ValueError(f"{item!r}: port out of range")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "":
+        host = "::"
+    if host not in ("localhost",):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{item!r}: host must be an IP address") from None
+    return (host, port)
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    type: type | tuple[type, ...]
+    default: Any
+    doc: str
+    validate: Callable[[Any], None] | None = None
+
+
+_CPUS = os.cpu_count() or 1
+MiB = 1024 * 1024
+
+SETTINGS: tuple[Setting, ...] = (
+    # server
+    Setting("server.hostname", str, "", "Name announced in greetings and Received: headers (default: the FQDN)."),
+    Setting("server.data_dir", str, "./fastmail-data", "Folder holding the LMDB index, message segments, queue and TLS files."),
+    Setting("server.workers", int, _CPUS, "Number of worker processes (default: CPU count).", _positive),
+    Setting("server.user", str, "", "User to drop privileges to after binding, when started as root."),
+    Setting("server.group", str, "", "Group to drop privileges to (default: the user's primary group)."),
+    Setting("server.grace_period", float, 10.0, "Seconds sessions get to finish on TERM or HUP.", _positive),
+    Setting("server.worker_timeout", float, 30.0, "Seconds without heartbeat before a worker is killed and replaced.", _at_least(2)),
+    Setting("server.pid_file", str, "", "Write the master's pid here (empty: none)."),
+    Setting("server.map_size_mb", int, 1024, "Initial LMDB map size in MiB (grown on demand).", _at_least(16)),
+    Setting("server.demo", bool, False, "Create a demo domain and user on first start (on by default without a config file)."),
+    # listeners
+    Setting("listen.smtp", list, ["127.0.0.1:2525"], "SMTP (MTA, port 25 in production) addresses.", _addresses),
+    Setting("listen.submission", list, ["127.0.0.1:2587"], "Submission with STARTTLS (587 in production).", _addresses),
+    Setting("listen.submissions", list, ["127.0.0.1:2465"], "Submission over implicit TLS (465 in production).", _addresses),
+    Setting("listen.lmtp", list, ["127.0.0.1:2424"], "LMTP addresses (TCP HOST:PORT or unix:PATH).", _addresses),
+    # tls
+    Setting("tls.cert", str, "", "PEM certificate chain (empty: a self-signed one in DATA_DIR/tls)."),
+    Setting("tls.key", str, "", "PEM private key (empty: the self-signed one)."),
+    # smtp
+    Setting("smtp.max_line_length", int, 4096, "Longest command line accepted, in bytes.", _at_least(512, "RFC 5321 4.5.3.1.4")),
+    Setting("smtp.max_recipients", int, 100, "Recipients per message.", _at_least(100, "RFC 5321 4.5.3.1.8")),
+    Setting("smtp.max_message_size", int, 50 * MiB, "Largest message accepted, in bytes (advertised as SIZE).", _at_least(64 * 1024)),
+    Setting("smtp.max_errors", int, 10, "Protocol errors before the session is closed.", _positive),
+    Setting("smtp.command_timeout", float, 300.0, "Seconds to wait for a command (RFC 5321 4.5.3.2.7: 5 minutes).", _positive),
+    Setting("smtp.data_timeout", float, 180.0, "Seconds to wait for each block of DATA (RFC 5321 4.5.3.2.5: 3 minutes).", _positive),
+    Setting("smtp.bare_lf", str, "normalize", "Bare LF in DATA: 'normalize' (store as CRLF; never ends DATA) or 'reject' (554 5.6.0).", _one_of("normalize", "reject")),
+    Setting("smtp.trusted_networks", list, [], "Client networks allowed to relay without AUTH (CIDR list).", _networks),
+    Setting("smtp.sender_login_match", bool, True, "Authenticated senders may only use their own addresses and aliases in MAIL FROM."),
+    Setting("smtp.auth_plaintext_without_tls", bool, False, "Allow AUTH on a connection without TLS (tests/loopback only)."),
+    Setting("smtp.greeting_delay", float, 0.0, "Seconds to wait before the greeting (pre-greet traffic is rejected).", _at_least(0)),
+)
+
+_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+class Config:
+    """Settings as attributes: config.smtp_max_line_length for 'smtp.max_line_length'."""
+
+    source: str
+
+    def __init__(self, values: dict[str, Any], source: str = "<defaults>") -> None:
+        self.source = source
+        for key, value in values.items():
+            setattr(self, key.replace(".", "_"), value)
+
+    # -- the master's view (fastmail.master.arbiter duck-types these) --
+    @property
+    def workers(self) -> int:
+        return int(self.server_workers)
+
+    @property
+    def user(self) -> str:
+        return str(self.server_user)
+
+    @property
+    def group(self) -> str:
+        return str(self.server_group)
+
+    @property
+    def grace_period(self) -> float:
+        return float(self.server_grace_period)
+
+    @property
+    def worker_timeout(self) -> float:
+        return float(self.server_worker_timeout)
+
+    @property
+    def pid_file(self) -> str:
+        return str(self.server_pid_file)
+
+    @property
+    def hostname(self) -> str:
+        return self.server_hostname or socket.getfqdn()
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.server_data_dir).resolve()
+
+    @property
+    def listeners(self) -> list[ListenerSpec]:
+        specs = []
+        for name in ("smtp", "submission", "submissions", "lmtp"):
+            for i, item in enumerate(getattr(self, f"listen_{name}")):
+                address = parse_listen(item)
+                specs.append(ListenerSpec(name if i == 0 else f"{name}#{i}", address))
+        return specs
+
+    @property
+    def tls_files(self) -> tuple[Path, Path]:
+        if self.tls_cert:
+            return Path(self.tls_cert), Path(self.tls_key or self.tls_cert)
+        tls = self.data_dir / "tls"
+        return tls / "cert.pem", tls / "key.pem"
+
+
+def _check_type(setting: Setting, value: Any) -> Any:
+    if setting.type is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if setting.type is int and isinstance(value, bool):
+        raise ValueError("must be an integer")
+    if not isinstance(value, setting.type):
+        want = setting.type.__name__ if isinstance(setting.type, type) else "/".join(t.__name__ for t in setting.type)
+        raise ValueError(f"must be of type {want}, not {type(value).__name__}")
+    if setting.type is list and not all(isinstance(x, str) for x in value):
+        raise ValueError("must be a list of strings")
+    return value
+
+
+def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, validate and return the configuration.  No path: the embedded dev defaults (demo on)."""
+    values = {s.key: s.default for s in SETTINGS}
+    source = "<defaults>"
+    raw: dict[str, Any] = {}
+    if path is None:
+        values["server.demo"] = True
+    else:
+        source = str(path)
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{source}: TOML syntax: {e}") from None
+    flat: dict[str, Any] = {}
+    for section, table in raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: {section}: expected a [section] table")
+        for name, value in table.items():
+            flat[f"{section}.{name}"] = value
+    flat.update(overrides or {})
+    for key, value in flat.items():
+        setting = _BY_KEY.get(key)
+        if setting is None:
+            raise ConfigError(f"{source}: {key}: unknown setting")
+        try:
+            value = _check_type(setting, value)
+            if setting.validate:
+                setting.validate(value)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {key}: {e}") from None
+        values[key] = value
+    cfg = Config(values, source)
+    if path is not None and not os.path.isabs(cfg.server_data_dir):
+        # A relative data_dir in a file is relative to that file, not to wherever serve was started.
+        cfg.server_data_dir = str((Path(path).resolve().parent / cfg.server_data_dir))
+    return cfg
+
+
+def describe() -> str:
+    """The settings reference (docs/config.md and `fastmail check-config --list`)."""
+    lines = ["# fastmail settings", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    for s in SETTINGS:
+        default = "CPU count" if s.key == "server.workers" else repr(s.default)
+        tname = s.type.__name__ if isinstance(s.type, type) else "/".join(t.__name__ for t in s.type)
+        lines.append(f"| `{s.key}` | {tname} | `{default}` | {s.doc} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,249 @@
+"""The asyncio protocol that drives fastmail.proto.smtp over a real transport (SMTP, submission, LMTP).
+
+Thin on purpose: it moves bytes, answers the state machine's requests (TLS upgrade, password check, durable
+delivery), keeps the per-state timeouts and applies back-pressure (reading is paused while a request is
+outstanding or while the client does not read our replies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastmail import log
+from fastmail.proto import smtp as P
+from fastmail.store.store import Incoming, new_qid
+
+if TYPE_CHECKING:
+    from fastmail.server.worker import Services
+
+
+class SMTPProtocol(asyncio.Protocol):
+    def __init__(self, services: Services, mode: P.Mode, listener: str, implicit_tls: bool = False) -> None:
+        self.services = services
+        self.mode = mode
+        self.listener = listener
+        self.implicit_tls = implicit_tls
+        self.transport: asyncio.Transport | None = None
+        self.conn: P.SMTPConnection | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._write_paused = False
+        self._reading_paused = False
+        self._closing = False
+        self.started = time.monotonic()
+        self.messages = 0
+
+    # -- asyncio callbacks ----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        cfg = self.services.config
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"  # unix socket: local
+        if ip.startswith("::ffff:"):
+            ip = ip[7:]
+        session = P.Session(peer=ip, mode=self.mode, tls=self.implicit_tls)
+        session.trusted = self.services.is_trusted(ip)
+        self.conn = P.SMTPConnection(
+            session,
+            self.services.policy,
+            self.services.hostname,
+            self.services.limits,
+            tls_available=self.services.tls_context is not None and not self.implicit_tls and self.mode is not P.Mode.LMTP,
+            auth_without_tls=cfg.smtp_auth_plaintext_without_tls,
+            sender_login_match=cfg.smtp_sender_login_match,
+        )
+        self.services.sessions.add(self)
+        log.event("connect", listener=self.listener, peer=ip, tls=int(self.implicit_tls))
+        self._pump()
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        conn.receive(data)
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.services.sessions.discard(self)
+        conn = self.conn
+        if conn is not None and not conn.closed:
+            # Abrupt disconnect: whatever was in flight without a reply is simply not accepted.
+            if conn.in_data:
+                log.event("disconnect_in_data", level=logging.WARNING, peer=conn.session.peer)
+        log.event("disconnect", peer=conn.session.peer if conn else "", messages=self.messages,
+                  secs=f"{time.monotonic() - self.started:.3f}")
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._set_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._set_reading()
+
+    # -- driving the state machine ----------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        conn, transport = self.conn, self.transport
+        if conn is None or transport is None or transport.is_closing():
+            return
+        out = conn.take_output()
+        if out:
+            transport.write(out)
+        request = conn.next_request()
+        if request is not None:
+            if isinstance(request, P.Close):
+                self._close()
+                return
+            self._task = asyncio.get_running_loop().create_task(self._serve(request))
+        self._set_reading()
+        self._arm_timer()
+
+    def _set_reading(self) -> None:
+        transport, conn = self.transport, self.conn
+        if transport is None or conn is None or transport.is_closing():
+            return
+        want_pause = self._write_paused or conn.waiting
+        if want_pause and not self._reading_paused:
+            transport.pause_reading()
+            self._reading_paused = True
+        elif not want_pause and self._reading_paused:
+            transport.resume_reading()
+            self._reading_paused = False
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        conn = self.conn
+        if conn is None or conn.closed or conn.waiting:
+            return
+        cfg = self.services.config
+        timeout = cfg.smtp_data_timeout if conn.in_data else cfg.smtp_command_timeout
+        self._timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self.conn is not None:
+            log.event("timeout", peer=self.conn.session.peer)
+            self.conn.timed_out()
+            self._pump()
+
+    def _close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Server stopping: 421 and close, unless a delivery is in flight (its reply must go out first)."""
+        if self.conn is not None and not self.conn.waiting:
+            self.conn.shutdown()
+            self._pump()
+
+    @property
+    def idle(self) -> bool:
+        conn = self.conn
+        return conn is None or (conn.envelope is None and not conn.waiting and not conn.in_data)
+
+    async def _serve(self, request: P.Request) -> None:
+        conn = self.conn
+        assert conn is not None
+        try:
+            if isinstance(request, P.StartTLS):
+                await self._starttls()
+            elif isinstance(request, P.Authenticate):
+                await self._authenticate(request)
+            elif isinstance(request, P.Deliver):
+                await self._deliver(request.envelope)
+        except Exception:
+            logging.getLogger("fastmail.smtp").exception("request %s failed", type(request).__name__)
+            self._close()
+            return
+        self._pump()
+
+    async def _starttls(self) -> None:
+        assert self.transport is not None and self.conn is not None
+        ctx = self.services.tls_context
+        assert ctx is not None
+        loop = asyncio.get_running_loop()
+        self._reading_paused = False
+        try:
+            new = await loop.start_tls(self.transport, self, ctx, server_side=True, ssl_handshake_timeout=30)
+        except (ssl.SSLError, OSError, ConnectionError, asyncio.TimeoutError) as e:
+            log.event("tls_failed", peer=self.conn.session.peer, error=type(e).__name__)
+            self._close()
+            return
+        if new is None:
+            self._close()
+            return
+        self.transport = new
+        self.conn.tls_started()
+        log.event("starttls", peer=self.conn.session.peer, version=new.get_extra_info("ssl_object").version())
+
+    async def _authenticate(self, req: P.Authenticate) -> None:
+        conn = self.conn
+        assert conn is not None
+        ok, user_id = await self.services.authenticate(req.username, req.password)
+        if ok and req.authzid and req.authzid.lower() != req.username.lower():
+            ok = False  # no proxy authorization
+        log.event("auth", peer=conn.session.peer, user=req.username, mech=req.mechanism, ok=int(ok))
+        if not ok:
+            await asyncio.sleep(self.services.auth_failure_delay)
+            conn.auth_done(None)
+        else:
+            conn.auth_done(req.username.lower(), user_id)
+
+    async def _deliver(self, env: P.Envelope) -> None:
+        conn = self.conn
+        assert conn is not None
+        services = self.services
+        qid = new_qid()
+        qhex = qid.hex()
+        header = P.received_header(conn.session, env, qhex, services.hostname)
+        raw = header + env.content
+        users: list[int] = []
+        remote: list[dict[str, Any]] = []
+        for rcpt in env.rcpts:
+            for u in rcpt.users:
+                if u not in users:
+                    users.append(u)
+            for ext in rcpt.external:
+                remote.append({"to": ext, "rcpt": rcpt.address, "notify": rcpt.params.get("NOTIFY"),
+                               "orcpt": rcpt.params.get("ORCPT")})
+        params = {
+            "ret": env.mail_params.get("RET"), "envid": env.mail_params.get("ENVID"),
+            "body": env.mail_params.get("BODY"), "smtputf8": env.smtputf8,
+            "auth": conn.session.user, "client": conn.session.peer, "helo": conn.session.helo,
+            "dsn": {r.address: {"notify": r.params.get("NOTIFY"), "orcpt": r.params.get("ORCPT")}
+                    for r in env.rcpts if r.params},
+        }
+        item = Incoming(qid=qid, raw=raw, sender=env.sender or "", local=users, remote=remote, params=params,
+                        bounce_over_quota=self.mode is not P.Mode.LMTP)
+        try:
+            outcome = await services.committer.commit(item)
+        except Exception as e:
+            log.event("store_failed", level=logging.ERROR, qid=qhex, error=repr(e))
+            conn.deliver_done(qhex, failed=True)
+            return
+        self.messages += 1
+        log.event("accepted", qid=qhex, peer=conn.session.peer, sender=env.sender or "<>", rcpts=len(env.rcpts),
+                  local=len(users) - len(outcome.over_quota), remote=len(remote), size=len(raw),
+                  over_quota=len(outcome.over_quota) or None, mode=self.mode.value)
+        conn.deliver_done(qhex, set(outcome.over_quota))
+
+
+def parse_networks(items: list[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    return [ipaddress.ip_network(i, strict=False) for i in items]

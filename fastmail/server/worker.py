@@ -1,0 +1,161 @@
+"""A worker process: one uvloop loop serving every listener socket the master handed it.
+
+Opens the store itself (after fork), runs the group committer, and stops gracefully on TERM: it stops
+accepting, lets sessions finish up to the grace period, then says 421 to what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+import uvloop
+
+from fastmail import auth, log
+from fastmail.config import Config
+from fastmail.master.errors import BootError
+from fastmail.master.worker import WorkerContext, install_worker_signals, start_heartbeat
+from fastmail.proto import smtp as P
+from fastmail.server.commit import Committer
+from fastmail.server.smtp import SMTPProtocol
+from fastmail.store.store import Store
+
+_MODES = {"smtp": P.Mode.SMTP, "submission": P.Mode.SUBMISSION, "submissions": P.Mode.SUBMISSION, "lmtp": P.Mode.LMTP}
+
+
+class StorePolicy:
+    """fastmail.proto.smtp.Policy answered from the LMDB index."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def resolve(self, local: str, domain: str) -> tuple[list[int], list[str]] | None:
+        return self.store.resolve(f"{local}@{domain}")
+
+    def is_local_domain(self, domain: str) -> bool:
+        return self.store.is_local_domain(domain)
+
+    def over_quota(self, user_id: int, size: int) -> bool:
+        quota, used = self.store.quota_state(user_id)
+        return bool(quota) and used + size > quota
+
+    def sender_owned(self, user_id: int, local: str, domain: str) -> bool:
+        found = self.store.resolve(f"{local}@{domain}", catch_all=False)
+        return found is not None and user_id in found[0]
+
+
+def make_tls_context(cfg: Config) -> ssl.SSLContext | None:
+    cert, key = cfg.tls_files
+    if not cert.exists():
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+class Services:
+    """What every session of this worker shares."""
+
+    def __init__(self, cfg: Config, store: Store) -> None:
+        self.config = cfg
+        self.store = store
+        self.hostname = cfg.hostname
+        self.policy = StorePolicy(store)
+        self.limits = P.Limits(
+            max_line_length=cfg.smtp_max_line_length,
+            max_recipients=cfg.smtp_max_recipients,
+            max_message_size=cfg.smtp_max_message_size,
+            max_errors=cfg.smtp_max_errors,
+            normalize_bare_lf=cfg.smtp_bare_lf == "normalize",
+        )
+        self.tls_context = make_tls_context(cfg)
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.smtp_trusted_networks]
+        self.committer = Committer(store)
+        self.sessions: set[SMTPProtocol] = set()
+        self.auth_failure_delay = 1.0
+        self._auth_pool = ThreadPoolExecutor(2, thread_name_prefix="auth")
+
+    def is_trusted(self, ip: str) -> bool:
+        if not self.trusted:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.trusted)
+
+    async def authenticate(self, username: str, password: str) -> tuple[bool, int | None]:
+        """Check a password off the loop (argon2id costs ~100 ms of CPU); same work for unknown users."""
+        try:
+            record = self.store.get_user(username)
+        except Exception:
+            record = None
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(
+            self._auth_pool, auth.verify_password, record["hash"] if record else None, password
+        )
+        return (ok, record["id"]) if ok and record else (False, None)
+
+
+def worker_main(ctx: WorkerContext) -> None:
+    cfg = ctx.config
+    assert isinstance(cfg, Config)
+    try:
+        store = Store(cfg.data_dir, map_size=cfg.server_map_size_mb * 1024 * 1024)
+    except Exception as e:
+        raise BootError(f"store cannot open at {cfg.data_dir}: {e}") from e
+    try:
+        services = Services(cfg, store)
+    except (OSError, ssl.SSLError) as e:
+        raise BootError(f"TLS certificate/key cannot load: {e}") from e
+    uvloop.run(_serve(ctx, services))
+    store.close()
+
+
+async def _serve(ctx: WorkerContext, services: Services) -> None:
+    loop = asyncio.get_running_loop()
+    servers = []
+    for name, sock in ctx.sockets.items():
+        base = name.split("#", 1)[0]
+        mode = _MODES.get(base)
+        if mode is None:
+            continue
+        implicit = base == "submissions"
+        if implicit and services.tls_context is None:
+            raise BootError(f"listener {name}: implicit TLS needs a certificate")
+        factory: Callable[[], Any] = partial(SMTPProtocol, services, mode, name, implicit)
+        ssl_ctx = services.tls_context if implicit else None
+        if sock.family == socket.AF_UNIX:
+            server = await loop.create_unix_server(factory, sock=sock, ssl=ssl_ctx)
+        else:
+            server = await loop.create_server(factory, sock=sock, ssl=ssl_ctx, ssl_handshake_timeout=30 if ssl_ctx else None)
+        servers.append(server)
+    stopping = asyncio.Event()
+    install_worker_signals(loop, stopping.set)
+    beat = start_heartbeat(ctx, loop)
+    log.event("worker_ready", index=ctx.index, generation=ctx.generation, listeners=len(servers))
+    await stopping.wait()
+    # Graceful stop: no new connections; sessions finish up to the grace period; then 421 to the rest.
+    for server in servers:
+        server.close()
+    deadline = time.monotonic() + services.config.grace_period
+    while services.sessions and time.monotonic() < deadline:
+        for s in list(services.sessions):
+            if s.idle:
+                s.shutdown()
+        await asyncio.sleep(0.05)
+    for s in list(services.sessions):
+        s.shutdown()
+    await services.committer.drain()
+    await asyncio.sleep(0.05)
+    beat.cancel()
+    log.event("worker_stop", index=ctx.index, level=logging.INFO)

@@ -1,0 +1,72 @@
+"""Record layouts of the LMDB index: keys are big-endian so one mailbox's messages form one ordered range.
+
+Every value carries a version (first element or "v" key) so a later layout can read an older one.  The
+`dump` helpers turn any record back into plain JSON for `fastmail` inspection commands.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import orjson
+
+U64 = struct.Struct(">Q")
+U32 = struct.Struct(">I")
+MSG_KEY = struct.Struct(">QI")  # mailbox id, uid
+USAGE = struct.Struct(">qq")  # bytes, messages (signed: never negative, but a bug must show, not wrap)
+BLOB = struct.Struct(">QQQI")  # segment id, offset, length, references
+SCHEDULE_KEY = struct.Struct(">Q12s")  # next attempt (ms), queue id
+
+VERSION = 1
+
+# Named databases inside the one LMDB environment.
+DBS = (
+    "meta",  # b"version", counters b"next_user", b"next_mailbox"
+    "domains",  # domain -> {"v", "created"}
+    "users",  # address -> {"v", "id", "address", "hash", "quota", "created"}
+    "user_ids",  # user id -> address
+    "aliases",  # address or "@domain" -> {"v", "targets": [...]}
+    "mailboxes",  # user id | name -> mailbox id
+    "mbox",  # mailbox id -> {"v", "user", "name", "uidvalidity", "uidnext", "modseq", "exists", "unseen", "size", "special", "subscribed"}
+    "msgs",  # mailbox id | uid -> [v, blob id, size, internaldate, flags, modseq]
+    "blobs",  # blob id -> BLOB
+    "msgmeta",  # blob id -> {"v", "envelope", "body", "bodystructure", "parts"}
+    "usage",  # user id -> USAGE
+    "queue",  # queue id -> {"v", ...envelope, per-recipient state}
+    "schedule",  # SCHEDULE_KEY -> b""
+)
+
+SPECIAL_FOLDERS = (
+    ("INBOX", None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def loads(data: bytes | memoryview) -> Any:
+    return orjson.loads(data)
+
+
+def mailbox_key(user_id: int, name: str) -> bytes:
+    return U64.pack(user_id) + name.encode()
+
+
+def msg_key(mailbox_id: int, uid: int) -> bytes:
+    return MSG_KEY.pack(mailbox_id, uid)
+
+
+def message_record(blob_id: bytes, size: int, internaldate: int, flags: list[str], modseq: int) -> bytes:
+    return orjson.dumps([VERSION, blob_id.hex(), size, internaldate, flags, modseq])
+
+
+def parse_message_record(data: bytes) -> dict[str, Any]:
+    v, blob, size, date, flags, modseq = orjson.loads(data)
+    return {"blob": bytes.fromhex(blob), "size": size, "internaldate": date, "flags": flags, "modseq": modseq}

@@ -1,0 +1,137 @@
+"""Message blobs: immutable byte ranges in append-only segment files.
+
+Each process appends to its own segment file (named by a random 63-bit id, created O_EXCL and made durable
+by an fsync of the directory), so writers never share a file.  A batch of messages is written with one
+write() and made durable with one fdatasync(): that is the data half of group commit.  A blob is located by
+(segment id, offset, length); the LMDB index holds that location and a reference count.  When the count
+drops to zero the range is released with FALLOC_FL_PUNCH_HOLE, so disk space comes back without copying;
+a segment file with nothing live left is unlinked by `fsck`/compaction.
+
+Crash safety: bytes appended but never referenced by a committed LMDB record are garbage, never visible.
+A torn append can only affect the tail of a segment that no committed record references.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import struct
+import threading
+from pathlib import Path
+
+SEGMENT_LIMIT = 256 * 1024 * 1024
+LOCATION = struct.Struct(">QQQ")  # segment id, offset, length
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Segments:
+    """Appends batches to this process's segment; reads and releases ranges of any segment."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._fd = -1
+        self._seg = 0
+        self._size = 0
+        self._pid = 0
+        self._read_fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def path(self, seg: int) -> Path:
+        return self.dir / f"{seg:016x}.seg"
+
+    def _open_new(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        while True:
+            seg = int.from_bytes(os.urandom(8), "big") >> 1
+            try:
+                fd = os.open(self.path(seg), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o640)
+                break
+            except FileExistsError:
+                continue
+        fsync_dir(self.dir)
+        self._fd, self._seg, self._size, self._pid = fd, seg, 0, os.getpid()
+
+    def append_batch(self, bodies: list[bytes]) -> list[bytes]:
+        """Append and fdatasync; return the packed location of each body, in order."""
+        total = sum(len(b) for b in bodies)
+        if self._fd < 0 or self._pid != os.getpid() or self._size + total > SEGMENT_LIMIT and self._size:
+            self._open_new()
+        start = self._size
+        data = bodies[0] if len(bodies) == 1 else b"".join(bodies)
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(view):
+                written += os.write(self._fd, view[written:])
+            os.fdatasync(self._fd)
+        except OSError:
+            # The tail of this segment is now unknown: never append after it again.
+            os.close(self._fd)
+            self._fd = -1
+            raise
+        self._size += total
+        locations = []
+        offset = start
+        for body in bodies:
+            locations.append(LOCATION.pack(self._seg, offset, len(body)))
+            offset += len(body)
+        return locations
+
+    def _reader(self, seg: int) -> int:
+        fd = self._read_fds.get(seg)
+        if fd is None:
+            with self._lock:
+                fd = self._read_fds.get(seg)
+                if fd is None:
+                    if len(self._read_fds) > 64:
+                        for old in list(self._read_fds.values()):
+                            os.close(old)
+                        self._read_fds.clear()
+                    fd = os.open(self.path(seg), os.O_RDONLY | os.O_CLOEXEC)
+                    self._read_fds[seg] = fd
+        return fd
+
+    def read(self, location: bytes) -> bytes:
+        seg, offset, length = LOCATION.unpack(location)
+        data = os.pread(self._reader(seg), length, offset)
+        if len(data) != length:
+            raise OSError(f"segment {seg:016x} is short at {offset}+{length}")
+        return data
+
+    def release(self, location: bytes) -> None:
+        """Give the range's disk blocks back (punch a hole); the file keeps its size and offsets."""
+        seg, offset, length = LOCATION.unpack(location)
+        try:
+            fd = os.open(self.path(seg), os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            if _libc.fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) != 0:
+                err = ctypes.get_errno()
+                if err not in (95,):  # EOPNOTSUPP: the filesystem cannot punch; compaction reclaims later
+                    raise OSError(err, os.strerror(err))
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        for fd in self._read_fds.values():
+            os.close(fd)
+        self._read_fds.clear()

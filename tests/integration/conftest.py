@@ -1,0 +1,136 @@
+"""Start the real server (`fastmail serve`) as a process tree on free loopback ports, with a temp data dir."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+PASSWORDS = {"alice@example.org": "alice-secret", "bob@example.org": "bob-secret", "carol@example.org": "carol-secret"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fastmail_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fastmail", *args]
+
+
+@dataclass
+class Server:
+    tmp: Path
+    ports: dict[str, int]
+    workers: int = 2
+    extra: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.data = self.tmp / "data"
+        self.config = self.tmp / "fastmail.toml"
+        self.log = self.tmp / "server.log"
+        self.lmtp_sock = self.tmp / "lmtp.sock"
+        self.config.write_text(
+            f"""
+[server]
+hostname = "mx.example.org"
+data_dir = "{self.data}"
+workers = {self.workers}
+grace_period = 5.0
+worker_timeout = 10.0
+
+[listen]
+smtp = ["127.0.0.1:{self.ports['smtp']}"]
+submission = ["127.0.0.1:{self.ports['submission']}"]
+submissions = ["127.0.0.1:{self.ports['submissions']}"]
+lmtp = ["127.0.0.1:{self.ports['lmtp']}", "unix:{self.lmtp_sock}"]
+
+[smtp]
+max_message_size = 1048576
+{self.extra}
+"""
+        )
+
+    def cli(self, *args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        res = subprocess.run(fastmail_cmd(*args, "-c", str(self.config)), input=input, capture_output=True, timeout=60)
+        if check and res.returncode != 0:
+            raise AssertionError(f"fastmail {' '.join(args)} failed: {res.stderr.decode()}")
+        return res
+
+    def start(self) -> None:
+        self._logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            fastmail_cmd("serve", "-c", str(self.config)), stdout=self._logf, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.ports["smtp"]), timeout=2) as s:
+                    if s.recv(100).startswith(b"220"):
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"server did not start:\n{self.log.read_text()}")
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill_tree()
+            return None
+
+    def kill_tree(self) -> None:
+        """SIGKILL the master and every child at once (the process group)."""
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+
+    def messages(self, user: str, mailbox: str = "INBOX") -> list[bytes]:
+        import orjson
+
+        listing = orjson.loads(self.cli("message", "list", user, mailbox, "--json").stdout)
+        return [self.cli("message", "show", user, mailbox, str(m["uid"])).stdout for m in listing]
+
+    def worker_pids(self) -> list[int]:
+        assert self.proc is not None
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return [int(p) for p in out.split()]
+
+
+def make_server(tmp_path: Path, workers: int = 2, extra: str = "") -> Server:
+    ports = {name: free_port() for name in ("smtp", "submission", "submissions", "lmtp")}
+    srv = Server(tmp_path, ports, workers, extra)
+    srv.cli("domain", "add", "example.org")
+    for user, pw in PASSWORDS.items():
+        srv.cli("user", "add", user, "--password-stdin", input=pw.encode() + b"\n")
+    srv.cli("alias", "add", "team@example.org", "alice@example.org", "bob@example.org")
+    srv.cli("alias", "add", "postmaster@example.org", "alice@example.org")
+    return srv
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = make_server(tmp_path)
+    srv.start()
+    yield srv
+    srv.stop()
+    srv.kill_tree()
