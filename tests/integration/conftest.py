@@ -68,11 +68,11 @@ max_message_size = 1048576
         return res
 
     def start(self) -> None:
-        self._logf = open(self.log, "ab")
-        self.proc = subprocess.Popen(
-            fastmail_cmd("serve", "-c", str(self.config)), stdout=self._logf, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(
+                fastmail_cmd("serve", "-c", str(self.config)), stdout=logf, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
