@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastmail.master.listeners import ListenerSpec
 
@@ -134,6 +134,10 @@ class Config:
 
     source: str
 
+    if TYPE_CHECKING:  # the attributes come from SETTINGS; check-config and the tests catch a wrong name
+
+        def __getattr__(self, name: str) -> Any: ...
+
     def __init__(self, values: dict[str, Any], source: str = "<defaults>") -> None:
         self.source = source
         for key, value in values.items():
@@ -197,7 +201,7 @@ def _check_type(setting: Setting, value: Any) -> Any:
     if not isinstance(value, setting.type):
         want = setting.type.__name__ if isinstance(setting.type, type) else "/".join(t.__name__ for t in setting.type)
         raise ValueError(f"must be of type {want}, not {type(value).__name__}")
-    if setting.type is list and not all(isinstance(x, str) for x in value):
+    if isinstance(value, list) and not all(isinstance(x, str) for x in value):
         raise ValueError("must be a list of strings")
     return value
 
@@ -239,7 +243,7 @@ def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] |
     cfg = Config(values, source)
     if path is not None and not os.path.isabs(cfg.server_data_dir):
         # A relative data_dir in a file is relative to that file, not to wherever serve was started.
-        cfg.server_data_dir = str((Path(path).resolve().parent / cfg.server_data_dir))
+        setattr(cfg, "server_data_dir", str(Path(path).resolve().parent / cfg.server_data_dir))
     return cfg
 
 
