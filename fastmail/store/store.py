@@ -114,10 +114,13 @@ class Store:
         )
         self._gate = _Gate()
         self.db = {name: self.env.open_db(name.encode(), create=not readonly) for name in R.DBS}
-        if not readonly:
+        with self.read() as txn:
+            version = txn.get(b"version", db=self.db["meta"])
+        if version is None and not readonly:
             with self.write() as txn:
-                if txn.get(b"version", db=self.db["meta"]) is None:
-                    txn.put(b"version", R.U32.pack(R.VERSION), db=self.db["meta"])
+                txn.put(b"version", R.U32.pack(R.VERSION), db=self.db["meta"])
+        elif version is not None and R.U32.unpack(version)[0] > R.VERSION:
+            raise StoreError(f"index version {R.U32.unpack(version)[0]} is newer than this fastmail ({R.VERSION})")
         self.segments = Segments(self.dir / "segments")
 
     def close(self) -> None:
@@ -527,8 +530,8 @@ class Store:
         rcpts = [dict(r, state="queued") for r in item.remote]
         if item.bounce_over_quota and outcome.over_quota and (refs or item.remote):
             for user_id in outcome.over_quota:
-                address = self.user_address(user_id, txn) or str(user_id)
-                rcpts.append({"to": address, "rcpt": address, "state": "failed",
+                who = self.user_address(user_id, txn) or str(user_id)
+                rcpts.append({"to": who, "rcpt": who, "state": "failed",
                               "reply": "552 5.2.2 Mailbox full"})
         if rcpts:
             qrec = {
@@ -583,7 +586,7 @@ class Store:
     def blob_location(self, blob_id: bytes) -> bytes | None:
         with self.read() as txn:
             raw = txn.get(blob_id, db=self.db["blobs"])
-        return raw[:24] if raw else None
+        return bytes(raw[:24]) if raw else None
 
     def read_blob(self, blob_id: bytes) -> bytes:
         loc = self.blob_location(blob_id)
