@@ -147,6 +147,7 @@ async def _serve(ctx: WorkerContext, services: Services) -> None:
     # Graceful stop: no new connections; sessions finish up to the grace period; then 421 to the rest.
     for server in servers:
         server.close()
+    await asyncio.sleep(0.05)  # connections accepted just before the close get their protocol first
     deadline = time.monotonic() + services.config.grace_period
     while services.sessions and time.monotonic() < deadline:
         for s in list(services.sessions):
@@ -158,4 +159,6 @@ async def _serve(ctx: WorkerContext, services: Services) -> None:
     await services.committer.drain()
     await asyncio.sleep(0.05)
     beat.cancel()
-    log.event("worker_stop", index=ctx.index, level=logging.INFO)
+    c = services.committer
+    log.event("worker_stop", index=ctx.index, commit_batches=c.batches, commit_messages=c.messages,
+              largest_batch=c.largest_batch)
