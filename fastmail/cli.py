@@ -11,7 +11,6 @@ import os
 import secrets
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson

@@ -64,13 +64,8 @@ MESSAGE = 2
 MAX_DEPTH = 100  # nested multipart / message levels that are split (Dovecot: max_nested_mime_parts)
 MAX_PARTS = 10000  # MIME entities per message that are split (Dovecot: max_total_mime_parts)
 
-MISSING_MAILBOX = "MISSING_MAILBOX"
-MISSING_DOMAIN = "MISSING_DOMAIN"
-
 _ATOM = _m.ATOM
 _QUOTED = _m.QUOTED
-_COMMENT = _m.COMMENT
-_SPECIAL = _m.SPECIAL
 
 _MIME_FIELDS = frozenset(
     {
@@ -106,12 +101,6 @@ def _empty_body() -> list:
     return ["text", "plain", list(_DEFAULT_CHARSET), None, None, "7bit", 0, 0]
 
 
-_LT = (_SPECIAL, b"<")
-_GT = (_SPECIAL, b">")
-_AT = (_SPECIAL, b"@")
-_COLON = (_SPECIAL, b":")
-
-
 def _s(b: bytes) -> str:
     """Header bytes as str: UTF-8 when valid, else Latin-1; NUL (not allowed on the wire) as U+FFFD."""
     try:
@@ -127,115 +116,22 @@ def _ns(b: bytes | None) -> str | None:
     return None if b is None else _s(b)
 
 
-# --- addresses (RFC 5322 §3.4, obs-syntax of §4.4) -------------------------------------------------------
-
-
-def _phrase(toks: list, a: int, b: int) -> str:
-    """display-name / group name: the words in toks[a:b] (comments dropped) joined by one space."""
-    return _s(b" ".join([t for k, t in toks[a:b] if k != _COMMENT]))
-
-
-def _addr_spec(toks: list, a: int, b: int) -> tuple[str | None, str | None]:
-    """(local-part, domain) of the addr-spec in toks[a:b]; None for a missing one."""
-    at = -1
-    for i in range(a, b):
-        if toks[i] == _AT:
-            at = i
-            break
-    if at < 0:
-        local = b"".join([t for k, t in toks[a:b] if k != _COMMENT and k != _SPECIAL])
-        return (_s(local) if local else None, None)
-    local = b"".join([t for k, t in toks[a:at] if k != _COMMENT and k != _SPECIAL])
-    domain = b"".join([t for k, t in toks[at + 1 : b] if k != _COMMENT])
-    return (_s(local) if local else None, _s(domain) if domain else None)
-
-
-def _mailbox(toks: list, i: int, out: list) -> int:
-    """Parse the mailbox starting at toks[i] up to the next "," or ";" (outside a route), append its
-    address structure to out (nothing for an empty one), return the index of the separator."""
-    n = len(toks)
-    j = i
-    angle = -1
-    route = False
-    while j < n:
-        tok = toks[j]
-        if tok[0] == _SPECIAL:
-            t = tok[1]
-            if t == b"<":
-                if angle < 0:
-                    angle = j
-                    route = j + 1 < n and toks[j + 1] == _AT  # obs-route: "<@a,@b:user@host>"
-            elif t == b":" or t == b">":
-                route = False
-            elif (t == b"," or t == b";") and not route:
-                break
-        j += 1
-    name: str | None = None
-    adl: str | None = None
-    if angle >= 0:  # name-addr = [display-name] angle-addr
-        name = _phrase(toks, i, angle) or None
-        k = angle + 1
-        e = k
-        while e < j and toks[e] != _GT:
-            e += 1
-        if k < e and toks[k] == _AT:
-            r = k
-            while r < e and toks[r] != _COLON:
-                r += 1
-            if r < e:
-                adl = _s(b"".join([t for kd, t in toks[k:r] if kd != _COMMENT]))
-                k = r + 1
-        local, domain = _addr_spec(toks, k, e)
-    else:
-        words = [tok for tok in toks[i:j] if tok[0] != _COMMENT]
-        if not words:
-            return j if j > i else i + 1
-        comments = [t for k, t in toks[i:j] if k == _COMMENT]
-        if _AT in words:
-            local, domain = _addr_spec(toks, i, j)
-            name = _s(comments[-1]) if comments else None
-        elif len(words) == 1 and words[0][0] != _QUOTED:
-            local, domain = _s(words[0][1]), None  # "user" with no domain
-            name = _s(comments[-1]) if comments else None
-        else:
-            local, domain = None, None  # a bare phrase: "Mail Delivery System", "\"Foo Bar\""
-            name = _phrase(toks, i, j)
-    out.append([name, adl, local or MISSING_MAILBOX, domain or MISSING_DOMAIN])
-    return j if j > i else i + 1
+# --- addresses (RFC 5322 §3.4, obs-syntax of §4.4; parsed by fastmail._core.mime.parse_addresses) ----------
 
 
 def addresses(value: bytes | None) -> list | None:
     """An address-list field value as IMAP address structures, or None (NIL) when it holds none."""
     if value is None:
         return None
-    toks = _m.lex_address(value)
-    out: list = []
-    n = len(toks)
-    i = 0
-    while i < n:
-        kind, text = toks[i]
-        if kind == _SPECIAL and text != b"<":  # stray separator or junk between addresses
-            i += 1
-            continue
-        # group = display-name ":" [group-list] ";" -- the name is followed by ":" before any other special
-        j = i
-        while j < n and toks[j][0] != _SPECIAL:
-            j += 1
-        if j < n and toks[j] == _COLON:
-            out.append([None, None, _phrase(toks, i, j), None])
-            i = j + 1
-            while i < n:
-                tok = toks[i]
-                if tok[0] == _SPECIAL and tok[1] != b"<":
-                    i += 1
-                    if tok[1] == b";":
-                        break
-                    continue
-                i = _mailbox(toks, i, out)
-            out.append([None, None, None, None])
-        else:
-            i = _mailbox(toks, i, out)
-    return out or None
+    out = _m.parse_addresses(value)
+    if not out:
+        return None
+    for addr in out:
+        for i in range(4):
+            b = addr[i]
+            if b is not None:
+                addr[i] = _s(b)
+    return out
 
 
 def envelope(h: dict) -> list:
@@ -494,64 +390,19 @@ def to_body(bs: list) -> list:
 
 # --- rendering -------------------------------------------------------------------------------------------
 
-_UNQUOTABLE = re.compile(r"[^\t\x20-\x7e]")
-_UNQUOTABLE_B = re.compile(rb"[^\t\x20-\x7e]")
-
-
-def _render(v: Any, out: list) -> None:
-    t = type(v)
-    if t is str:
-        if _UNQUOTABLE.search(v) is None:
-            if "\\" in v or '"' in v:
-                v = v.replace("\\", "\\\\").replace('"', '\\"')
-            out.append(b'"' + v.encode("ascii") + b'"')
-        else:
-            data = v.replace("\x00", "\ufffd").encode("utf-8", "replace")
-            out.append(b"{%d}\r\n" % len(data))
-            out.append(data)
-    elif v is None:
-        out.append(b"NIL")
-    elif t is list or t is tuple:
-        out.append(b"(")
-        n = len(v)
-        i = 0
-        # RFC 3501 §9: body-type-mpart = 1*body SP media-subtype, env-from = "(" 1*address ")":
-        # a leading run of lists is written with no separator.
-        while i < n and type(v[i]) in (list, tuple):
-            _render(v[i], out)
-            i += 1
-        while i < n:
-            if i:
-                out.append(b" ")
-            _render(v[i], out)
-            i += 1
-        out.append(b")")
-    elif t is int:
-        out.append(b"%d" % v)
-    elif t is bytes or t is bytearray:
-        if _UNQUOTABLE_B.search(v) is None:
-            out.append(b'"' + bytes(v).replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"')
-        else:
-            data = bytes(v).replace(b"\x00", b"\xef\xbf\xbd")
-            out.append(b"{%d}\r\n" % len(data))
-            out.append(data)
-    else:
-        raise TypeError(f"cannot render {t.__name__} as IMAP data")
-
 
 def render(value: Any) -> bytes:
-    """IMAP wire form of a value from analyze(): None -> NIL, int -> digits, str -> a quoted string when
-    it is printable ASCII (tab allowed; \\ and " escaped), else a literal {n}\\r\\n of its UTF-8 bytes;
-    list -> "(" items ")" separated by one space, except that a leading run of lists (the bodies of a
-    multipart, the addresses of an address list) is written with no separator, as the grammar requires."""
-    out: list[bytes] = []
-    _render(value, out)
-    return b"".join(out)
+    """IMAP wire form of a value from analyze() (fastmail._core.mime.render): None -> NIL, int -> digits,
+    str -> a quoted string when it is printable ASCII (tab allowed; \\ and " escaped), else a literal
+    {n}CRLF of its UTF-8 bytes (NUL as U+FFFD); list -> "(" items ")" separated by one space, except that
+    a leading run of lists (the bodies of a multipart, the addresses of an address list) is written with no
+    separator, as RFC 3501's 1*body and 1*address require."""
+    return _m.render(value)
 
 
 # --- sections (RFC 3501 §6.4.5) ------------------------------------------------------------------------
 
-_PART_NUMBER = re.compile(r"([0-9]+)(\.|$)")
+_PART_NUMBER = re.compile(r"([0-9]+)(\.|\Z)")
 _HEADER_FIELDS = re.compile(r"HEADER\.FIELDS(\.NOT)?\s*\((.*)\)\s*$", re.S)
 
 
