@@ -47,6 +47,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from fastmail.log import configure_logging, kv
 from fastmail.master.errors import WORKER_BOOT_ERROR, BootError
 from fastmail.master.listeners import (
     DEFAULT_BACKLOG,
@@ -86,42 +87,6 @@ _SIGNAL_QUEUE_MAX = 32
 
 
 # -- logging ---------------------------------------------------------------------------------------
-
-
-def _kv_value(value: object) -> str:
-    text = str(value)
-    if text and not any(c.isspace() or c in '"=\\' for c in text):
-        return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    return f'"{escaped}"'
-
-
-def kv(**fields: object) -> str:
-    """``event=worker_start kind=worker pid=12``: values with spaces, quotes or ``=`` are quoted."""
-    return " ".join(f"{k}={_kv_value(v)}" for k, v in fields.items() if v is not None)
-
-
-class KeyValueFormatter(logging.Formatter):
-    """``ts=... level=info logger=fastmail.master event=...``"""
-
-    def format(self, record: logging.LogRecord) -> str:
-        ts = self.formatTime(record, "%Y-%m-%dT%H:%M:%S")
-        line = f"ts={ts}.{int(record.msecs):03d} level={record.levelname.lower()} logger={record.name} "
-        line += record.getMessage()
-        if record.exc_info:
-            line += " exc=" + _kv_value(self.formatException(record.exc_info))
-        return line
-
-
-def configure_logging(level: int = logging.INFO) -> None:
-    """Key=value lines on stderr, unless the application configured logging already."""
-    root = logging.getLogger()
-    if root.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter())
-    root.addHandler(handler)
-    root.setLevel(level)
 
 
 def _flush_logs() -> None:

@@ -17,7 +17,7 @@ from .conftest import make_server
 
 
 def _connect_pids(log_text: str) -> set[int]:
-    return {int(m.group(1)) for m in re.finditer(r"^\S+ \S+ (\d+) event=connect ", log_text, re.M)}
+    return {int(m.group(1)) for m in re.finditer(r"pid=(\d+) logger=\S+ event=connect ", log_text, re.M)}
 
 
 def _wait(pred, timeout=20.0):
