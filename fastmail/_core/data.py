@@ -18,8 +18,9 @@ Decoder states, between two bytes of the stream:
     2 CR      the previous byte is a CR (already stored) whose LF may follow
     3 DOT     a BOL line began with "." (not stored: a stuffed dot, or the end mark)
     4 DOT_CR  a BOL line began with ".\\r"  -> LF ends the data
-The MID state is a fast path: one bytes.find for the next CRLF ".", bytes.count for the bare-LF and
-bare-CR flags, and the run in between is stored in one step.
+The MID state is the fast path: the run up to the next CRLF "." is found (compiled: memchr line by
+line; interpreted: one bytes.find, and bytes.count for the bare-LF and bare-CR accounting) and stored in
+one step, without a copy when it is the whole chunk.
 """
 
 from __future__ import annotations
@@ -31,7 +32,12 @@ END_MARK = b".\r\n"
 
 
 class DataDecoder:
-    """Decode one DATA stream (after the 354 reply) up to and including the end mark."""
+    """Decode one DATA stream (after the 354 reply) up to and including the end mark.
+
+    Attributes (read-only): done (the end mark was seen), too_big (the decoded size passed max_size:
+    nothing more is stored, the scan for the end goes on), bare_lf / bare_cr (a LF without its CR / a CR
+    without its LF was seen), size (decoded size so far, also beyond max_size).
+    """
 
     def __init__(self, max_size: int, normalize_bare_lf: bool = True) -> None:
         self.max_size = max_size

@@ -25,7 +25,8 @@ class LineReader:
     """Split a byte stream into lines ending in CRLF (or a bare LF), with a length limit."""
 
     def __init__(self, max_length: int) -> None:
-        self._buf = b""  # bytes (a chunk fed into an empty reader) or a bytearray (accumulating)
+        # bytes (a chunk fed into an empty reader, kept as it is) or a bytearray (accumulating)
+        self._buf: bytes | bytearray = b""
         self._pos = 0  # start of the first line not yet returned
         self._scan = 0  # _buf[_pos:_scan] is known to hold no LF
         self._max = max_length
@@ -56,11 +57,12 @@ class LineReader:
             self._scan -= pos
             self._pos = 0
         else:
+            acc = cython.cast(bytearray, buf)
             if pos:
-                del buf[:pos]  # O(1) for a bytearray: CPython advances its logical start
+                del acc[:pos]  # O(1) for a bytearray: CPython advances its logical start
                 self._scan -= pos
                 self._pos = 0
-            buf += data
+            acc += data
 
     def readline(self) -> bytes | None:
         """The next complete line without its terminator, or None.  Raises LineTooLong (once per line)."""
@@ -94,7 +96,8 @@ class LineReader:
                 raise LineTooLong(f"line longer than {self._max} bytes")
             return None
         end = i
-        if end > pos and buf[end - 1] == 13:  # CRLF; otherwise a bare LF (accepted for command lines)
+        # CRLF; otherwise a bare LF, accepted for command lines.
+        if end > pos and (s[end - 1] if cython.compiled else buf[end - 1]) == 13:
             end -= 1
         self._pos = i + 1
         self._scan = i + 1

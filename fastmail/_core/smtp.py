@@ -1,8 +1,8 @@
 """SMTP command-line and address parsing: bytes in, tokens out (no policy, no state).
 
 RFC 5321 §4.1.1 (commands), §4.1.2 (command argument syntax: Path, Mailbox, Local-part, Domain,
-address literals), §4.1.3 (address literals), §4.5.3.1 (size limits), RFC 6531 §3.3 (SMTPUTF8: UTF-8 in
-addresses and esmtp-values), RFC 3461 §4 (xtext).
+esmtp-param), §4.1.3 (address literals), §4.5.3.1 (size limits); RFC 6531 §3.3 (SMTPUTF8: UTF-8 in
+addresses and esmtp-values); RFC 3461 §4 (xtext).
 
 This is the foundation of the relay check, so it is exact and strict: whatever it returns is a mailbox
 whose domain a policy can compare with its own, whatever trick the client tried.
@@ -12,11 +12,16 @@ whose domain a policy can compare with its own, whatever trick the client tried.
     - the domain is lower-cased; an address literal is validated (IPv4, IPv6 only) and returned in
       canonical form, "[192.0.2.1]" or "[ipv6:2001:db8::1]";
     - a trailing dot, an empty label, an all-numeric top-level label, over-long parts: syntax errors.
+
+One source, two builds (Cython pure-Python mode): where ``cython.compiled`` is tested, the compiled
+branch scans the bytes in C loops over a character-class table, and the interpreted branch does the same
+check with a few bytes methods.  The test suite runs both and checks they agree.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 import unicodedata
 
 import cython
@@ -45,7 +50,8 @@ def _utf8_error() -> SMTPSyntaxError:
     return SMTPSyntaxError(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
 
 
-# -- character classes (for bytes.translate(None, CLASS): what is left is outside the class) ------------
+# -- character classes ------------------------------------------------------------------------------------
+# As byte strings for bytes.translate(None, CLASS) (what is left is outside the class) ...
 
 _ALNUM = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 # RFC 5322 §3.2.3 atext, as used by RFC 5321 §4.1.2 Atom.
@@ -59,15 +65,21 @@ _VALUE = bytes(c for c in range(33, 127) if c != 61)
 # RFC 3461 §4 xchar = "!" .. "~" except "+" and "="
 _XCHAR = bytes(c for c in range(33, 127) if c not in (43, 61))
 _HEX = b"0123456789ABCDEFabcdef"
-_HIGH = bytes(range(128, 256))  # bytes of UTF8-non-ascii (RFC 6531 §3.3)
+_HIGH = bytes(range(128, 256))  # the bytes of UTF8-non-ascii (RFC 6531 §3.3)
 _DIGITS_DOT = b"0123456789."
 _IPV6_CHARS = b"0123456789ABCDEFabcdef:."
+# RFC 5321 §4.1.2 Domain = sub-domain *("." sub-domain), with the limits of _domain() below.
+_DOT_DOMAIN = re.compile(
+    rb"(?:(?!-)[A-Za-z0-9-]{1,63}(?<!-)\.)*"  # sub-domain "."
+    rb"(?!-)(?=[A-Za-z0-9-]*[A-Za-z-])[A-Za-z0-9-]{1,63}(?<!-)"  # top-level label: not all-numeric
+)
 
-# The same classes as bits of a 256-entry table, for the compiled byte loops.
+# ... and as bits of a 256-entry table, for the compiled byte loops.
 _C_ATEXT = 1  # atext, without "."
 _C_LDH = 2  # letter, digit, hyphen
 _C_DIGIT = 4
 _C_ALPHA = 8
+_C_VALUE = 16  # esmtp-value character
 
 
 def _class_table() -> bytes:
@@ -82,18 +94,27 @@ def _class_table() -> bytes:
         table[c] |= _C_DIGIT
     for c in _ALNUM[:52]:
         table[c] |= _C_ALPHA
+    for c in _VALUE:
+        table[c] |= _C_VALUE
     return bytes(table)
 
 
 _CLASS = _class_table()
 
-# Upper-cased str for the verbs we see all day, as sent (saves upper() + decode()).
-_VERBS = {}
-for _v in ("HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY",
-           "EXPN", "HELP", "AUTH", "STARTTLS", "ETRN"):
-    _VERBS[_v.encode()] = _v
-    _VERBS[_v.lower().encode()] = _v
-del _v
+
+def _spellings(*words: str) -> dict:
+    """{b"WORD": "WORD", b"word": "WORD"}: the upper-cased str of the words we see all day, as sent."""
+    table = {}
+    for word in words:
+        table[word.encode()] = word
+        table[word.lower().encode()] = word
+    return table
+
+
+_VERBS = _spellings("HELO", "EHLO", "LHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY",
+                    "EXPN", "HELP", "AUTH", "STARTTLS", "ETRN")
+_KEYWORDS = _spellings("SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "NOTIFY", "ORCPT", "AUTH", "REQUIRETLS",
+                       "MT-PRIORITY", "HOLDFOR", "HOLDUNTIL", "BY")
 
 
 # -- command line (RFC 5321 §4.1.1) ----------------------------------------------------------------------
@@ -118,9 +139,13 @@ def parse_command(line: bytes) -> tuple[str, bytes]:
             i += 1
         if i == 0 or i > 12:
             return "", line
-        verb = line[:i] if i < n else line
         if i == n:
+            verb = line
             i = -1
+        else:
+            verb = PyBytes_FromStringAndSize(  # type: ignore[name-defined]  # noqa: F821
+                cython.cast(cython.p_const_char, s), i
+            )
     else:
         i = line.find(b" ")
         verb = line if i < 0 else line[:i]
@@ -144,20 +169,16 @@ def parse_mail_from(args: bytes) -> tuple[tuple[str, str] | None, dict[str, str 
     """Parse the argument of MAIL: "FROM:" Reverse-path [SP Mail-parameters].
 
     Returns (address, params): address is None for the null path "<>", else (local_part, domain).
+    Params: upper-cased keyword -> value (str) or None.  Non-ASCII in the path needs SMTPUTF8.
     """
-    head = args[:5]
-    if head != b"FROM:" and head.upper() != b"FROM:":
+    if not _prefix_ci(args, b"from:"):
         raise _param_error()
-    bounds = _path_bounds(args, 5)
-    a: cython.Py_ssize_t = bounds[0]
-    b: cython.Py_ssize_t = bounds[1]
+    a, b = _path_bounds(args, 5)
     params = _parse_params(args, b + 1)
     utf8 = "SMTPUTF8" in params  # RFC 6531 §3.4
     if params:
         _decode_values(params, utf8)
-    if a == b:
-        return None, params  # RFC 5321 §4.5.5 null reverse-path
-    return parse_path(args[a:b], utf8), params
+    return _path(args, a, b, utf8), params  # None: the null reverse-path (RFC 5321 §4.5.5)
 
 
 def parse_rcpt_to(args: bytes, utf8: bool = False) -> tuple[tuple[str, str], dict[str, str | None]]:
@@ -165,21 +186,44 @@ def parse_rcpt_to(args: bytes, utf8: bool = False) -> tuple[tuple[str, str], dic
 
     `utf8`: the transaction's MAIL carried SMTPUTF8.  "<Postmaster>" gives ("postmaster", "").
     """
-    head = args[:3]
-    if head != b"TO:" and head.upper() != b"TO:":
+    if not _prefix_ci(args, b"to:"):
         raise _param_error()
-    bounds = _path_bounds(args, 3)
-    a: cython.Py_ssize_t = bounds[0]
-    b: cython.Py_ssize_t = bounds[1]
+    a, b = _path_bounds(args, 3)
     params = _parse_params(args, b + 1)
     if params:
         _decode_values(params, utf8)
-    if b - a == 10 and args[a:b].lower() == b"postmaster":
+    if b - a == 10 and _prefix_ci(args[a:b], b"postmaster"):
         return ("postmaster", ""), params  # RFC 5321 §4.1.1.3: no domain, any case
-    address = parse_path(args[a:b], utf8)
+    address = _path(args, a, b, utf8)
     if address is None:
         raise _address_error()  # a forward-path is never null
     return address, params
+
+
+def parse_path(path: bytes, utf8: bool) -> tuple[str, str] | None:
+    """Parse what is between "<" and ">": None for the null path, else (local_part, domain).
+
+    Path = "<" [ A-d-l ":" ] Mailbox ">";  Mailbox = Local-part "@" ( Domain / address-literal ).
+    The source route is validated and dropped; the local part is returned unquoted.
+    """
+    return _path(path, 0, len(path), utf8)
+
+
+def _prefix_ci(s: bytes, prefix: bytes) -> bool:
+    """s starts with `prefix` (given in lower case), letters compared without case."""
+    m = len(prefix)
+    if len(s) < m:
+        return False
+    if cython.compiled:
+        p: cython.p_const_uchar = s
+        q: cython.p_const_uchar = prefix
+        for i in range(m):
+            c = p[i]
+            if c != q[i] and not (97 <= q[i] <= 122 and (c | 32) == q[i]):
+                return False
+        return True
+    else:
+        return s[:m].lower() == prefix
 
 
 def _path_bounds(args: bytes, p: cython.Py_ssize_t) -> tuple[int, int]:
@@ -191,55 +235,128 @@ def _path_bounds(args: bytes, p: cython.Py_ssize_t) -> tuple[int, int]:
     if p >= n or args[p] != 60:  # "<"
         raise _param_error()
     a = p + 1
-    b = args.find(b">", a)
-    if b < 0:
-        raise _param_error()
-    q = args.find(b'"', a, b)
-    if q >= 0:
-        # A Quoted-string local part may hold ">": find its end first.
-        q = _quoted_end(args, q)
-        if q < 0:
+    if cython.compiled:
+        s: cython.p_const_uchar = args
+        b = a
+        while b < n and s[b] != 62 and s[b] != 34:
+            b += 1
+        if b < n and s[b] == 34:
+            # A Quoted-string local part may hold ">": skip it first.
+            q = _quoted_end(args, b, n)
+            if q < 0:
+                raise _param_error()
+            b = q + 1
+            while b < n and s[b] != 62:
+                b += 1
+        if b >= n:
             raise _param_error()
-        b = args.find(b">", q + 1)
+    else:
+        b = args.find(b">", a)
         if b < 0:
             raise _param_error()
+        q = args.find(b'"', a, b)
+        if q >= 0:
+            # A Quoted-string local part may hold ">": skip it first.
+            q = _quoted_end(args, q, n)
+            if q < 0:
+                raise _param_error()
+            b = args.find(b">", q + 1)
+            if b < 0:
+                raise _param_error()
     return a, b
 
 
 def _parse_params(args: bytes, p: cython.Py_ssize_t) -> dict:
-    """esmtp-param *(SP esmtp-param) after the path (RFC 5321 §4.1.2); values still bytes."""
+    """esmtp-param *(SP esmtp-param) after the path (RFC 5321 §4.1.2); values are still bytes.
+
+    esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-");  a duplicate keyword is an error.  Runs of
+    SP between parameters are tolerated.
+    """
     params: dict = {}
     n = len(args)
     if p >= n:
         return params
     if args[p] != 32:
         raise _param_error()
-    for item in args[p + 1 :].split(b" "):
-        if not item:
-            continue  # tolerate runs of SP between parameters
-        eq = item.find(b"=")
-        if eq < 0:
-            key = item
-            value = None
-        else:
-            key = item[:eq]
-            value = item[eq + 1 :]
-            if not value:
+    if cython.compiled:
+        s: cython.p_const_uchar = args
+        t: cython.p_const_uchar = _CLASS
+        i = p + 1
+        while True:
+            while i < n and s[i] == 32:
+                i += 1
+            if i >= n:
+                break
+            k = i
+            if s[i] == 45:  # a keyword starts with a letter or digit
                 raise _param_error()
-        # esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")
-        if not key.isalnum() and (not key[:1].isalnum() or not key.replace(b"-", b"").isalnum()):
-            raise _param_error()
-        name = key.upper().decode("ascii")
-        if name in params:
-            raise _param_error()
-        params[name] = value
+            while i < n and s[i] != 32 and s[i] != 61:
+                if not t[s[i]] & 2:  # _C_LDH
+                    raise _param_error()
+                i += 1
+            if i == k:
+                raise _param_error()
+            raw = PyBytes_FromStringAndSize(  # type: ignore[name-defined]  # noqa: F821
+                cython.cast(cython.p_const_char, s + k), i - k
+            )
+            name = _KEYWORDS.get(raw)
+            if name is None:
+                name = raw.upper().decode("ascii")
+            value = None
+            if i < n and s[i] == 61:  # "="
+                # esmtp-value: decoded here when ASCII; UTF-8 ones wait for _decode_values.
+                i += 1
+                v = i
+                ascii = True
+                while i < n and s[i] != 32:
+                    if not t[s[i]] & 16:  # _C_VALUE
+                        if s[i] < 128:
+                            raise _param_error()
+                        ascii = False
+                    i += 1
+                if i == v:
+                    raise _param_error()
+                if ascii:
+                    value = PyUnicode_DecodeASCII(  # type: ignore[name-defined]  # noqa: F821
+                        cython.cast(cython.p_const_char, s + v), i - v, cython.NULL
+                    )
+                else:
+                    value = PyBytes_FromStringAndSize(  # type: ignore[name-defined]  # noqa: F821
+                        cython.cast(cython.p_const_char, s + v), i - v
+                    )
+            if name in params:
+                raise _param_error()
+            params[name] = value
+    else:
+        for item in args[p + 1 :].split(b" "):
+            if not item:
+                continue
+            eq = item.find(b"=")
+            if eq < 0:
+                key = item
+                value = None
+            else:
+                key = item[:eq]
+                value = item[eq + 1 :]
+                if not value:
+                    raise _param_error()
+            if not key.isalnum() and (not key[:1].isalnum() or not key.replace(b"-", b"").isalnum()):
+                raise _param_error()
+            name = _KEYWORDS.get(key)
+            if name is None:
+                name = key.upper().decode("ascii")
+            if name in params:
+                raise _param_error()
+            params[name] = value
     return params
 
 
 def _decode_values(params: dict, utf8: bool) -> None:
-    """esmtp-value = 1*(%d33-60 / %d62-126), plus UTF8-non-ascii under SMTPUTF8 (RFC 6531 §3.3)."""
+    """esmtp-value = 1*(%d33-60 / %d62-126), plus UTF8-non-ascii under SMTPUTF8 (RFC 6531 §3.3).
+
+    Decodes the values _parse_params left as bytes (the compiled build decodes ASCII ones itself)."""
     for name, value in params.items():
-        if value is None:
+        if type(value) is not bytes:
             continue
         rest = value.translate(None, _VALUE)
         if not rest:
@@ -255,92 +372,107 @@ def _decode_values(params: dict, utf8: bool) -> None:
 
 # -- Path / Mailbox (RFC 5321 §4.1.2) ---------------------------------------------------------------------
 
-def parse_path(path: bytes, utf8: bool) -> tuple[str, str] | None:
-    """Parse what is between "<" and ">": None for the null path, else (local_part, domain).
-
-    Path = "<" [ A-d-l ":" ] Mailbox ">";  Mailbox = Local-part "@" ( Domain / address-literal ).
-    The source route is validated and dropped; the local part is returned unquoted.
-    """
-    n = len(path)
-    if n == 0:
+def _path(buf: bytes, a: cython.Py_ssize_t, b: cython.Py_ssize_t, utf8: bool) -> tuple[str, str] | None:
+    """The path buf[a:b] (without its angle brackets): None if empty, else (local_part, domain)."""
+    if a >= b:
         return None
-    if not utf8 and not path.isascii():
-        raise _utf8_error()
-    p: cython.Py_ssize_t = 0
-    if path[0] == 64:  # "@": A-d-l, RFC 5321 §4.1.1.3 "SHOULD accept and ignore"
-        p = _skip_route(path, utf8)
-    if n - p > 254 or p >= n:  # RFC 5321 §4.5.3.1.3: Path <= 256 octets with the brackets
+    s: cython.p_const_uchar = buf
+    if not utf8:
+        if cython.compiled:
+            for i in range(a, b):
+                if s[i] >= 128:
+                    raise _utf8_error()
+        elif not buf[a:b].isascii():
+            raise _utf8_error()
+    p = a
+    if buf[p] == 64:  # "@": A-d-l, RFC 5321 §4.1.1.3 "SHOULD accept and ignore"
+        p = _skip_route(buf, a, b, utf8)
+    if b - p > 254 or p >= b:  # RFC 5321 §4.5.3.1.3: Path <= 256 octets with the brackets
         raise _address_error()
-    if path[p] == 34:  # Quoted-string
-        q = _quoted_end(path, p)
+    if buf[p] == 34:  # Quoted-string
+        q = _quoted_end(buf, p, b)
         if q < 0:
             raise _address_error()
         at = q + 1
-        if at >= n or path[at] != 64:
+        if at >= b or buf[at] != 64:
             raise _address_error()
-        local = _unquote(path[p + 1 : q], utf8)
+        local = _unquote(buf[p + 1 : q], utf8)
     else:  # Dot-string
-        at = path.find(b"@", p)
+        if cython.compiled:
+            m: cython.p_const_uchar = cython.cast(
+                cython.p_const_uchar, memchr(s + p, 64, b - p)  # type: ignore[name-defined]  # noqa: F821
+            )
+            at = -1 if m == cython.NULL else m - s
+        else:
+            at = buf.find(b"@", p, b)
         if at < 0:
             raise _address_error()
-        local = _dot_string(path[p:at], utf8)
+        local = _dot_string(buf, p, at, utf8)
     if at - p > 64:  # RFC 5321 §4.5.3.1.1: local-part <= 64 octets (as sent)
         raise _address_error()
-    return local, _domain(path[at + 1 :], utf8)
+    return local, _domain(buf, at + 1, b, utf8)
 
 
-def _skip_route(path: bytes, utf8: bool) -> cython.Py_ssize_t:
-    """A-d-l = At-domain *( "," At-domain ); return the index after the ":" that ends it."""
-    n = len(path)
-    p = 0
+def _skip_route(buf: bytes, a: cython.Py_ssize_t, b: cython.Py_ssize_t, utf8: bool) -> cython.Py_ssize_t:
+    """A-d-l = At-domain *( "," At-domain ) ":" at buf[a:]; return the index after the ":"."""
+    p = a
     while True:
-        if p >= n or path[p] != 64:
+        if p >= b or buf[p] != 64:  # "@"
             raise _address_error()
         p += 1
-        if p < n and path[p] == 91:  # "[": an address literal may hold ":"
-            e = path.find(b"]", p)
+        if p < b and buf[p] == 91:  # "[": an address literal may hold ":"
+            e = buf.find(b"]", p, b)
             if e < 0:
                 raise _address_error()
             e += 1
         else:
-            e = path.find(b":", p)
-            c = path.find(b",", p, e if e >= 0 else n)
+            e = buf.find(b":", p, b)
+            c = buf.find(b",", p, e if e >= 0 else b)
             if c >= 0:
                 e = c
             if e < 0:
                 raise _address_error()
-        _domain(path[p:e], utf8)  # validated, then ignored
-        if e >= n:
+        _domain(buf, p, e, utf8)  # validated, then ignored
+        if e >= b:
             raise _address_error()
-        if path[e] == 58:  # ":"
+        if buf[e] == 58:  # ":"
             return e + 1
-        if path[e] != 44:  # ","
+        if buf[e] != 44:  # ","
             raise _address_error()
         p = e + 1
 
 
-def _quoted_end(s: bytes, q: cython.Py_ssize_t) -> cython.Py_ssize_t:
-    """Index of the DQUOTE closing the quoted string opened at s[q], or -1."""
-    i = q + 1
-    while True:
-        j = s.find(b'"', i)
-        if j < 0:
-            return -1
-        k = s.find(b"\\", i, j)
-        if k < 0:
-            return j
-        i = k + 2  # quoted-pairSMTP: skip the escaped byte, which may be a DQUOTE
-
-
-def _dot_string(b: bytes, utf8: bool) -> str:
-    """Dot-string = Atom *("." Atom); Atom = 1*atext (RFC 5321 §4.1.2, RFC 6531 §3.3 for UTF-8)."""
-    n = len(b)
+def _quoted_end(s: bytes, q: cython.Py_ssize_t, b: cython.Py_ssize_t) -> cython.Py_ssize_t:
+    """Index (< b) of the DQUOTE closing the quoted string opened at s[q], or -1."""
     if cython.compiled:
-        s: cython.p_const_uchar = b
+        p: cython.p_const_uchar = s
+        i = q + 1
+        while i < b:
+            c = p[i]
+            if c == 34:
+                return i
+            i += 2 if c == 92 else 1  # quoted-pairSMTP: skip the escaped byte, which may be a DQUOTE
+        return -1
+    else:
+        i = q + 1
+        while True:
+            j = s.find(b'"', i, b)
+            if j < 0:
+                return -1
+            k = s.find(b"\\", i, j)
+            if k < 0:
+                return j
+            i = k + 2  # quoted-pairSMTP: skip the escaped byte, which may be a DQUOTE
+
+
+def _dot_string(buf: bytes, a: cython.Py_ssize_t, e: cython.Py_ssize_t, utf8: bool) -> str:
+    """Dot-string = Atom *("." Atom); Atom = 1*atext (RFC 5321 §4.1.2; RFC 6531 §3.3 adds UTF-8)."""
+    if cython.compiled:
+        s: cython.p_const_uchar = buf
         t: cython.p_const_uchar = _CLASS
         dot = True  # at the start, or after a "."
         high = False
-        for i in range(n):
+        for i in range(a, e):
             c = s[i]
             if c == 46:
                 if dot:
@@ -356,17 +488,21 @@ def _dot_string(b: bytes, utf8: bool) -> str:
         if dot:  # empty, or a trailing "."
             raise _address_error()
         if not high:
-            return b.decode("ascii")
+            return PyUnicode_DecodeASCII(  # type: ignore[name-defined]  # noqa: F821
+                cython.cast(cython.p_const_char, s + a), e - a, cython.NULL
+            )
+        local = buf[a:e]
     else:
-        if n == 0 or b[0] == 46 or b[n - 1] == 46 or b.find(b"..") >= 0:
+        local = buf[a:e]
+        if a == e or local[0] == 46 or local[e - a - 1] == 46 or local.find(b"..") >= 0:
             raise _address_error()
-        rest = b.translate(None, _ATEXT_DOT)
+        rest = local.translate(None, _ATEXT_DOT)
         if not rest:
-            return b.decode("ascii")
+            return local.decode("ascii")
         if not utf8 or rest.translate(None, _HIGH):
             raise _address_error()
     try:
-        return b.decode("utf-8")
+        return local.decode("utf-8")
     except UnicodeDecodeError:
         raise _address_error() from None
 
@@ -413,29 +549,29 @@ def _qtext_ok(seg: bytes, utf8: bool) -> bool:
     return not rest or (utf8 and not rest.translate(None, _HIGH))
 
 
-def _domain(d: bytes, utf8: bool) -> str:
-    """Domain / address-literal (RFC 5321 §4.1.2, §4.1.3; RFC 6531 §3.3 U-labels under SMTPUTF8)."""
-    n = len(d)
-    if n == 0 or n > 255:  # RFC 5321 §4.5.3.1.2
+def _domain(buf: bytes, a: cython.Py_ssize_t, e: cython.Py_ssize_t, utf8: bool) -> str:
+    """Domain / address-literal at buf[a:e] (RFC 5321 §4.1.2, §4.1.3; RFC 6531 §3.3 U-labels).
+
+    sub-domain = Let-dig [Ldh-str]: no empty label, no hyphen at either end of a label, <= 63 octets
+    (RFC 1035 §2.3.4), <= 255 octets in all (RFC 5321 §4.5.3.1.2).  RFC 3696 §2: a top-level label is
+    never all-numeric (so "1.2.3.4" is not a domain name: write "[1.2.3.4]").
+    """
+    n = e - a
+    if n == 0 or n > 255:
         raise _address_error()
-    if d[0] == 91:  # "["
-        return _address_literal(d)
-    if not d.isascii():
-        if not utf8:
-            raise _utf8_error()
-        return _u_domain(d)
-    # sub-domain = Let-dig [Ldh-str]: no empty label, no hyphen at either end of a label, <= 63 octets.
-    # RFC 3696 §2: a top-level label is never all-numeric (so "1.2.3.4" is not a domain name).
+    if buf[a] == 91:  # "["
+        return _address_literal(buf[a:e])
     if cython.compiled:
-        s: cython.p_const_uchar = d
+        s: cython.p_const_uchar = buf
         t: cython.p_const_uchar = _CLASS
+        low = cython.declare(cython.char[256])  # the domain, lower-cased (n <= 255)
         label = 0
         digits = True
         c = 46
         for i in range(n):
-            c = s[i]
+            c = s[a + i]
             if c == 46:
-                if label == 0 or s[i - 1] == 45:
+                if label == 0 or low[i - 1] == 45:
                     raise _address_error()
                 label = 0
                 digits = True
@@ -447,30 +583,27 @@ def _domain(d: bytes, utf8: bool) -> str:
                     raise _address_error()
                 if not t[c] & 4:  # _C_DIGIT
                     digits = False
+                if 65 <= c <= 90:
+                    c += 32
+            elif c >= 128:
+                if not utf8:
+                    raise _utf8_error()
+                return _u_domain(buf[a:e])
             else:
                 raise _address_error()
+            low[i] = c
         if label == 0 or c == 45 or digits:
             raise _address_error()
+        return PyUnicode_DecodeASCII(low, n, cython.NULL)  # type: ignore[name-defined]  # noqa: F821
     else:
-        if (
-            d.translate(None, _LDH_DOT)
-            or d[0] == 46
-            or d[0] == 45
-            or d[n - 1] == 46
-            or d[n - 1] == 45
-            or d.find(b"..") >= 0
-            or d.find(b"-.") >= 0
-            or d.find(b".-") >= 0
-        ):
-            raise _address_error()
-        dot = d.rfind(b".")
-        if d[dot + 1 :].isdigit():
-            raise _address_error()
-        if n > 63:
-            for label in d.split(b"."):
-                if len(label) > 63:
-                    raise _address_error()
-    return d.lower().decode("ascii")
+        d = buf[a:e]
+        if _DOT_DOMAIN.fullmatch(d) is None:
+            if d.isascii():
+                raise _address_error()
+            if not utf8:
+                raise _utf8_error()
+            return _u_domain(d)
+        return d.lower().decode("ascii")
 
 
 def _u_domain(d: bytes) -> str:
