@@ -182,7 +182,7 @@ class SMTPProtocol(asyncio.Protocol):
         self._reading_paused = False
         try:
             new = await loop.start_tls(self.transport, self, ctx, server_side=True, ssl_handshake_timeout=30)
-        except (ssl.SSLError, OSError, ConnectionError, asyncio.TimeoutError) as e:
+        except (TimeoutError, ssl.SSLError, OSError, ConnectionError) as e:
             log.event("tls_failed", peer=self.conn.session.peer, error=type(e).__name__)
             self._close()
             return
