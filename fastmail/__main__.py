@@ -1,3 +1,5 @@
-from fastmail.cli import main
 import sys
+
+from fastmail.cli import main
+
 sys.exit(main())

@@ -240,11 +240,10 @@ def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] |
         except ValueError as e:
             raise ConfigError(f"{source}: {key}: {e}") from None
         values[key] = value
-    cfg = Config(values, source)
-    if path is not None and not os.path.isabs(cfg.server_data_dir):
+    if path is not None and not os.path.isabs(values["server.data_dir"]):
         # A relative data_dir in a file is relative to that file, not to wherever serve was started.
-        setattr(cfg, "server_data_dir", str(Path(path).resolve().parent / cfg.server_data_dir))
-    return cfg
+        values["server.data_dir"] = str(Path(path).resolve().parent / values["server.data_dir"])
+    return Config(values, source)
 
 
 def describe() -> str:
