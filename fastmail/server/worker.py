@@ -141,6 +141,8 @@ async def _serve(ctx: WorkerContext, services: Services) -> None:
     stopping = asyncio.Event()
     install_worker_signals(loop, stopping.set)
     beat = start_heartbeat(ctx, loop)
+    log.buffer()
+    flusher = loop.create_task(_flush_logs())
     log.event("worker_ready", index=ctx.index, generation=ctx.generation, listeners=len(servers))
     await stopping.wait()
     # Graceful stop: no new connections; sessions finish up to the grace period; then 421 to the rest.
@@ -158,6 +160,14 @@ async def _serve(ctx: WorkerContext, services: Services) -> None:
     await services.committer.drain()
     await asyncio.sleep(0.05)
     beat.cancel()
+    flusher.cancel()
     c = services.committer
     log.event("worker_stop", index=ctx.index, commit_batches=c.batches, commit_messages=c.messages,
               largest_batch=c.largest_batch)
+    log.buffer(False)
+
+
+async def _flush_logs(interval: float = 0.2) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        log.flush()
