@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import itertools
 import logging
+import os
 import ssl
 import time
 from typing import TYPE_CHECKING, Any
@@ -20,6 +22,9 @@ from fastmail.store.store import Incoming, new_qid
 
 if TYPE_CHECKING:
     from fastmail.server.worker import Services
+
+
+_session_ids = itertools.count(1)
 
 
 class SMTPProtocol(asyncio.Protocol):
@@ -37,6 +42,7 @@ class SMTPProtocol(asyncio.Protocol):
         self._closing = False
         self.started = time.monotonic()
         self.messages = 0
+        self.sid = f"{os.getpid():x}.{next(_session_ids):x}"  # session id: follows one connection in the log
 
     # -- asyncio callbacks ----------------------------------------------------------------------------
 
@@ -59,7 +65,7 @@ class SMTPProtocol(asyncio.Protocol):
             sender_login_match=cfg.smtp_sender_login_match,
         )
         self.services.sessions.add(self)
-        log.event("connect", listener=self.listener, peer=ip, tls=int(self.implicit_tls))
+        log.event("connect", sid=self.sid, listener=self.listener, peer=ip, tls=int(self.implicit_tls))
         self._pump()
 
     def data_received(self, data: bytes) -> None:
@@ -80,8 +86,8 @@ class SMTPProtocol(asyncio.Protocol):
         if conn is not None and not conn.closed:
             # Abrupt disconnect: whatever was in flight without a reply is simply not accepted.
             if conn.in_data:
-                log.event("disconnect_in_data", level=logging.WARNING, peer=conn.session.peer)
-        log.event("disconnect", peer=conn.session.peer if conn else "", messages=self.messages,
+                log.event("disconnect_in_data", level=logging.WARNING, sid=self.sid)
+        log.event("disconnect", sid=self.sid, messages=self.messages,
                   secs=f"{time.monotonic() - self.started:.3f}")
 
     def pause_writing(self) -> None:
@@ -136,7 +142,7 @@ class SMTPProtocol(asyncio.Protocol):
     def _on_timeout(self) -> None:
         self._timer = None
         if self.conn is not None:
-            log.event("timeout", peer=self.conn.session.peer)
+            log.event("timeout", sid=self.sid)
             self.conn.timed_out()
             self._pump()
 
@@ -183,7 +189,7 @@ class SMTPProtocol(asyncio.Protocol):
         try:
             new = await loop.start_tls(self.transport, self, ctx, server_side=True, ssl_handshake_timeout=30)
         except (TimeoutError, ssl.SSLError, OSError, ConnectionError) as e:
-            log.event("tls_failed", peer=self.conn.session.peer, error=type(e).__name__)
+            log.event("tls_failed", sid=self.sid, error=type(e).__name__)
             self._close()
             return
         if new is None:
@@ -191,7 +197,7 @@ class SMTPProtocol(asyncio.Protocol):
             return
         self.transport = new
         self.conn.tls_started()
-        log.event("starttls", peer=self.conn.session.peer, version=new.get_extra_info("ssl_object").version())
+        log.event("starttls", sid=self.sid, version=new.get_extra_info("ssl_object").version())
 
     async def _authenticate(self, req: P.Authenticate) -> None:
         conn = self.conn
@@ -199,7 +205,7 @@ class SMTPProtocol(asyncio.Protocol):
         ok, user_id = await self.services.authenticate(req.username, req.password)
         if ok and req.authzid and req.authzid.lower() != req.username.lower():
             ok = False  # no proxy authorization
-        log.event("auth", peer=conn.session.peer, user=req.username, mech=req.mechanism, ok=int(ok))
+        log.event("auth", sid=self.sid, user=req.username, mech=req.mechanism, ok=int(ok))
         if not ok:
             await asyncio.sleep(self.services.auth_failure_delay)
             conn.auth_done(None)
@@ -235,11 +241,11 @@ class SMTPProtocol(asyncio.Protocol):
         try:
             outcome = await services.committer.commit(item)
         except Exception as e:
-            log.event("store_failed", level=logging.ERROR, qid=qhex, error=repr(e))
+            log.event("store_failed", level=logging.ERROR, sid=self.sid, qid=qhex, error=repr(e))
             conn.deliver_done(qhex, failed=True)
             return
         self.messages += 1
-        log.event("accepted", qid=qhex, peer=conn.session.peer, sender=env.sender or "<>", rcpts=len(env.rcpts),
+        log.event("accepted", sid=self.sid, qid=qhex, sender=env.sender or "<>", rcpts=len(env.rcpts),
                   local=len(users) - len(outcome.over_quota), remote=len(remote), size=len(raw),
                   over_quota=len(outcome.over_quota) or None, mode=self.mode.value)
         conn.deliver_done(qhex, set(outcome.over_quota))
