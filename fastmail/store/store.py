@@ -7,6 +7,7 @@ synced LMDB commit (ARCHITECTURE §3), and is what the workers' group committer 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -129,39 +130,34 @@ class Store:
 
     # -- transactions ----------------------------------------------------------------------------------
 
-    @contextmanager
-    def read(self) -> Iterator[lmdb.Transaction]:
-        with self._gate.use():
-            try:
-                txn = self.env.begin(buffers=False)
-            except lmdb.MapResizedError:
-                txn = None
-            if txn is None:
-                self._adopt_map_size()
-                txn = self.env.begin(buffers=False)
-            try:
-                yield txn
-            finally:
-                txn.abort()
+    def read(self) -> contextlib.AbstractContextManager[lmdb.Transaction]:
+        return self._txn(write=False)
+
+    def write(self) -> contextlib.AbstractContextManager[lmdb.Transaction]:
+        """A write transaction, committed on success; a full map raises MapFullError (see _writing)."""
+        return self._txn(write=True)
 
     @contextmanager
-    def write(self) -> Iterator[lmdb.Transaction]:
-        """A write transaction; on MapFullError the map is grown and the caller must retry (see _writing)."""
-        with self._gate.use():
-            try:
-                txn = self.env.begin(write=True)
-            except lmdb.MapResizedError:
-                txn = None
-            if txn is None:
-                self._adopt_map_size()
-                txn = self.env.begin(write=True)
-            try:
-                yield txn
-            except BaseException:
-                txn.abort()
-                raise
-            else:
-                txn.commit()
+    def _txn(self, write: bool) -> Iterator[lmdb.Transaction]:
+        for _ in range(8):
+            with self._gate.use():
+                try:
+                    txn = self.env.begin(write=write, buffers=False)
+                except lmdb.MapResizedError:
+                    pass  # another process grew the map: adopt its size, outside the gate, and retry
+                else:
+                    try:
+                        yield txn
+                    except BaseException:
+                        txn.abort()
+                        raise
+                    if write:
+                        txn.commit()
+                    else:
+                        txn.abort()
+                    return
+            self._adopt_map_size()
+        raise StoreError("LMDB map size keeps changing")
 
     def _adopt_map_size(self) -> None:
         # Another process grew the map: adopt its size (LMDB: set_mapsize(0)).

@@ -163,3 +163,26 @@ def test_reopen_sees_committed_data(tmp_path):
     s2.commit_batch([_incoming(b"second\r\n", [u])])
     assert len(os.listdir(tmp_path / "d" / "segments")) == 2
     s2.close()
+
+
+def test_map_grown_by_another_process_is_adopted(tmp_path):
+    import subprocess
+    import sys
+
+    s = Store(tmp_path / "d", map_size=1 << 20)
+    s.add_domain("example.org")
+    u = s.add_user("a@example.org", "h")
+    s.commit_batch([_incoming(b"one\r\n", [u])])
+    grow = f"""
+from fastmail.store.store import Incoming, Store, new_qid
+s = Store({str(tmp_path / "d")!r}, map_size=1 << 20)
+for _ in range(40):
+    s.commit_batch([Incoming(qid=new_qid(), raw=b"m\\r\\n", sender="", local=[{u}], meta={{"pad": "x" * 50000}})])
+print(s.env.info()["map_size"])
+"""
+    res = subprocess.run([sys.executable, "-c", grow], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert int(res.stdout) > 1 << 20
+    s.commit_batch([_incoming(b"two\r\n", [u], meta={"pad": "y" * 50000})])
+    assert len(s.list_messages(s.mailbox_id(u, "INBOX"))) == 42
+    s.close()
