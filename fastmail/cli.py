@@ -80,7 +80,9 @@ def bootstrap(cfg: Config) -> None:
     if not cfg.tls_cert:
         cert, key = cfg.tls_files
         if ensure_self_signed(cert, key, cfg.hostname):
-            print(f"fastmail: made a self-signed certificate: {cert}", file=sys.stderr)
+            from fastmail import log
+
+            log.event("tls_self_signed", cert=cert, key=key, hostname=cfg.hostname)
     if os.geteuid() == 0 and cfg.user:
         from fastmail.master.privileges import resolve_credentials
 

@@ -102,6 +102,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("server.grace_period", float, 10.0, "Seconds sessions get to finish on TERM or HUP.", _positive),
     Setting("server.worker_timeout", float, 30.0, "Seconds without heartbeat before a worker is killed and replaced.", _at_least(2)),
     Setting("server.pid_file", str, "", "Write the master's pid here (empty: none)."),
+    Setting("server.backlog", int, 1024, "Listen backlog of every socket (connections waiting for accept).", _at_least(16)),
     Setting("server.map_size_mb", int, 1024, "Initial LMDB map size in MiB (grown on demand).", _at_least(16)),
     Setting("server.demo", bool, False, "Create a demo domain and user on first start (on by default without a config file)."),
     # listeners
@@ -163,6 +164,10 @@ class Config:
     @property
     def worker_timeout(self) -> float:
         return float(self.server_worker_timeout)
+
+    @property
+    def backlog(self) -> int:
+        return int(self.server_backlog)
 
     @property
     def pid_file(self) -> str:

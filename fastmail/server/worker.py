@@ -82,6 +82,7 @@ class Services:
         self.sessions: set[SMTPProtocol] = set()
         self.auth_failure_delay = 1.0
         self._auth_pool = ThreadPoolExecutor(2, thread_name_prefix="auth")
+        self._auth_pool.submit(auth.verify_password, None, "")  # make the dummy hash before the first login
 
     def is_trusted(self, ip: str) -> bool:
         if not self.trusted:
@@ -134,9 +135,11 @@ async def _serve(ctx: WorkerContext, services: Services) -> None:
         factory: Callable[[], Any] = partial(SMTPProtocol, services, mode, name, implicit)
         ssl_ctx = services.tls_context if implicit else None
         if sock.family == socket.AF_UNIX:
-            server = await loop.create_unix_server(factory, sock=sock, ssl=ssl_ctx)
+            server = await loop.create_unix_server(factory, sock=sock, ssl=ssl_ctx, backlog=services.config.backlog)
         else:
-            server = await loop.create_server(factory, sock=sock, ssl=ssl_ctx, ssl_handshake_timeout=30 if ssl_ctx else None)
+            # create_server listen()s again: without the backlog it would shrink to the loop's default of 100
+            server = await loop.create_server(factory, sock=sock, ssl=ssl_ctx, backlog=services.config.backlog,
+                                              ssl_handshake_timeout=30 if ssl_ctx else None)
         servers.append(server)
     stopping = asyncio.Event()
     install_worker_signals(loop, stopping.set)
