@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 from dataclasses import dataclass, field
 from email.utils import formatdate
@@ -136,6 +137,7 @@ Request = StartTLS | Authenticate | Deliver | Close
 
 _MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"}
 _RCPT_PARAMS = {"NOTIFY", "ORCPT"}
+_NO_VALUE = {"SMTPUTF8"}  # every other parameter must have "=value" (RFC 1870, 6152, 3461, 4954)
 
 
 class SMTPConnection:
@@ -452,6 +454,9 @@ class SMTPConnection:
         if not _keys_ok(params, _MAIL_PARAMS):
             self._error(R.BAD_PARAM)
             return
+        if not _values_ok(params):
+            self._error(R.SYNTAX_PARAMS)
+            return
         size = params.get("SIZE")
         if size is not None:
             if not size.isdigit():
@@ -466,9 +471,6 @@ class SMTPConnection:
             return
         ret = params.get("RET")
         if ret is not None and ret.upper() not in ("FULL", "HDRS"):
-            self._error(R.SYNTAX_PARAMS)
-            return
-        if "SMTPUTF8" in params and params["SMTPUTF8"] is not None:
             self._error(R.SYNTAX_PARAMS)
             return
         if (
@@ -502,6 +504,9 @@ class SMTPConnection:
             return
         if not _keys_ok(params, _RCPT_PARAMS) or not _notify_ok(params.get("NOTIFY")):
             self._error(R.BAD_PARAM)
+            return
+        if not _values_ok(params):
+            self._error(R.SYNTAX_PARAMS)
             return
         local, domain = address
         if not domain:  # <Postmaster> (RFC 5321 §4.5.1)
@@ -702,6 +707,11 @@ def _keys_ok(params: dict[str, str | None], allowed: set[str]) -> bool:
     return all(k in allowed for k in params)
 
 
+def _values_ok(params: dict[str, str | None]) -> bool:
+    """A value exactly where the parameter takes one: "SIZE" or "NOTIFY" alone is a syntax error."""
+    return all((v is None) == (k in _NO_VALUE) for k, v in params.items())
+
+
 def _notify_ok(value: str | None) -> bool:
     """RFC 3461 §4.1: NEVER alone, or a list of SUCCESS, FAILURE, DELAY."""
     if value is None:
@@ -710,6 +720,18 @@ def _notify_ok(value: str | None) -> bool:
     if items == ["NEVER"]:
         return True
     return all(i in ("SUCCESS", "FAILURE", "DELAY") for i in items) and len(set(items)) == len(items)
+
+
+# RFC 5321 §4.1.2 Dot-string of atext (RFC 6531 §3.3: UTF-8 allowed): a local part that needs no quotes.
+_DOT_STRING = re.compile(r'[^\x00-\x20\x7f"(),.:;<>@\[\\\]]+(?:\.[^\x00-\x20\x7f"(),.:;<>@\[\\\]]+)*')
+
+
+def _as_path(address: str) -> str:
+    """An address as the client wrote it in the Path: the parser unquoted the local part, quote it again."""
+    local, at, domain = address.rpartition("@")
+    if not at or _DOT_STRING.fullmatch(local):
+        return address
+    return '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"@' + domain
 
 
 def received_header(session: Session, envelope: Envelope, qid: str, hostname: str, now: float | None = None) -> bytes:
@@ -727,7 +749,7 @@ def received_header(session: Session, envelope: Envelope, qid: str, hostname: st
     helo = "".join(c for c in session.helo if c.isprintable() and c not in "()\\")[:255] or "unknown"
     peer = session.peer
     literal = f"[IPv6:{peer}]" if ":" in peer else f"[{peer}]"
-    for_clause = f"\r\n\tfor <{envelope.rcpts[0].address}>" if len(envelope.rcpts) == 1 else ""
+    for_clause = f"\r\n\tfor <{_as_path(envelope.rcpts[0].address)}>" if len(envelope.rcpts) == 1 else ""
     date = formatdate(now if now is not None else time.time(), localtime=False)
     text = f"Received: from {helo} ({literal})\r\n\tby {hostname} (fastmail) with {proto} id {qid}{for_clause};\r\n\t{date}\r\n"
     return text.encode("utf-8")

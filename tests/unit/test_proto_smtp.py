@@ -322,3 +322,35 @@ def test_received_header():
     h = P.received_header(s, env, "abc123", "mx.example.org", now=0).decode()
     assert h.startswith("Received: from client.test ([192.0.2.1])\r\n\tby mx.example.org (fastmail) with ESMTPSA id abc123")
     assert "for <x@y.test>;" in h and h.endswith("1970 00:00:00 -0000\r\n")
+
+
+@pytest.mark.parametrize("line", [b"MAIL FROM:<s@remote.test> SIZE", b"MAIL FROM:<s@remote.test> BODY",
+                                  b"MAIL FROM:<s@remote.test> RET", b"MAIL FROM:<s@remote.test> ENVID",
+                                  b"MAIL FROM:<s@remote.test> AUTH", b"MAIL FROM:<s@remote.test> SMTPUTF8=yes"])
+def test_mail_parameter_without_its_value_is_a_syntax_error(line):
+    """RFC 1870/6152/3461/4954: SIZE=, BODY=, RET=, ENVID=, AUTH= need a value; SMTPUTF8 takes none."""
+    c = make()
+    send(c, b"EHLO x\r\n")
+    assert codes(send(c, line + b"\r\n")) == ["501 5.5.4"]
+    assert c.envelope is None
+    assert codes(send(c, b"MAIL FROM:<s@remote.test> SMTPUTF8\r\n")) == ["250 2.1.0"]
+
+
+@pytest.mark.parametrize("param", [b"NOTIFY", b"ORCPT"])
+def test_rcpt_parameter_without_its_value_is_a_syntax_error(param):
+    c = make()
+    send(c, b"EHLO x\r\nMAIL FROM:<s@remote.test>\r\n")
+    assert codes(send(c, b"RCPT TO:<alice@example.org> " + param + b"\r\n")) == ["501 5.5.4"]
+    assert c.envelope is not None and c.envelope.rcpts == []
+
+
+def test_received_for_clause_requotes_a_quoted_local_part():
+    """RFC 5321 §4.4: the "for" clause is a Path; the parser unquoted '"alice+a b;c"', so it is quoted again."""
+    c = make()
+    send(c, b'EHLO x\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<"alice+a b;\\"c"@example.org>\r\nDATA\r\nx\r\n.\r\n')
+    env = deliver(c)
+    assert env.rcpts[0].address == 'alice+a b;"c@example.org'
+    h = P.received_header(c.session, env, "q1", "mx.example.org", now=0).decode()
+    assert '\tfor <"alice+a b;\\"c"@example.org>;\r\n' in h
+    env.rcpts[0].address = "bob.x+y@example.org"
+    assert "\tfor <bob.x+y@example.org>;" in P.received_header(c.session, env, "q1", "mx.example.org").decode()
