@@ -451,10 +451,10 @@ class SMTPConnection:
         except core_smtp.SMTPSyntaxError as e:
             self._error(Reply(e.code, e.enhanced, e.text))
             return
-        if not _keys_ok(params, _MAIL_PARAMS):
-            self._error(R.BAD_PARAM)
+        if not _keys_ok(params, _MAIL_PARAMS) or (params and not self.session.esmtp):
+            self._error(R.BAD_PARAM)  # parameters are extensions: none after HELO (RFC 5321 §4.1.1.11)
             return
-        if not _values_ok(params):
+        if not _values_ok(params) or not _xtext_ok(params.get("ENVID")):
             self._error(R.SYNTAX_PARAMS)
             return
         size = params.get("SIZE")
@@ -502,10 +502,10 @@ class SMTPConnection:
         except core_smtp.SMTPSyntaxError as e:
             self._error(Reply(e.code, e.enhanced, e.text))
             return
-        if not _keys_ok(params, _RCPT_PARAMS) or not _notify_ok(params.get("NOTIFY")):
+        if not _keys_ok(params, _RCPT_PARAMS) or not _notify_ok(params.get("NOTIFY")) or (params and not self.session.esmtp):
             self._error(R.BAD_PARAM)
             return
-        if not _values_ok(params):
+        if not _values_ok(params) or not _orcpt_ok(params.get("ORCPT")):
             self._error(R.SYNTAX_PARAMS)
             return
         local, domain = address
@@ -710,6 +710,24 @@ def _keys_ok(params: dict[str, str | None], allowed: set[str]) -> bool:
 def _values_ok(params: dict[str, str | None]) -> bool:
     """A value exactly where the parameter takes one: "SIZE" or "NOTIFY" alone is a syntax error."""
     return all((v is None) == (k in _NO_VALUE) for k, v in params.items())
+
+
+def _xtext_ok(value: str | None) -> bool:
+    if value is None:
+        return True
+    try:
+        core_smtp.xtext_decode(value)
+    except core_smtp.SMTPSyntaxError:
+        return False
+    return True
+
+
+def _orcpt_ok(value: str | None) -> bool:
+    """RFC 3461 §4.2: ORCPT=addr-type ";" xtext, addr-type an atom (e.g. rfc822, utf-8)."""
+    if value is None:
+        return True
+    kind, sep, addr = value.partition(";")
+    return bool(sep and kind and addr) and kind.replace("-", "").isalnum() and kind.isascii() and _xtext_ok(addr)
 
 
 def _notify_ok(value: str | None) -> bool:

@@ -354,3 +354,15 @@ def test_received_for_clause_requotes_a_quoted_local_part():
     assert '\tfor <"alice+a b;\\"c"@example.org>;\r\n' in h
     env.rcpts[0].address = "bob.x+y@example.org"
     assert "\tfor <bob.x+y@example.org>;" in P.received_header(c.session, env, "q1", "mx.example.org").decode()
+
+
+def test_dsn_values_are_checked_and_params_need_ehlo():
+    c = make()
+    send(c, b"HELO x\r\n")
+    assert codes(send(c, b"MAIL FROM:<a@b.test> SIZE=10\r\n")) == ["555 5.5.4"]  # no extensions after HELO
+    send(c, b"EHLO x\r\n")
+    assert codes(send(c, b"MAIL FROM:<a@b.test> ENVID=bad=x\r\n")) == ["501 5.5.4"]
+    assert codes(send(c, b"MAIL FROM:<a@b.test> ENVID=ok+2Bx\r\n")) == ["250 2.1.0"]
+    for orcpt in (b"alice@example.org", b";alice@example.org", b"rfc822;", b"rfc 822;a@b", b"rfc822;a=b"):
+        assert codes(send(c, b"RCPT TO:<alice@example.org> ORCPT=" + orcpt + b"\r\n")) == ["501 5.5.4"], orcpt
+    assert codes(send(c, b"RCPT TO:<alice@example.org> ORCPT=rfc822;alice+2B1@example.org\r\n")) == ["250 2.1.5"]
