@@ -55,7 +55,7 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     from fastmail import log
     from fastmail.master.arbiter import Arbiter
-    from fastmail.server.worker import worker_main
+    from fastmail.server.worker import worker_main, worker_prepare
 
     cfg = _load(args)
     log.setup(args.log_level)
@@ -64,7 +64,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def reload() -> Config:
         return _load(args)
 
-    return Arbiter(reload, worker_main).run()
+    return Arbiter(reload, worker_main, prepare={"worker": worker_prepare}).run()
 
 
 def bootstrap(cfg: Config) -> None:

@@ -166,10 +166,14 @@ class Arbiter:
         load_config: Callable[[], Any],
         worker_main: Callable[[WorkerContext], None],
         extra_kinds: Mapping[str, Callable[[WorkerContext], None]] | None = None,
+        prepare: Mapping[str, Callable[[WorkerContext], object]] | None = None,
     ) -> None:
+        """``prepare[kind](ctx)``, when given, runs in the child before privileges are dropped; its result
+        is ``ctx.prepared`` for the main function, which runs after the drop."""
         self.load_config = load_config
         self.worker_main = worker_main
         self.extra_kinds = dict(extra_kinds or {})
+        self.prepare = dict(prepare or {})
         if WORKER in self.extra_kinds:
             raise ValueError(f"{WORKER!r} is the kind of the socket workers; name the extra kind otherwise")
         self.config: Any = None
@@ -478,12 +482,6 @@ class Arbiter:
             for proc in self.procs.values():
                 proc.shm.close()
             self.procs = {}
-            if slot.creds is not None:
-                drop_privileges(slot.creds)
-            # After the drop (a credential change clears it): die with the master, never orphaned.
-            prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-            if os.getppid() != self._master_pid:
-                os._exit(0)
             ctx = WorkerContext(
                 index=slot.index,
                 generation=slot.generation,
@@ -493,6 +491,16 @@ class Arbiter:
                 timeout=self._timeout(slot.config),
                 _shm=shm,
             )
+            prepare = self.prepare.get(slot.kind)
+            if prepare is not None:
+                # Still privileged: open what needs it (store, TLS key) and import what opening imports.
+                ctx.prepared = prepare(ctx)
+            if slot.creds is not None:
+                drop_privileges(slot.creds)
+            # After the drop (a credential change clears it): die with the master, never orphaned.
+            prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != self._master_pid:
+                os._exit(0)
             main = self.worker_main if slot.kind == WORKER else self.extra_kinds[slot.kind]
             main(ctx)
             code = 0

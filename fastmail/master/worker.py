@@ -83,6 +83,7 @@ class WorkerContext:
     kind: str
     timeout: float = 30.0
     _shm: mmap.mmap | None = field(default=None, repr=False, compare=False)
+    prepared: object = None  # what the kind's prepare hook returned (before privileges were dropped)
 
     @property
     def heartbeat_interval(self) -> float:

@@ -25,7 +25,8 @@ from fastmail.master.worker import WorkerContext, install_worker_signals, start_
 from fastmail.proto import smtp as P
 from fastmail.server.commit import Committer
 from fastmail.server.smtp import SMTPProtocol
-from fastmail.store.store import Store
+from fastmail.store import mime
+from fastmail.store.store import Store, normalize_address
 
 _MODES = {"smtp": P.Mode.SMTP, "submission": P.Mode.SUBMISSION, "submissions": P.Mode.SUBMISSION, "lmtp": P.Mode.LMTP}
 
@@ -81,8 +82,7 @@ class Services:
         self.committer = Committer(store)
         self.sessions: set[SMTPProtocol] = set()
         self.auth_failure_delay = 1.0
-        self._auth_pool = ThreadPoolExecutor(2, thread_name_prefix="auth")
-        self._auth_pool.submit(auth.verify_password, None, "")  # make the dummy hash before the first login
+        self._auth_pool = ThreadPoolExecutor(2, thread_name_prefix="auth")  # threads start after the drop
 
     def is_trusted(self, ip: str) -> bool:
         if not self.trusted:
@@ -97,7 +97,8 @@ class Services:
         """Check a password off the loop (argon2id costs ~100 ms of CPU); same work for unknown users."""
         try:
             record = self.store.get_user(username)
-        except Exception:
+        except Exception as e:  # e.g. a malformed address: same reply and cost as an unknown user
+            log.event("auth_lookup_failed", error=repr(e))
             record = None
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(
@@ -106,7 +107,9 @@ class Services:
         return (ok, record["id"]) if ok and record else (False, None)
 
 
-def worker_main(ctx: WorkerContext) -> None:
+def worker_prepare(ctx: WorkerContext) -> Services:
+    """In the new worker, before privileges are dropped: open the store (after fork, never inherited) and
+    read the TLS key, which may be readable by root only."""
     cfg = ctx.config
     assert isinstance(cfg, Config)
     try:
@@ -117,12 +120,31 @@ def worker_main(ctx: WorkerContext) -> None:
         services = Services(cfg, store)
     except (OSError, ssl.SSLError) as e:
         raise BootError(f"TLS certificate/key cannot load: {e}") from e
+    _warm_up()
+    return services
+
+
+_SAMPLE = b"From: a@example.org\r\nSubject: =?utf-8?q?x?=\r\nContent-Type: text/plain\r\n\r\nx\r\n"
+
+
+def _warm_up() -> None:
+    """Run once what the first session will run, while the Python installation is surely readable:
+    after the drop, a module or codec imported on first use (idna, email helpers) could fail to load."""
+    normalize_address("warm-up@xn--bcher-kva.example")
+    mime.analyze(_SAMPLE)
+    env = P.Envelope("a@example.org", rcpts=[P.Recipient("b@example.org", {}, [], [])])
+    P.received_header(P.Session("127.0.0.1", P.Mode.SMTP), env, "0", "localhost")
+
+
+def worker_main(ctx: WorkerContext) -> None:
+    services = ctx.prepared if isinstance(ctx.prepared, Services) else worker_prepare(ctx)
     uvloop.run(_serve(ctx, services))
-    store.close()
+    services.store.close()
 
 
 async def _serve(ctx: WorkerContext, services: Services) -> None:
     loop = asyncio.get_running_loop()
+    loop.run_in_executor(services._auth_pool, auth.verify_password, None, "")  # dummy hash before first login
     servers = []
     for name, sock in ctx.sockets.items():
         base = name.split("#", 1)[0]
