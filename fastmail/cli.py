@@ -59,6 +59,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = _load(args)
     log.setup(args.log_level)
+    for key, value, floor in (("smtp.command_timeout", cfg.smtp_command_timeout, 300.0),
+                              ("smtp.data_timeout", cfg.smtp_data_timeout, 180.0)):
+        if value < floor:
+            # Allowed (Postfix, too, shortens its timeouts under stress), but below RFC 5321 §4.5.3.2.
+            log.event("config_below_rfc", level=30, key=key, value=value, rfc_minimum=floor)
     bootstrap(cfg)
 
     def reload() -> Config:
