@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,3 +135,12 @@ def server(tmp_path):
     yield srv
     srv.stop()
     srv.kill_tree()
+
+
+@pytest.fixture(autouse=True)
+def _close_raw_sockets() -> Iterator[None]:
+    """Every raw client socket a test opened (wire.OPEN) is closed after it, even when it failed."""
+    yield
+    from .wire import close_open_sockets  # not at the top: wire.py imports this module
+
+    close_open_sockets()

@@ -8,18 +8,17 @@ import smtplib
 import orjson
 import pytest
 
-from .conftest import make_server
+from .wire import module_server
+
+
+def _accounts(s):
+    s.cli("user", "add", "small@example.org", "--password", "pw", "--quota", "2000")
+    s.cli("alias", "add", "fwd@example.org", "carol@example.org", "friend@remote.test")
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    s = make_server(tmp_path_factory.mktemp("accounts"), workers=1)
-    s.cli("user", "add", "small@example.org", "--password", "pw", "--quota", "2000")
-    s.cli("alias", "add", "fwd@example.org", "carol@example.org", "friend@remote.test")
-    s.start()
-    yield s
-    s.stop()
-    s.kill_tree()
+    yield from module_server(tmp_path_factory, "accounts", setup=_accounts, workers=1)
 
 
 def _inbox(srv, user):

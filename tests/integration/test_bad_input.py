@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import random
-import re
 import smtplib
 import socket
-import ssl
 import struct
 import subprocess
 import sys
@@ -18,15 +16,14 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from .conftest import Server, make_server
+from .conftest import Server
+from .wire import HOST, Client, close_open_sockets, insecure_tls_context, module_server
 
 pytestmark = pytest.mark.integration
 
-HOST = "127.0.0.1"
 TIMEOUT = 20.0
 MAX_SIZE = 1048576  # smtp.max_message_size in the fixture's config
 CAROL = "carol@example.org"
@@ -35,23 +32,17 @@ PROBE_USER = "bob@example.org"
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    s = make_server(tmp_path_factory.mktemp("bad"))
-    s.cli("alias", "add", "jörg@example.org", CAROL)
-    s.start()
-    yield s
-    s.stop()
-    s.kill_tree()
+    yield from module_server(tmp_path_factory, "bad",
+                             setup=lambda s: s.cli("alias", "add", "jörg@example.org", CAROL))
 
 
-OPEN: list[socket.socket] = []  # every raw client socket, closed after each test even when it failed
 PROBES: list[bytes] = []  # messages the after-test probes sent to PROBE_USER, checked by the last test
 
 
 @pytest.fixture(autouse=True)
 def still_serving(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
-    while OPEN:
-        OPEN.pop().close()
+    close_open_sockets()  # before the probe: the raw clients are gone when the next one comes
     if "srv" not in request.fixturenames:
         return
     srv = request.getfixturevalue("srv")
@@ -68,82 +59,12 @@ def still_serving(request: pytest.FixtureRequest) -> Iterator[None]:
 # -- helpers -------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Reply:
-    code: int
-    lines: list[str]
-
-    @property
-    def status(self) -> str:
-        words = self.lines[-1][4:].split(" ", 1)
-        return f"{self.code} {words[0]}" if re.fullmatch(r"\d\.\d{1,3}\.\d{1,3}", words[0]) else str(self.code)
-
-    @property
-    def last(self) -> str:
-        return self.lines[-1]
+def raw(port: int, greet: bool = True) -> Client:
+    return Client(port, greet=greet, timeout=TIMEOUT)
 
 
-class Raw:
-    def __init__(self, port: int | None = None, path: str | None = None, greet: bool = True) -> None:
-        if path is not None:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(TIMEOUT)
-            self.sock.connect(path)
-        else:
-            assert port is not None
-            self.sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
-        self.buf = b""
-        OPEN.append(self.sock)
-        if greet:
-            assert self.reply().code == 220
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> Reply:
-        lines: list[str] = []
-        for _ in range(1000):
-            while b"\r\n" not in self.buf:
-                assert len(self.buf) < 1 << 20, "no line end in 1 MiB of reply"
-                try:
-                    chunk = self.sock.recv(65536)
-                except ConnectionResetError:
-                    chunk = b""
-                if not chunk:
-                    raise EOFError(f"closed; unparsed {self.buf!r}")
-                self.buf += chunk
-            line, _, self.buf = self.buf.partition(b"\r\n")
-            assert re.match(rb"\d{3}[ -]", line), line
-            lines.append(line.decode("utf-8"))
-            if line[3:4] == b" ":
-                return Reply(int(line[:3]), lines)
-        raise AssertionError("endless reply")
-
-    def cmd(self, line: str | bytes) -> Reply:
-        self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
-        return self.reply()
-
-    def replies(self, n: int) -> list[Reply]:
-        return [self.reply() for _ in range(n)]
-
-    def until_eof(self, limit: int = 100_000) -> list[Reply]:
-        out = []
-        for _ in range(limit):
-            try:
-                out.append(self.reply())
-            except EOFError:
-                return out
-        raise AssertionError("no EOF")
-
-    def ehlo(self) -> None:
-        assert self.cmd("EHLO client.test").code == 250
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def smtp_client(srv: Server) -> Raw:
-    c = Raw(srv.ports["smtp"])
+def smtp_client(srv: Server) -> Client:
+    c = raw(srv.ports["smtp"])
     c.ehlo()
     return c
 
@@ -172,7 +93,7 @@ def body_of(raw: bytes) -> bytes:
     raise AssertionError("Received: does not end")
 
 
-def transaction(c: Raw, rcpt: str = CAROL, tag: str = "") -> bytes:
+def transaction(c: Client, rcpt: str = CAROL, tag: str = "") -> bytes:
     """A normal message on an open session; returns the bytes that should be stored."""
     body = f"Subject: normal {tag or uuid.uuid4().hex}\r\n\r\nstill works\r\n".encode()
     assert c.cmd("MAIL FROM:<s@remote.test>").status == "250 2.1.0"
@@ -391,7 +312,7 @@ def test_malformed_addresses_and_parameters(srv, line, want):
 
 
 def test_bad_sequences(srv):
-    c = Raw(srv.ports["smtp"])
+    c = raw(srv.ports["smtp"])
     assert c.cmd("MAIL FROM:<s@remote.test>").last == "503 5.5.1 Send EHLO/HELO first"
     assert c.cmd("DATA").status == "503 5.5.1"
     c.ehlo()
@@ -433,7 +354,7 @@ RELAY_TRICKS = [
 @pytest.mark.parametrize("mode", ["smtp", "lmtp"])
 @pytest.mark.parametrize("rcpt, want", RELAY_TRICKS, ids=[t for t, _ in RELAY_TRICKS])
 def test_relay_tricks_refused(srv, mode, rcpt, want):
-    c = Raw(srv.ports[mode])
+    c = raw(srv.ports[mode])
     assert c.cmd("LHLO client.test" if mode == "lmtp" else "EHLO client.test").code == 250
     assert c.cmd("MAIL FROM:<s@remote.test>").status == "250 2.1.0"
     assert c.cmd(f"RCPT TO:{rcpt}").status == want
@@ -513,7 +434,7 @@ def garbage(rng: random.Random, n: int) -> bytes:
 
 def test_binary_garbage_line(srv):
     rng = random.Random(1)
-    c = Raw(srv.ports["smtp"])
+    c = raw(srv.ports["smtp"])
     assert c.cmd(garbage(rng, 1000)).last == "500 5.5.2 Command unrecognized"  # before EHLO
     c.ehlo()
     for n in (1, 10, 3000):
@@ -542,14 +463,11 @@ def test_garbage_blob_with_line_ends(srv):
 
 def test_garbage_on_the_implicit_tls_port(srv):
     rng = random.Random(3)
-    c = Raw(srv.ports["submissions"], greet=False)
+    c = raw(srv.ports["submissions"], greet=False)
     c.send(b"\x00garbage" + bytes(rng.getrandbits(8) for _ in range(4096)))  # not a TLS record type
-    assert c.until_eof() == []  # the TLS handshake fails: closed without a word
+    assert c.until_eof(leftover_ok=True) == []  # the TLS handshake fails: closed without a word
     c.close()
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    with smtplib.SMTP_SSL(HOST, srv.ports["submissions"], context=ctx, timeout=TIMEOUT) as s:
+    with smtplib.SMTP_SSL(HOST, srv.ports["submissions"], context=insecure_tls_context(), timeout=TIMEOUT) as s:
         assert s.ehlo()[0] == 250 and s.has_extn("auth")
 
 

@@ -7,6 +7,7 @@ import smtplib
 import orjson
 
 from .conftest import make_server
+from .wire import insecure_tls_context
 
 
 def test_accounts_lifecycle_and_errors(tmp_path):
@@ -64,13 +65,8 @@ def test_message_and_queue_inspection(server):
     assert orjson.loads(server.cli("queue", "list", "--json").stdout) == []
     assert b"queue is empty" in server.cli("queue", "list").stdout
     # submission to a remote address waits in the queue; show --raw gives the message; delete removes it
-    import ssl
-
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
     with smtplib.SMTP("127.0.0.1", server.ports["submission"], timeout=30) as s:
-        s.starttls(context=ctx)
+        s.starttls(context=insecure_tls_context())
         s.login("carol@example.org", "carol-secret")
         s.sendmail("carol@example.org", ["far@remote.test"], msg, rcpt_options=["NOTIFY=FAILURE"])
     (entry,) = orjson.loads(server.cli("queue", "list", "--json").stdout)

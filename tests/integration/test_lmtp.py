@@ -6,94 +6,31 @@ from __future__ import annotations
 import json
 import re
 import smtplib
-import socket
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from .conftest import Server, make_server
+from .conftest import Server
+from .wire import TIMEOUT, Client, Reply, module_server
 
 pytestmark = pytest.mark.integration
-
-TIMEOUT = 15.0
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    s = make_server(tmp_path_factory.mktemp("lmtp"))
-    s.start()
-    yield s
-    s.stop()
-    s.kill_tree()
+    yield from module_server(tmp_path_factory, "lmtp")
 
 
-OPEN: list[socket.socket] = []  # every raw client socket, closed after each test even when it failed
+def lmtp(srv: Server, transport: str) -> Client:
+    """A raw LMTP client over TCP or the unix socket, past the greeting."""
+    c = Client(srv.ports["lmtp"]) if transport == "tcp" else Client(path=srv.lmtp_sock)
+    assert c.greeting is not None and c.greeting.lines == ["220 mx.example.org LMTP fastmail"], c.greeting
+    return c
 
 
-@pytest.fixture(autouse=True)
-def _close_sockets() -> Iterator[None]:
-    yield
-    while OPEN:
-        OPEN.pop().close()
-
-
-class Raw:
-    """A raw LMTP client over TCP or the unix socket; every read is bounded by the socket timeout."""
-
-    def __init__(self, srv: Server, transport: str) -> None:
-        if transport == "tcp":
-            self.sock = socket.create_connection(("127.0.0.1", srv.ports["lmtp"]), timeout=TIMEOUT)
-        else:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self.sock.settimeout(TIMEOUT)
-            self.sock.connect(str(srv.lmtp_sock))
-        self.buf = b""
-        OPEN.append(self.sock)
-        greeting = self.reply()
-        assert greeting == ["220 mx.example.org LMTP fastmail"], greeting
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def reply(self) -> list[str]:
-        lines: list[str] = []
-        for _ in range(100):
-            while b"\r\n" not in self.buf:
-                assert len(self.buf) < 1 << 20, "no line end in 1 MiB of reply"
-                chunk = self.sock.recv(65536)
-                if not chunk:
-                    raise EOFError(f"closed; unparsed {self.buf!r}")
-                self.buf += chunk
-            line, _, self.buf = self.buf.partition(b"\r\n")
-            assert re.match(rb"\d{3}[ -]", line), line
-            lines.append(line.decode())
-            if line[3:4] == b" ":
-                return lines
-        raise AssertionError("endless reply")
-
-    def cmd(self, line: str) -> str:
-        """Send one command, return its (single-line) reply."""
-        self.send(line.encode() + b"\r\n")
-        r = self.reply()
-        return r[-1]
-
-    def until_eof(self) -> list[str]:
-        out = []
-        for _ in range(1000):
-            try:
-                out.append(self.reply()[-1])
-            except EOFError:
-                assert self.buf == b""
-                return out
-        raise AssertionError("no EOF")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def status(line: str) -> str:
-    return " ".join(line.split(" ")[:2])
+def status(r: Reply) -> str:
+    return " ".join(r.last.split(" ")[:2])
 
 
 def inbox(srv: Server, user: str) -> list[dict]:
@@ -112,19 +49,19 @@ TRANSPORTS = ["tcp", "unix"]
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_one_reply_per_recipient_after_data(srv, transport):
     tok = uuid.uuid4().hex
-    c = Raw(srv, transport)
+    c = lmtp(srv, transport)
     lhlo = c.cmd("LHLO client.test")
-    assert lhlo == "250 HELP"
+    assert lhlo.last == "250 HELP"
     assert status(c.cmd("MAIL FROM:<sender@remote.test>")) == "250 2.1.0"
     assert status(c.cmd("RCPT TO:<alice@example.org>")) == "250 2.1.5"
     assert status(c.cmd("RCPT TO:<nobody@example.org>")) == "550 5.1.1"
     assert status(c.cmd("RCPT TO:<bob@example.org>")) == "250 2.1.5"
-    assert c.cmd("DATA").startswith("354 ")
+    assert c.cmd("DATA").last.startswith("354 ")
     c.send(f"Subject: {tok}\r\n\r\nlmtp over {transport}\r\n.\r\n".encode())
     first, second = c.reply(), c.reply()
-    assert len(first) == len(second) == 1
-    m1 = re.fullmatch(r"250 2\.1\.5 <alice@example\.org> delivered as ([0-9a-f]{24})", first[0])
-    m2 = re.fullmatch(r"250 2\.1\.5 <bob@example\.org> delivered as ([0-9a-f]{24})", second[0])
+    assert len(first.lines) == len(second.lines) == 1
+    m1 = re.fullmatch(r"250 2\.1\.5 <alice@example\.org> delivered as ([0-9a-f]{24})", first.last)
+    m2 = re.fullmatch(r"250 2\.1\.5 <bob@example\.org> delivered as ([0-9a-f]{24})", second.last)
     assert m1 and m2 and m1.group(1) == m2.group(1), (first, second)
     # Exactly two: the next thing the server says is the answer to QUIT.
     c.send(b"QUIT\r\n")
@@ -168,7 +105,7 @@ def test_smtplib_lmtp(srv, transport):
 
 def test_bdat_last_gets_one_reply_per_recipient(srv):
     tok = uuid.uuid4().hex
-    c = Raw(srv, "unix")
+    c = lmtp(srv, "unix")
     body = f"Subject: {tok}\r\n\r\nchunked\r\n".encode()
     c.send(
         b"LHLO client.test\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.org>\r\nRCPT TO:<carol@example.org>\r\n"
@@ -177,20 +114,20 @@ def test_bdat_last_gets_one_reply_per_recipient(srv):
     replies = c.until_eof()
     assert [status(r) for r in replies] == ["250 HELP", "250 2.1.0", "250 2.1.5", "250 2.1.5", "250 2.0.0",
                                             "250 2.1.5", "250 2.1.5", "221 2.0.0"]
-    assert "<alice@example.org> delivered" in replies[5] and "<carol@example.org> delivered" in replies[6]
+    assert "<alice@example.org> delivered" in replies[5].last and "<carol@example.org> delivered" in replies[6].last
     c.close()
-    qid = replies[5].rsplit(" ", 1)[1]
+    qid = replies[5].last.rsplit(" ", 1)[1]
     [raw] = stored(srv, "carol@example.org", qid)
     assert raw.endswith(body)
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_ehlo_and_helo_are_refused(srv, transport):
-    c = Raw(srv, transport)
-    assert c.cmd("EHLO client.test") == "500 5.5.1 This is LMTP: use LHLO"
-    assert c.cmd("HELO client.test") == "500 5.5.1 This is LMTP: use LHLO"
+    c = lmtp(srv, transport)
+    assert c.cmd("EHLO client.test").last == "500 5.5.1 This is LMTP: use LHLO"
+    assert c.cmd("HELO client.test").last == "500 5.5.1 This is LMTP: use LHLO"
     assert status(c.cmd("MAIL FROM:<s@remote.test>")) == "503 5.5.1"  # still no LHLO
-    assert c.cmd("LHLO client.test") == "250 HELP"
+    assert c.cmd("LHLO client.test").last == "250 HELP"
     assert status(c.cmd("MAIL FROM:<s@remote.test>")) == "250 2.1.0"
     assert status(c.cmd("QUIT")) == "221 2.0.0"
     c.close()
@@ -198,10 +135,10 @@ def test_ehlo_and_helo_are_refused(srv, transport):
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_non_local_recipient_refused(srv, transport):
-    c = Raw(srv, transport)
-    assert c.cmd("LHLO client.test") == "250 HELP"
+    c = lmtp(srv, transport)
+    assert c.cmd("LHLO client.test").last == "250 HELP"
     assert status(c.cmd("MAIL FROM:<alice@example.org>")) == "250 2.1.0"
-    assert c.cmd("RCPT TO:<far@remote.test>") == "554 5.7.1 Relay access denied"
+    assert c.cmd("RCPT TO:<far@remote.test>").last == "554 5.7.1 Relay access denied"
     assert status(c.cmd("RCPT TO:<@example.org:far@remote.test>")) == "554 5.7.1"
     assert status(c.cmd("RCPT TO:<far@[127.0.0.1]>")) == "554 5.7.1"
     assert status(c.cmd("DATA")) == "554 5.5.1"  # no valid recipient

@@ -7,13 +7,13 @@ import os
 import pwd
 import shutil
 import smtplib
-import ssl
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from .conftest import make_server
+from .wire import insecure_tls_context
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges (CI runs as root)")
 
@@ -38,11 +38,8 @@ def test_workers_run_as_configured_user_and_serve(tmp_path):
             workers = srv.worker_pids()
             assert len(workers) == 2 and all(_uid(p) == nobody for p in workers)
             assert os.stat(srv.data / "index" / "data.mdb").st_uid == nobody
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
             with smtplib.SMTP("127.0.0.1", srv.ports["submission"], timeout=30) as s:
-                s.starttls(context=ctx)
+                s.starttls(context=insecure_tls_context())
                 s.login("alice@example.org", "alice-secret")
                 s.sendmail("alice@example.org", ["bob@example.org"], b"Subject: as nobody\r\n\r\nhi\r\n")
             with smtplib.LMTP(str(srv.lmtp_sock), timeout=30) as s:

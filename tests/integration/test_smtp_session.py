@@ -9,133 +9,32 @@ from __future__ import annotations
 import json
 import re
 import smtplib
-import socket
 import ssl
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import pytest
 
-from .conftest import PASSWORDS, Server, make_server
+from .conftest import PASSWORDS, Server
+from .wire import HOST, OPEN, TIMEOUT, Client, Reply, insecure_tls_context, module_server
 
 pytestmark = pytest.mark.integration
 
-HOST = "127.0.0.1"
-TIMEOUT = 15.0
 UTF8_ALIAS = "jörg@example.org"  # -> carol
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    s = make_server(tmp_path_factory.mktemp("session"))
-    s.cli("alias", "add", UTF8_ALIAS, "carol@example.org")
-    s.start()
-    yield s
-    s.stop()
-    s.kill_tree()
-
-
-OPEN: list[socket.socket] = []  # every raw client socket, closed after each test even when it failed
-
-
-@pytest.fixture(autouse=True)
-def _close_sockets() -> Iterator[None]:
-    yield
-    while OPEN:
-        OPEN.pop().close()
+    yield from module_server(tmp_path_factory, "session",
+                             setup=lambda s: s.cli("alias", "add", UTF8_ALIAS, "carol@example.org"))
 
 
 # -- helpers ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Reply:
-    code: int
-    lines: list[str]
-
-    @property
-    def status(self) -> str:
-        """'250 2.1.5' (code and enhanced code of the last line), or '354' when there is no enhanced code."""
-        parts = self.lines[-1][4:].split(" ", 1)
-        if re.fullmatch(r"[245]\.\d{1,3}\.\d{1,3}", parts[0]):
-            return f"{self.code} {parts[0]}"
-        return str(self.code)
-
-    @property
-    def text(self) -> str:
-        return "\n".join(line[4:] for line in self.lines)
-
-
-class Raw:
-    """A raw client socket that reads complete replies (every read bounded by the socket timeout)."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection((HOST, port), timeout=TIMEOUT)
-        self.buf = b""
-        OPEN.append(self.sock)
-        self.greeting = self.reply()
-        assert self.greeting.code == 220, self.greeting
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def send_once(self, data: bytes) -> None:
-        """One send() call: the whole buffer goes to the kernel at once (one segment on loopback)."""
-        assert self.sock.send(data) == len(data)
-
-    def _line(self) -> bytes:
-        while b"\r\n" not in self.buf:
-            assert len(self.buf) < 1 << 20, "no line end in 1 MiB of reply"
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(f"connection closed; unparsed: {self.buf!r}")
-            self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\r\n")
-        return line
-
-    def reply(self) -> Reply:
-        lines: list[str] = []
-        for _ in range(1000):
-            line = self._line()
-            assert re.match(rb"\d{3}[ -]", line), line
-            assert not lines or line[:3] == lines[0][:3].encode(), (lines, line)
-            lines.append(line.decode("utf-8"))
-            if line[3:4] == b" ":
-                return Reply(int(line[:3]), lines)
-        raise AssertionError("reply with more than 1000 lines")
-
-    def replies(self, n: int) -> list[Reply]:
-        return [self.reply() for _ in range(n)]
-
-    def cmd(self, line: str | bytes) -> Reply:
-        self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
-        return self.reply()
-
-    def replies_until_eof(self) -> list[Reply]:
-        out = []
-        for _ in range(100_000):
-            try:
-                out.append(self.reply())
-            except EOFError:
-                assert self.buf == b"", self.buf
-                return out
-        raise AssertionError("no end")
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def token() -> str:
     return uuid.uuid4().hex
-
-
-def unverified() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def listing(srv: Server, user: str) -> list[dict]:
@@ -238,7 +137,7 @@ def test_mail_size_8bitmime_data_stored_byte_identical(srv):
 
 def test_dot_stuffed_lines_are_unstuffed(srv):
     tok = token()
-    c = Raw(srv.ports["smtp"])
+    c = Client(srv.ports["smtp"])
     assert c.cmd("EHLO client.test").code == 250
     assert c.cmd("MAIL FROM:<s@remote.test>").status == "250 2.1.0"
     assert c.cmd("RCPT TO:<carol@example.org>").status == "250 2.1.5"
@@ -276,7 +175,7 @@ def test_dsn_parameters_are_kept_in_the_queue_entry(srv):
     with smtp(srv, "submission") as s:
         s.ehlo()
         assert s.has_extn("dsn")
-        assert s.starttls(context=unverified())[0] == 220
+        assert s.starttls(context=insecure_tls_context())[0] == 220
         s.ehlo()
         assert s.login("alice@example.org", PASSWORDS["alice@example.org"])[0] == 235
         assert s.mail("alice@example.org", ["RET=HDRS", f"ENVID={tok}"])[0] == 250
@@ -322,7 +221,7 @@ def test_bdat_chunks_stored_as_their_concatenation(srv):
     msg1 = f"Subject: {tok1}\r\n\r\n.a leading dot is not stuffing in BDAT\r\n".encode() + "8 bit: é\r\n".encode()
     chunks1 = [msg1[:7], msg1[7 : len(msg1) - 5], msg1[len(msg1) - 5 : -1], msg1[-1:]]  # split inside CRLF
     assert b"".join(chunks1) == msg1 and chunks1[2].endswith(b"\r") and chunks1[3] == b"\n"
-    c = Raw(srv.ports["smtp"])
+    c = Client(srv.ports["smtp"])
     assert c.cmd("EHLO client.test").code == 250
     assert c.cmd("MAIL FROM:<s@remote.test> BODY=8BITMIME").status == "250 2.1.0"
     assert c.cmd("RCPT TO:<carol@example.org>").status == "250 2.1.5"
@@ -342,7 +241,7 @@ def test_bdat_chunks_stored_as_their_concatenation(srv):
         b"MAIL FROM:<s@remote.test>\r\nRCPT TO:<carol@example.org>\r\n"
         + b"".join(f"BDAT {len(p)}\r\n".encode() + p for p in parts) + b"BDAT 0 LAST\r\nQUIT\r\n"
     )
-    rs = c.replies_until_eof()
+    rs = c.until_eof()
     assert [r.status for r in rs] == ["250 2.1.0", "250 2.1.5", "250 2.0.0", "250 2.0.0", "250 2.0.0", "221 2.0.0"]
     assert "queued as" in rs[4].text and qid_of(rs[4].text) != qid_of(last.text)
     c.close()
@@ -353,9 +252,9 @@ def test_bdat_chunks_stored_as_their_concatenation(srv):
 
 
 def test_data_after_bdat_is_out_of_sequence(srv):
-    c = Raw(srv.ports["smtp"])
+    c = Client(srv.ports["smtp"])
     c.send(b"EHLO x\r\nMAIL FROM:<s@remote.test>\r\nRCPT TO:<carol@example.org>\r\nBDAT 3\r\nabcDATA\r\nQUIT\r\n")
-    rs = c.replies_until_eof()
+    rs = c.until_eof()
     assert [r.status for r in rs][1:] == ["250 2.1.0", "250 2.1.5", "250 2.0.0", "503 5.5.1", "221 2.0.0"]
     c.close()
 
@@ -388,9 +287,9 @@ def test_rset_noop_vrfy_help_quit(srv):
 
 
 def test_quit_closes_the_connection(srv):
-    c = Raw(srv.ports["smtp"])
+    c = Client(srv.ports["smtp"])
     c.send(b"QUIT\r\nNOOP\r\n")
-    rs = c.replies_until_eof()  # the NOOP after QUIT is not answered
+    rs = c.until_eof()  # the NOOP after QUIT is not answered
     assert [r.status for r in rs] == ["221 2.0.0"]
     c.close()
 
@@ -403,7 +302,7 @@ def test_starttls_on_port_25_then_a_message_over_tls(srv):
     with smtp(srv) as s:
         s.ehlo()
         assert s.has_extn("starttls")
-        assert s.starttls(context=unverified()) == (220, b"2.0.0 Ready to start TLS")
+        assert s.starttls(context=insecure_tls_context()) == (220, b"2.0.0 Ready to start TLS")
         assert isinstance(s.sock, ssl.SSLSocket) and s.sock.version() in ("TLSv1.2", "TLSv1.3")
         s.ehlo()
         assert not s.has_extn("starttls")  # not again once TLS is on
@@ -415,12 +314,12 @@ def test_starttls_on_port_25_then_a_message_over_tls(srv):
 
 def test_starttls_discards_commands_pipelined_after_it(srv):
     """RFC 3207 §4: what follows STARTTLS in the same packet is never interpreted (CVE-2011-0411)."""
-    c = Raw(srv.ports["smtp"])
+    c = Client(srv.ports["smtp"])
     assert c.cmd("EHLO client.test").code == 250
     c.send_once(b"STARTTLS\r\nNOOP\r\nMAIL FROM:<injected@remote.test>\r\n")
     assert c.reply().status == "220 2.0.0"
     assert c.buf == b""
-    tls = unverified().wrap_socket(c.sock)
+    tls = insecure_tls_context().wrap_socket(c.sock)
     OPEN.append(tls)
     c.sock = tls
     r = c.cmd("EHLO client.test")  # the first reply over TLS answers EHLO, not the injected NOOP
@@ -435,7 +334,7 @@ def test_starttls_discards_commands_pipelined_after_it(srv):
 
 def test_pipelining_a_whole_transaction_in_one_send(srv):
     tok = token()
-    c = Raw(srv.ports["smtp"])
+    c = Client(srv.ports["smtp"])
     assert c.cmd("EHLO client.test").code == 250
     c.send_once(
         b"MAIL FROM:<s@remote.test>\r\n"
@@ -446,7 +345,7 @@ def test_pipelining_a_whole_transaction_in_one_send(srv):
         + f"Subject: {tok}\r\n\r\npipelined\r\n.\r\n".encode()
         + b"QUIT\r\n"
     )
-    rs = c.replies_until_eof()
+    rs = c.until_eof()
     assert [r.status for r in rs] == ["250 2.1.0", "250 2.1.5", "550 5.1.1", "250 2.1.5", "354", "250 2.0.0",
                                       "221 2.0.0"]
     c.close()
@@ -458,7 +357,7 @@ def test_pipelining_a_whole_transaction_in_one_send(srv):
 
 def test_pipelining_two_transactions_in_one_packet(srv):
     tok1, tok2 = token(), token()
-    c = Raw(srv.ports["smtp"])
+    c = Client(srv.ports["smtp"])
     assert c.cmd("EHLO client.test").code == 250
     one = (
         b"MAIL FROM:<s@remote.test>\r\nRCPT TO:<carol@example.org>\r\nDATA\r\n"
@@ -469,7 +368,7 @@ def test_pipelining_two_transactions_in_one_packet(srv):
         + f"Subject: {tok2}\r\n\r\nsecond\r\n.\r\n".encode()
     )
     c.send_once(one + b"RSET\r\n" + two + b"NOOP\r\nQUIT\r\n")
-    rs = c.replies_until_eof()
+    rs = c.until_eof()
     assert [r.status for r in rs] == ["250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "250 2.0.0",
                                       "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "250 2.0.0", "221 2.0.0"]
     q1, q2 = qid_of(rs[3].text), qid_of(rs[8].text)
@@ -525,7 +424,7 @@ def test_quoted_local_part_with_plus_tag(srv):
 
 
 def test_enhanced_status_codes_on_every_reply(srv):
-    c = Raw(srv.ports["smtp"])
+    c = Client(srv.ports["smtp"])
     assert not re.match(r"220 \d\.", c.greeting.lines[0])  # none on the greeting
     ehlo = c.cmd("EHLO client.test")
     assert "250-ENHANCEDSTATUSCODES" in ehlo.lines
@@ -542,7 +441,7 @@ def test_enhanced_status_codes_on_every_reply(srv):
     c.send(b"MAIL FROM:<>\r\nRCPT TO:<carol@example.org>\r\nBDAT 1 LAST\r\nx")
     seen += c.replies(3)
     c.send(b"QUIT\r\n")
-    seen += c.replies_until_eof()
+    seen += c.until_eof()
     assert len(seen) == 19 and seen[-1].code == 221
     for r in seen:
         for line in r.lines:
