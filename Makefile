@@ -3,11 +3,11 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test compile bench bench-load system-deps clean
+.PHONY: serve test compile bench bench-load bench-smtp bench-deps system-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --upgrade pip "setuptools>=77" wheel
 
 # Install (compiling the Cython core) and start: SMTP 2525, submission 2587, submissions 2465, LMTP 2424,
 # data in ./fastmail-data, demo user printed on first start.
@@ -32,8 +32,19 @@ test: system-deps compile
 bench: compile
 	$(BIN)/python -m pytest bench --benchmark-only --benchmark-columns=min,median,ops
 
-bench-load: system-deps compile
-	$(BIN)/python -m bench.load_smtp
+# The SMTP ingress benchmark (issue #3): fastmail vs a private Postfix instance, aiosmtpd (with fsync) and
+# smtp-sink, all scenarios, 3 rounds each; table + JSON in bench/results/.  Needs root (Postfix's master).
+# Options go in BENCH_ARGS, e.g. make bench-smtp BENCH_ARGS="--quick --scenario a".
+bench-smtp: bench-deps compile
+	@$(BIN)/python -c 'import aiosmtpd' 2>/dev/null || $(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python -m bench.load_smtp $(BENCH_ARGS)
+
+bench-load: bench-smtp
+
+# Debian's postfix package brings smtp-source, smtp-sink and postfix itself (the peer).
+bench-deps:
+	@command -v smtp-source >/dev/null && command -v smtp-sink >/dev/null && command -v postfix >/dev/null || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postfix ; }
 
 clean:
 	rm -rf build $(VENV) fastmail/_core/*.c fastmail/_core/*.so *.egg-info
