@@ -35,6 +35,8 @@ DBS = (
     "usage",  # user id -> USAGE
     "queue",  # queue id -> {"v", ...envelope, per-recipient state}
     "schedule",  # SCHEDULE_KEY -> b""
+    "expunged",  # mailbox id | uid -> U64 modseq of the expunge (QRESYNC VANISHED, RFC 7162 §3.2.10)
+    "changes",  # U64 change number -> U64 mailbox id (fastmail.store.changes: the cross-process signal)
 )
 
 SPECIAL_FOLDERS = (

@@ -19,6 +19,7 @@ from typing import Any
 
 import lmdb
 
+from fastmail.store import changes
 from fastmail.store import records as R
 from fastmail.store.segments import Segments, fsync_dir
 
@@ -43,6 +44,11 @@ class Incoming:
     # the message, is kept in the queue as failed so that a bounce (DSN) reports it.  LMTP answers per
     # recipient instead, so there it is simply refused.
     bounce_over_quota: bool = False
+    # IMAP APPEND (fastmail.store.mailboxes): the one mailbox to store into, with the client's flags and
+    # internal date (seconds); a mailbox gone by commit time is reported in Outcome.no_mailbox.
+    mailbox_id: int | None = None
+    flags: list[str] = field(default_factory=list)
+    internaldate: int | None = None
 
 
 @dataclass
@@ -51,6 +57,8 @@ class Outcome:
 
     over_quota: list[int] = field(default_factory=list)
     uids: dict[int, int] = field(default_factory=dict)  # user id -> uid in the folder
+    no_mailbox: bool = False  # Incoming.mailbox_id no longer exists
+    uidvalidity: int = 0  # of the mailbox the (last) copy went into, for APPENDUID
 
 
 class _Gate:
@@ -503,23 +511,35 @@ class Store:
             if urec.get("quota", 0) and used + size > urec["quota"]:
                 outcome.over_quota.append(user_id)
                 continue
-            mid_raw = txn.get(R.mailbox_key(user_id, item.folder), db=db["mailboxes"])
-            if mid_raw is None:
-                mid_raw = txn.get(R.mailbox_key(user_id, "INBOX"), db=db["mailboxes"])
-            mkey = mid_raw
-            mbox = R.loads(txn.get(mkey, db=db["mbox"]))
+            mkey: bytes
+            if item.mailbox_id is not None:
+                mkey = R.U64.pack(item.mailbox_id)
+                mbox_raw = txn.get(mkey, db=db["mbox"])
+                if mbox_raw is None:
+                    outcome.no_mailbox = True
+                    continue
+                mbox = R.loads(mbox_raw)
+            else:
+                mid_raw = txn.get(R.mailbox_key(user_id, item.folder), db=db["mailboxes"])
+                if mid_raw is None:
+                    mid_raw = txn.get(R.mailbox_key(user_id, "INBOX"), db=db["mailboxes"])
+                mkey = bytes(mid_raw)
+                mbox = R.loads(txn.get(mkey, db=db["mbox"]))
             uid = mbox["uidnext"]
             mbox["uidnext"] = uid + 1
             mbox["modseq"] += 1
             mbox["exists"] += 1
-            mbox["unseen"] += 1
+            if "\\Seen" not in item.flags:
+                mbox["unseen"] += 1
             mbox["size"] += size
             txn.put(mkey, R.dumps(mbox), db=db["mbox"])
             txn.put(
                 R.msg_key(mbox["id"], uid),
-                R.message_record(item.qid, size, now, [], mbox["modseq"]),
+                R.message_record(item.qid, size, item.internaldate or now, item.flags, mbox["modseq"]),
                 db=db["msgs"],
             )
+            changes.record(txn, db, mbox["id"])
+            outcome.uidvalidity = mbox["uidvalidity"]
             txn.put(ukey, R.USAGE.pack(used + size, count + 1), db=db["usage"])
             outcome.uids[user_id] = uid
             refs += 1

@@ -1,0 +1,61 @@
+"""The cross-process change signal: which mailboxes changed since a worker last looked.
+
+Every write transaction that changes a mailbox (delivery, APPEND, flags, expunge, copy, move, rename,
+delete) calls `record(txn, dbs, mailbox_id)`: it bumps the global change number (meta `change_seq`) and
+writes `change number -> mailbox id` into the `changes` database, which keeps only the last WINDOW entries
+(the oldest is deleted as each new one is written, so the log never grows).
+
+Each worker polls with `poll(txn, dbs, since)` a few times a second in one short read transaction: one
+get when nothing changed, a short cursor walk otherwise.  It then wakes only the sessions that watch the
+changed mailboxes, so thousands of idle sessions cost one read per poll per worker, not one per session.
+A worker that fell more than WINDOW changes behind gets None ("anything may have changed") and wakes all
+its sessions, which is always safe: a woken session re-reads its mailbox and finds what differs.
+
+Why a log in LMDB rather than a pipe or a socket between workers: LMDB is already shared by every
+process (workers, the delivery runner, the CLI), it survives a worker being replaced, and the writer
+needs no knowledge of who listens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lmdb
+
+from fastmail.store import records as R
+
+SEQ_KEY = b"change_seq"
+WINDOW = 8192
+
+
+def current(txn: lmdb.Transaction, dbs: dict[str, Any]) -> int:
+    raw = txn.get(SEQ_KEY, db=dbs["meta"])
+    return R.U64.unpack(raw)[0] if raw else 0
+
+
+def record(txn: lmdb.Transaction, dbs: dict[str, Any], mailbox_id: int) -> None:
+    """Note in this write transaction that mailbox `mailbox_id` changed."""
+    seq = current(txn, dbs) + 1
+    txn.put(SEQ_KEY, R.U64.pack(seq), db=dbs["meta"])
+    txn.put(R.U64.pack(seq), R.U64.pack(mailbox_id), db=dbs["changes"])
+    if seq > WINDOW:
+        txn.delete(R.U64.pack(seq - WINDOW), db=dbs["changes"])
+
+
+def poll(txn: lmdb.Transaction, dbs: dict[str, Any], since: int) -> tuple[int, set[int] | None]:
+    """(the current change number, the mailbox ids changed after `since`); None for the ids when the log
+    no longer reaches back to `since` (treat every mailbox as changed)."""
+    seq = current(txn, dbs)
+    if seq <= since:
+        return seq, set()
+    if seq - since > WINDOW - 1:
+        return seq, None
+    out: set[int] = set()
+    cur = txn.cursor(db=dbs["changes"])
+    if not cur.set_key(R.U64.pack(since + 1)):
+        return seq, None
+    for key, value in cur:
+        if R.U64.unpack(key)[0] > seq:
+            break
+        out.add(R.U64.unpack(value)[0])
+    return seq, out

@@ -1,0 +1,512 @@
+"""Mailbox operations for IMAP over the LMDB index: names, subscriptions, status, flags, expunge, copy, move.
+
+Every operation is one short write (or read) transaction through `Store._writing`, keeps the mailbox
+counters (`exists`, `unseen`, `size`, `modseq`, `uidnext`) and the user's quota usage exact, and records the
+change (fastmail.store.changes) so sessions in other processes learn of it.  Segment ranges whose last
+reference went away are released after the commit, never inside it.
+
+Names: str, hierarchy delimiter "/" (DELIMITER).  "INBOX" is case-insensitive, as a whole name and as the
+first level of a hierarchy ("inbox/x" is "INBOX/x").  A mailbox keeps its id (hence its UIDVALIDITY and
+UIDs) across RENAME.  APPEND goes through the worker's group committer instead (Incoming.mailbox_id), so
+its OK shares the durable commit of deliveries (ARCHITECTURE §3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import lmdb
+
+from fastmail.store import changes
+from fastmail.store import records as R
+from fastmail.store.store import Store
+
+DELIMITER = "/"
+MAX_NAME = 1000  # bytes of a mailbox name (UTF-8)
+MAX_DEPTH = 32  # hierarchy levels
+
+SEEN = "\\Seen"
+DELETED = "\\Deleted"
+
+
+class MailboxError(Exception):
+    """A refused mailbox operation.  .code names the IMAP response code the session answers with
+    (RFC 9051 §7.1): one of the constants below."""
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+NONEXISTENT = "NONEXISTENT"
+ALREADYEXISTS = "ALREADYEXISTS"
+CANNOT = "CANNOT"
+TRYCREATE = "TRYCREATE"
+OVERQUOTA = "OVERQUOTA"
+INUSE = "INUSE"
+
+
+@dataclass(slots=True)
+class Message:
+    """One message as a session sees it: its UID and the parts of the record that change or are fetched."""
+
+    uid: int
+    blob: bytes
+    size: int
+    internaldate: int
+    flags: list[str]
+    modseq: int
+
+
+def normalize(name: str) -> str:
+    """INBOX in any case (alone or as the first level) becomes "INBOX"; other names are kept as given."""
+    head, sep, rest = name.partition(DELIMITER)
+    if head.upper() == "INBOX":
+        return "INBOX" + sep + rest
+    return name
+
+
+def check_name(name: str) -> str:
+    """The normalized name, or MailboxError [CANNOT] for one that cannot be a mailbox: empty, an empty
+    level ("a//b", "/a"), a control character, a wildcard, too long or too deep."""
+    if name.endswith(DELIMITER):
+        name = name.rstrip(DELIMITER)  # RFC 9051 §6.3.4: a trailing delimiter declares intent only
+    levels = name.split(DELIMITER)
+    if (
+        not name
+        or any(not level for level in levels)
+        or len(levels) > MAX_DEPTH
+        or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME
+        or any(ord(c) < 0x20 or c == "\x7f" or c in "%*" for c in name)
+    ):
+        raise MailboxError(CANNOT, "Invalid mailbox name")
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MailboxError(CANNOT, "Invalid mailbox name") from None
+    return normalize(name)
+
+
+def _parents(name: str) -> list[str]:
+    levels = name.split(DELIMITER)
+    return [DELIMITER.join(levels[:i]) for i in range(1, len(levels))]
+
+
+def parse_record(key: bytes, value: bytes) -> Message:
+    v, blob, size, date, flags, modseq = R.loads(value)
+    return Message(R.MSG_KEY.unpack(key)[1], bytes.fromhex(blob), size, date, flags, modseq)
+
+
+class Mailboxes:
+    """IMAP's view of one Store (shared by the sessions of a worker)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.db = store.db
+
+    # -- reading ---------------------------------------------------------------------------------------
+
+    def get(self, user_id: int, name: str, txn: lmdb.Transaction | None = None) -> dict[str, Any] | None:
+        """The mailbox record for a (normalized) name, or None."""
+        if txn is None:
+            with self.store.read() as txn:
+                return self.get(user_id, name, txn)
+        raw = txn.get(R.mailbox_key(user_id, normalize(name)), db=self.db["mailboxes"])
+        if raw is None:
+            return None
+        rec = txn.get(raw, db=self.db["mbox"])
+        return R.loads(rec) if rec else None
+
+    def by_id(self, mailbox_id: int, txn: lmdb.Transaction | None = None) -> dict[str, Any] | None:
+        if txn is None:
+            with self.store.read() as txn:
+                return self.by_id(mailbox_id, txn)
+        raw = txn.get(R.U64.pack(mailbox_id), db=self.db["mbox"])
+        return R.loads(raw) if raw else None
+
+    def list_all(self, user_id: int) -> list[dict[str, Any]]:
+        """Every mailbox record of the user, ordered by name (bytewise)."""
+        return self.store.list_mailboxes(user_id)
+
+    def messages(self, mailbox_id: int, txn: lmdb.Transaction | None = None) -> list[Message]:
+        """Every message of the mailbox in UID order."""
+        if txn is None:
+            with self.store.read() as txn:
+                return self.messages(mailbox_id, txn)
+        lo = R.msg_key(mailbox_id, 0)
+        out = []
+        cur = txn.cursor(db=self.db["msgs"])
+        if cur.set_range(lo):
+            for k, v in cur:
+                if k[:8] != lo[:8]:
+                    break
+                out.append(parse_record(k, v))
+        return out
+
+    def snapshot(self, mailbox_id: int) -> tuple[dict[str, Any], list[Message]] | None:
+        """The mailbox record and its messages, read in one transaction (consistent with each other)."""
+        with self.store.read() as txn:
+            rec = self.by_id(mailbox_id, txn)
+            if rec is None:
+                return None
+            return rec, self.messages(mailbox_id, txn)
+
+    def expunged_since(self, mailbox_id: int, modseq: int) -> list[int]:
+        """UIDs expunged from the mailbox with a mod-sequence above `modseq` (QRESYNC VANISHED)."""
+        lo = R.msg_key(mailbox_id, 0)
+        out = []
+        with self.store.read() as txn:
+            cur = txn.cursor(db=self.db["expunged"])
+            if cur.set_range(lo):
+                for k, v in cur:
+                    if k[:8] != lo[:8]:
+                        break
+                    if R.U64.unpack(v)[0] > modseq:
+                        out.append(R.MSG_KEY.unpack(k)[1])
+        return out
+
+    def status(self, mailbox_id: int, deleted: bool = False) -> dict[str, Any] | None:
+        """The mailbox record, plus "deleted" (messages flagged \\Deleted, a scan) when asked."""
+        with self.store.read() as txn:
+            rec = self.by_id(mailbox_id, txn)
+            if rec is not None and deleted:
+                rec["deleted"] = sum(1 for m in self.messages(mailbox_id, txn) if DELETED in m.flags)
+            return rec
+
+    def body(self, blob: bytes) -> bytes:
+        return self.store.read_blob(blob)
+
+    def meta(self, blob: bytes) -> dict[str, Any] | None:
+        return self.store.message_meta(blob)
+
+    def quota(self, user_id: int) -> tuple[int, int, int]:
+        """(quota bytes or 0, bytes used, messages) of the user (RFC 9208 STORAGE and MESSAGE)."""
+        with self.store.read() as txn:
+            quota, used = self.store.quota_state(user_id, txn)
+            raw = txn.get(R.U64.pack(user_id), db=self.db["usage"])
+            count = R.USAGE.unpack(raw)[1] if raw else 0
+        return quota, used, count
+
+    # -- names -----------------------------------------------------------------------------------------
+
+    def create(self, user_id: int, name: str) -> int:
+        """Create the mailbox and any missing parents (RFC 9051 §6.3.4); its id.  [ALREADYEXISTS]."""
+        name = check_name(name)
+
+        def op(txn: lmdb.Transaction) -> int:
+            if txn.get(R.mailbox_key(user_id, name), db=self.db["mailboxes"]) is not None:
+                raise MailboxError(ALREADYEXISTS, "Mailbox already exists")
+            for parent in _parents(name):
+                if txn.get(R.mailbox_key(user_id, parent), db=self.db["mailboxes"]) is None:
+                    self.store._create_mailbox(txn, user_id, parent, None)
+            mid = self.store._create_mailbox(txn, user_id, name, None)
+            changes.record(txn, self.db, mid)
+            return mid
+
+        return int(self.store._writing(op))
+
+    def _children(self, txn: lmdb.Transaction, user_id: int, name: str) -> list[tuple[str, int]]:
+        prefix = R.mailbox_key(user_id, name + DELIMITER)
+        out = []
+        cur = txn.cursor(db=self.db["mailboxes"])
+        if cur.set_range(prefix):
+            for k, v in cur:
+                if not k.startswith(prefix):
+                    break
+                out.append((k[8:].decode(), R.U64.unpack(v)[0]))
+        return out
+
+    def delete(self, user_id: int, name: str) -> None:
+        """Delete the mailbox with its messages.  INBOX cannot be deleted; nor a mailbox with children
+        (we keep no \\Noselect placeholders: delete the children first) [CANNOT]/[INUSE]; [NONEXISTENT]."""
+        name = normalize(name)
+        released: list[bytes] = []
+
+        def op(txn: lmdb.Transaction) -> None:
+            released.clear()
+            if name == "INBOX":
+                raise MailboxError(CANNOT, "INBOX cannot be deleted")
+            key = R.mailbox_key(user_id, name)
+            raw = txn.get(key, db=self.db["mailboxes"])
+            if raw is None:
+                raise MailboxError(NONEXISTENT, "No such mailbox")
+            if self._children(txn, user_id, name):
+                raise MailboxError(INUSE, "Mailbox has children; delete them first")
+            mid = R.U64.unpack(raw)[0]
+            rec = R.loads(txn.get(raw, db=self.db["mbox"]))
+            released.extend(self.store._drop_messages(txn, mid))
+            self._add_usage(txn, user_id, -rec["size"], -rec["exists"])
+            txn.delete(key, db=self.db["mailboxes"])
+            txn.delete(raw, db=self.db["mbox"])
+            self._drop_expunged(txn, mid)
+            changes.record(txn, self.db, mid)
+
+        self.store._writing(op)
+        for loc in released:
+            self.store.segments.release(loc)
+
+    def _drop_expunged(self, txn: lmdb.Transaction, mid: int) -> None:
+        lo = R.msg_key(mid, 0)
+        cur = txn.cursor(db=self.db["expunged"])
+        keys = []
+        if cur.set_range(lo):
+            for k in cur.iternext(values=False):
+                if k[:8] != lo[:8]:
+                    break
+                keys.append(k)
+        for k in keys:
+            txn.delete(k, db=self.db["expunged"])
+
+    def rename(self, user_id: int, old: str, new: str) -> None:
+        """RFC 9051 §6.3.6: rename the mailbox and its children (ids, UIDs and UIDVALIDITY kept), creating
+        missing parents of the new name.  Renaming INBOX moves its messages into a new mailbox of the new
+        name and leaves INBOX empty (its children stay)."""
+        old = normalize(old)
+        new = check_name(new)
+        if old == "INBOX":
+            self._rename_inbox(user_id, new)
+            return
+
+        def op(txn: lmdb.Transaction) -> None:
+            mdb = self.db["mailboxes"]
+            raw = txn.get(R.mailbox_key(user_id, old), db=mdb)
+            if raw is None:
+                raise MailboxError(NONEXISTENT, "No such mailbox")
+            if txn.get(R.mailbox_key(user_id, new), db=mdb) is not None:
+                raise MailboxError(ALREADYEXISTS, "Mailbox already exists")
+            if new == old or new.startswith(old + DELIMITER) or new == "INBOX":
+                raise MailboxError(CANNOT, "Cannot rename a mailbox into itself")
+            moves = [(old, R.U64.unpack(raw)[0])] + self._children(txn, user_id, old)
+            for name, mid in moves:
+                target = new + name[len(old):]
+                if txn.get(R.mailbox_key(user_id, target), db=mdb) is not None:
+                    raise MailboxError(ALREADYEXISTS, "Mailbox already exists")
+                txn.delete(R.mailbox_key(user_id, name), db=mdb)
+                txn.put(R.mailbox_key(user_id, target), R.U64.pack(mid), db=mdb)
+                rec = R.loads(txn.get(R.U64.pack(mid), db=self.db["mbox"]))
+                rec["name"] = target
+                txn.put(R.U64.pack(mid), R.dumps(rec), db=self.db["mbox"])
+                changes.record(txn, self.db, mid)
+            for parent in _parents(new):
+                if txn.get(R.mailbox_key(user_id, parent), db=mdb) is None:
+                    self.store._create_mailbox(txn, user_id, parent, None)
+
+        self.store._writing(op)
+
+    def _rename_inbox(self, user_id: int, new: str) -> None:
+        def op(txn: lmdb.Transaction) -> None:
+            mdb = self.db["mailboxes"]
+            if txn.get(R.mailbox_key(user_id, new), db=mdb) is not None:
+                raise MailboxError(ALREADYEXISTS, "Mailbox already exists")
+            if new.startswith("INBOX" + DELIMITER):
+                raise MailboxError(CANNOT, "Cannot rename INBOX into itself")
+            for parent in _parents(new):
+                if txn.get(R.mailbox_key(user_id, parent), db=mdb) is None:
+                    self.store._create_mailbox(txn, user_id, parent, None)
+            dst = self.store._create_mailbox(txn, user_id, new, None)
+            src = R.U64.unpack(txn.get(R.mailbox_key(user_id, "INBOX"), db=mdb))[0]
+            uids = [m.uid for m in self.messages(src, txn)]
+            self._transfer(txn, user_id, src, dst, uids, move=True)
+
+        self.store._writing(op)
+
+    def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> None:
+        """SUBSCRIBE / UNSUBSCRIBE: a flag on the mailbox record (so a deleted mailbox drops its
+        subscription; RFC 9051 §6.3.7 allows that simplification for servers without remote names)."""
+        name = normalize(name)
+
+        def op(txn: lmdb.Transaction) -> None:
+            raw = txn.get(R.mailbox_key(user_id, name), db=self.db["mailboxes"])
+            if raw is None:
+                raise MailboxError(NONEXISTENT, "No such mailbox")
+            rec = R.loads(txn.get(raw, db=self.db["mbox"]))
+            rec["subscribed"] = subscribed
+            txn.put(raw, R.dumps(rec), db=self.db["mbox"])
+
+        self.store._writing(op)
+
+    # -- messages --------------------------------------------------------------------------------------
+
+    def _add_usage(self, txn: lmdb.Transaction, user_id: int, size: int, count: int) -> None:
+        key = R.U64.pack(user_id)
+        raw = txn.get(key, db=self.db["usage"])
+        used, n = R.USAGE.unpack(raw) if raw else (0, 0)
+        txn.put(key, R.USAGE.pack(max(used + size, 0), max(n + count, 0)), db=self.db["usage"])
+
+    def store_flags(
+        self, mailbox_id: int, uids: list[int], mode: str, flags: list[str], unchangedsince: int | None = None
+    ) -> tuple[list[Message], list[int]]:
+        """STORE (RFC 9051 §6.4.6, RFC 7162 §3.1.3): mode "+" adds, "-" removes, "" replaces the flags
+        of the messages `uids`.  Each message whose flags change gets a new mod-sequence.  With
+        `unchangedsince`, a message whose mod-sequence is above it is left alone and its UID returned in
+        the second list (the MODIFIED response code).  Returns (messages changed, uids refused)."""
+        want = list(dict.fromkeys(flags))
+
+        def op(txn: lmdb.Transaction) -> tuple[list[Message], list[int]]:
+            mkey = R.U64.pack(mailbox_id)
+            raw = txn.get(mkey, db=self.db["mbox"])
+            if raw is None:
+                raise MailboxError(NONEXISTENT, "No such mailbox")
+            rec = R.loads(raw)
+            changed: list[Message] = []
+            refused: list[int] = []
+            for uid in uids:
+                key = R.msg_key(mailbox_id, uid)
+                value = txn.get(key, db=self.db["msgs"])
+                if value is None:
+                    continue  # expunged meanwhile
+                msg = parse_record(key, value)
+                if unchangedsince is not None and msg.modseq > unchangedsince:
+                    refused.append(uid)
+                    continue
+                if mode == "+":
+                    new = msg.flags + [f for f in want if f not in msg.flags]
+                elif mode == "-":
+                    new = [f for f in msg.flags if f not in want]
+                else:
+                    new = want
+                if set(new) == set(msg.flags):
+                    continue
+                if (SEEN in new) != (SEEN in msg.flags):
+                    rec["unseen"] += -1 if SEEN in new else 1
+                rec["modseq"] += 1
+                msg.flags = new
+                msg.modseq = rec["modseq"]
+                txn.put(key, R.message_record(msg.blob, msg.size, msg.internaldate, new, msg.modseq),
+                        db=self.db["msgs"])
+                changed.append(msg)
+            if changed:
+                txn.put(mkey, R.dumps(rec), db=self.db["mbox"])
+                changes.record(txn, self.db, mailbox_id)
+            return changed, refused
+
+        out: tuple[list[Message], list[int]] = self.store._writing(op)
+        return out
+
+    def expunge(self, mailbox_id: int, uids: list[int] | None = None) -> list[int]:
+        """Remove the messages flagged \\Deleted (only those among `uids` when given: UID EXPUNGE,
+        RFC 4315 §2.1); their UIDs in order.  Blob references, counters and quota usage go down; each UID
+        is remembered with the expunge's mod-sequence for QRESYNC (RFC 7162 §3.2.10)."""
+        released: list[bytes] = []
+
+        def op(txn: lmdb.Transaction) -> list[int]:
+            released.clear()
+            mkey = R.U64.pack(mailbox_id)
+            raw = txn.get(mkey, db=self.db["mbox"])
+            if raw is None:
+                raise MailboxError(NONEXISTENT, "No such mailbox")
+            rec = R.loads(raw)
+            if uids is None:
+                victims = [m for m in self.messages(mailbox_id, txn) if DELETED in m.flags]
+            else:
+                victims = []
+                for uid in uids:
+                    key = R.msg_key(mailbox_id, uid)
+                    value = txn.get(key, db=self.db["msgs"])
+                    if value is not None:
+                        msg = parse_record(key, value)
+                        if DELETED in msg.flags:
+                            victims.append(msg)
+            if not victims:
+                return []
+            released.extend(self._remove(txn, rec, victims))
+            txn.put(mkey, R.dumps(rec), db=self.db["mbox"])
+            changes.record(txn, self.db, mailbox_id)
+            return [m.uid for m in victims]
+
+        out: list[int] = self.store._writing(op)
+        for loc in released:
+            self.store.segments.release(loc)
+        return out
+
+    def _remove(self, txn: lmdb.Transaction, rec: dict[str, Any], victims: list[Message],
+                unref: bool = True) -> list[bytes]:
+        """Delete `victims` from the mailbox `rec` (updated in place, not written); the freed ranges."""
+        released = []
+        rec["modseq"] += 1
+        size = 0
+        for m in victims:
+            key = R.msg_key(rec["id"], m.uid)
+            txn.delete(key, db=self.db["msgs"])
+            txn.put(key, R.U64.pack(rec["modseq"]), db=self.db["expunged"])
+            if unref:
+                loc = self.store._unref_blob(txn, m.blob)
+                if loc:
+                    released.append(loc)
+            rec["exists"] -= 1
+            rec["size"] -= m.size
+            size += m.size
+            if SEEN not in m.flags:
+                rec["unseen"] -= 1
+        if unref:
+            self._add_usage(txn, rec["user"], -size, -len(victims))
+        return released
+
+    def copy(self, src: int, dst: int, uids: list[int], move: bool = False) -> tuple[int, list[tuple[int, int]]]:
+        """COPY / MOVE (RFC 9051 §6.4.7, §6.4.8; RFC 6851) of the messages `uids` of mailbox `src` into
+        `dst`, in UID order, with their flags and internal dates (the blob is shared, its reference count
+        goes up).  Returns (UIDVALIDITY of dst, [(source uid, new uid)]) for COPYUID (RFC 4315).
+        [TRYCREATE] when dst is gone, [OVERQUOTA] when a copy would pass the user's quota."""
+
+        def op(txn: lmdb.Transaction) -> tuple[int, list[tuple[int, int]]]:
+            rec = self.by_id(src, txn)
+            if rec is None:
+                raise MailboxError(NONEXISTENT, "No such mailbox")
+            return self._transfer(txn, rec["user"], src, dst, uids, move)
+
+        out: tuple[int, list[tuple[int, int]]] = self.store._writing(op)
+        return out
+
+    def _transfer(self, txn: lmdb.Transaction, user_id: int, src: int, dst: int, uids: list[int],
+                  move: bool) -> tuple[int, list[tuple[int, int]]]:
+        srec = self.by_id(src, txn)
+        drec = self.by_id(dst, txn)
+        if srec is None:
+            raise MailboxError(NONEXISTENT, "No such mailbox")
+        if drec is None:
+            raise MailboxError(TRYCREATE, "No such mailbox")
+        msgs = []
+        for uid in sorted(set(uids)):
+            key = R.msg_key(src, uid)
+            value = txn.get(key, db=self.db["msgs"])
+            if value is not None:
+                msgs.append(parse_record(key, value))
+        if not msgs:
+            return drec["uidvalidity"], []
+        same = src == dst
+        if not move:
+            total = sum(m.size for m in msgs)
+            quota, used = self.store.quota_state(user_id, txn)
+            if quota and used + total > quota:
+                raise MailboxError(OVERQUOTA, "Quota exceeded")
+            self._add_usage(txn, user_id, total, len(msgs))
+        pairs = []
+        if same:
+            drec = srec
+        for m in msgs:
+            uid = drec["uidnext"]
+            drec["uidnext"] = uid + 1
+            drec["modseq"] += 1
+            drec["exists"] += 1
+            drec["size"] += m.size
+            if SEEN not in m.flags:
+                drec["unseen"] += 1
+            txn.put(R.msg_key(dst, uid), R.message_record(m.blob, m.size, m.internaldate, m.flags, drec["modseq"]),
+                    db=self.db["msgs"])
+            if not move:
+                raw = txn.get(m.blob, db=self.db["blobs"])
+                if raw is not None:
+                    seg, off, length, refs = R.BLOB.unpack(raw)
+                    txn.put(m.blob, R.BLOB.pack(seg, off, length, refs + 1), db=self.db["blobs"])
+            pairs.append((m.uid, uid))
+        if move:
+            self._remove(txn, srec, msgs, unref=False)
+        if not same:
+            txn.put(R.U64.pack(dst), R.dumps(drec), db=self.db["mbox"])
+            changes.record(txn, self.db, dst)
+        txn.put(R.U64.pack(src), R.dumps(srec), db=self.db["mbox"])
+        if move or same:
+            changes.record(txn, self.db, src)
+        return drec["uidvalidity"], pairs

@@ -1,0 +1,255 @@
+"""IMAP mailbox operations over the store: names (hierarchy, INBOX rules), subscriptions, flags with
+MODSEQ, expunge, copy/move, APPEND-style delivery, exact counters and quota usage, and the change log."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastmail.store import changes
+from fastmail.store import records as R
+from fastmail.store.mailboxes import (
+    ALREADYEXISTS,
+    CANNOT,
+    INUSE,
+    NONEXISTENT,
+    OVERQUOTA,
+    TRYCREATE,
+    MailboxError,
+    Mailboxes,
+    check_name,
+)
+from fastmail.store.store import Incoming, Store, new_qid
+
+RAW = b"From: a@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "data", map_size=1 << 24)
+    s.add_domain("example.org")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def boxes(store):
+    return Mailboxes(store)
+
+
+def deliver(store: Store, user: int, raw: bytes = RAW, **kw) -> int:
+    out = store.commit_batch([Incoming(qid=new_qid(), raw=raw, sender="s@x.test", local=[user], **kw)])
+    return out[0].uids[user]
+
+
+def names(boxes: Mailboxes, user: int) -> list[str]:
+    return [b["name"] for b in boxes.list_all(user)]
+
+
+def usage(store: Store, user: int) -> tuple[int, int]:
+    with store.read() as txn:
+        return R.USAGE.unpack(txn.get(R.U64.pack(user), db=store.db["usage"]))
+
+
+def check_counters(boxes: Mailboxes, mid: int) -> None:
+    rec, msgs = boxes.snapshot(mid)
+    assert rec["exists"] == len(msgs)
+    assert rec["unseen"] == sum(1 for m in msgs if "\\Seen" not in m.flags)
+    assert rec["size"] == sum(m.size for m in msgs)
+    assert all(m.uid < rec["uidnext"] and m.modseq <= rec["modseq"] for m in msgs)
+
+
+def test_names_are_checked_and_inbox_is_case_insensitive():
+    assert check_name("inbox") == "INBOX"
+    assert check_name("Inbox/Sub") == "INBOX/Sub"
+    assert check_name("a/b/") == "a/b"
+    assert check_name("Ünïcödé") == "Ünïcödé"
+    for bad in ["", "/a", "a//b", "a\x01", "a*", "a%b", "x" * 1001]:
+        with pytest.raises(MailboxError) as e:
+            check_name(bad)
+        assert e.value.code == CANNOT
+
+
+def test_create_makes_parents_and_refuses_duplicates(store, boxes):
+    u = store.add_user("a@example.org", "h")
+    boxes.create(u, "Work/2024/Q1")
+    assert {"Work", "Work/2024", "Work/2024/Q1"} <= set(names(boxes, u))
+    with pytest.raises(MailboxError) as e:
+        boxes.create(u, "work/2024/Q1".replace("work", "Work"))
+    assert e.value.code == ALREADYEXISTS
+    with pytest.raises(MailboxError) as e:
+        boxes.create(u, "inbox")
+    assert e.value.code == ALREADYEXISTS
+
+
+def test_delete_rules(store, boxes):
+    u = store.add_user("a@example.org", "h")
+    boxes.create(u, "P/C")
+    for name, code in [("INBOX", CANNOT), ("nope", NONEXISTENT), ("P", INUSE)]:
+        with pytest.raises(MailboxError) as e:
+            boxes.delete(u, name)
+        assert e.value.code == code
+    mid = boxes.get(u, "P/C")["id"]
+    store.commit_batch([Incoming(qid=new_qid(), raw=RAW, sender="", local=[u], mailbox_id=mid)])
+    assert usage(store, u) == (len(RAW), 1)
+    boxes.delete(u, "P/C")
+    boxes.delete(u, "P")
+    assert "P" not in names(boxes, u) and usage(store, u) == (0, 0)
+
+
+def test_rename_keeps_ids_and_moves_children(store, boxes):
+    u = store.add_user("a@example.org", "h")
+    boxes.create(u, "A/B")
+    a, b = boxes.get(u, "A"), boxes.get(u, "A/B")
+    boxes.rename(u, "A", "X/Y")
+    assert boxes.get(u, "X/Y")["id"] == a["id"] and boxes.get(u, "X/Y/B")["id"] == b["id"]
+    assert boxes.get(u, "X/Y")["uidvalidity"] == a["uidvalidity"]
+    assert boxes.get(u, "X") is not None and boxes.get(u, "A") is None
+    for old, new, code in [("nope", "Z", NONEXISTENT), ("X", "Sent", ALREADYEXISTS), ("X", "X/Y/Z", CANNOT)]:
+        with pytest.raises(MailboxError) as e:
+            boxes.rename(u, old, new)
+        assert e.value.code == code
+
+
+def test_rename_inbox_moves_messages(store, boxes):
+    u = store.add_user("a@example.org", "h")
+    boxes.create(u, "INBOX/kid")
+    for _ in range(3):
+        deliver(store, u)
+    inbox = boxes.get(u, "INBOX")
+    boxes.rename(u, "inbox", "Old")
+    old = boxes.get(u, "Old")
+    assert old["id"] != inbox["id"] and old["exists"] == 3
+    assert boxes.get(u, "INBOX")["exists"] == 0 and boxes.get(u, "INBOX/kid") is not None
+    assert [m.uid for m in boxes.messages(old["id"])] == [1, 2, 3]
+    assert store.read_message(old["id"], 1) == RAW
+    assert usage(store, u) == (3 * len(RAW), 3)
+    check_counters(boxes, old["id"])
+    check_counters(boxes, inbox["id"])
+
+
+def test_subscriptions(store, boxes):
+    u = store.add_user("a@example.org", "h")
+    boxes.set_subscribed(u, "Sent", False)
+    assert boxes.get(u, "Sent")["subscribed"] is False
+    boxes.set_subscribed(u, "Sent", True)
+    assert boxes.get(u, "Sent")["subscribed"] is True
+    with pytest.raises(MailboxError):
+        boxes.set_subscribed(u, "nope", True)
+
+
+def test_flags_modseq_and_unchangedsince(store, boxes):
+    u = store.add_user("a@example.org", "h")
+    mid = boxes.get(u, "INBOX")["id"]
+    for _ in range(3):
+        deliver(store, u)
+    base = boxes.get(u, "INBOX")["modseq"]
+    changed, refused = boxes.store_flags(mid, [1, 2], "+", ["\\Seen", "$Work"])
+    assert [m.uid for m in changed] == [1, 2] and not refused
+    assert [m.modseq for m in changed] == [base + 1, base + 2]
+    assert boxes.get(u, "INBOX")["unseen"] == 1
+    changed, _ = boxes.store_flags(mid, [1], "+", ["\\Seen"])
+    assert changed == []  # no change, no new modseq
+    changed, refused = boxes.store_flags(mid, [1, 3], "-", ["\\Seen"], unchangedsince=base + 1)
+    assert [m.uid for m in changed] == [1] and refused == [] and changed[0].flags == ["$Work"]
+    changed, refused = boxes.store_flags(mid, [2, 3], "", ["\\Flagged"], unchangedsince=base)
+    assert [m.uid for m in changed] == [3] and refused == [2]
+    check_counters(boxes, mid)
+
+
+def test_expunge_releases_and_remembers(store, boxes):
+    u = store.add_user("a@example.org", "h")
+    mid = boxes.get(u, "INBOX")["id"]
+    for _ in range(4):
+        deliver(store, u)
+    boxes.store_flags(mid, [1, 2, 4], "+", ["\\Deleted"])
+    before = boxes.get(u, "INBOX")["modseq"]
+    assert boxes.expunge(mid, [2, 3, 4]) == [2, 4]
+    assert boxes.expunge(mid) == [1]
+    assert boxes.expunge(mid) == []
+    assert [m.uid for m in boxes.messages(mid)] == [3]
+    assert usage(store, u) == (len(RAW), 1)
+    assert boxes.expunged_since(mid, before) == [1, 2, 4]
+    assert boxes.expunged_since(mid, boxes.get(u, "INBOX")["modseq"]) == []
+    check_counters(boxes, mid)
+
+
+def test_copy_and_move(store, boxes):
+    u = store.add_user("a@example.org", "h")
+    src = boxes.get(u, "INBOX")["id"]
+    dst = boxes.create(u, "Dest")
+    for _ in range(3):
+        deliver(store, u)
+    boxes.store_flags(src, [2], "+", ["\\Seen"])
+    validity, pairs = boxes.copy(src, dst, [3, 2, 9])
+    assert validity == boxes.get(u, "Dest")["uidvalidity"] and pairs == [(2, 1), (3, 2)]
+    assert usage(store, u) == (5 * len(RAW), 5)
+    assert [m.flags for m in boxes.messages(dst)] == [["\\Seen"], []]
+    _, pairs = boxes.copy(src, dst, [1], move=True)
+    assert pairs == [(1, 3)]
+    assert [m.uid for m in boxes.messages(src)] == [2, 3]
+    assert usage(store, u) == (5 * len(RAW), 5)
+    # the shared blob outlives the expunge of one copy
+    boxes.store_flags(src, [2, 3], "+", ["\\Deleted"])
+    boxes.expunge(src)
+    assert store.read_message(dst, 1) == RAW and store.read_message(dst, 3) == RAW
+    for mid in (src, dst):
+        check_counters(boxes, mid)
+    with pytest.raises(MailboxError) as e:
+        boxes.copy(dst, 999, [1])
+    assert e.value.code == TRYCREATE
+
+
+def test_copy_respects_quota(store, boxes):
+    u = store.add_user("a@example.org", "h", quota=len(RAW) * 2)
+    src = boxes.get(u, "INBOX")["id"]
+    deliver(store, u)
+    deliver(store, u)
+    with pytest.raises(MailboxError) as e:
+        boxes.copy(src, boxes.get(u, "Sent")["id"], [1])
+    assert e.value.code == OVERQUOTA
+    boxes.copy(src, boxes.get(u, "Sent")["id"], [1], move=True)  # a move adds nothing
+
+
+def test_append_with_flags_and_date_into_a_mailbox(store, boxes):
+    u = store.add_user("a@example.org", "h")
+    mid = boxes.get(u, "Drafts")["id"]
+    item = Incoming(qid=new_qid(), raw=RAW, sender="", local=[u], mailbox_id=mid, flags=["\\Seen", "\\Draft"],
+                    internaldate=1_000_000_000)
+    out = store.commit_batch([item])[0]
+    assert out.uids == {u: 1} and out.uidvalidity == boxes.get(u, "Drafts")["uidvalidity"]
+    (m,) = boxes.messages(mid)
+    assert m.flags == ["\\Seen", "\\Draft"] and m.internaldate == 1_000_000_000
+    assert boxes.get(u, "Drafts")["unseen"] == 0
+    boxes.delete(u, "Drafts")
+    out = store.commit_batch([Incoming(qid=new_qid(), raw=RAW, sender="", local=[u], mailbox_id=mid)])[0]
+    assert out.no_mailbox and not out.uids
+
+
+def test_change_log_names_changed_mailboxes(store, boxes):
+    u = store.add_user("a@example.org", "h")
+    inbox = boxes.get(u, "INBOX")["id"]
+    with store.read() as txn:
+        start, _ = changes.poll(txn, store.db, 0)
+        assert changes.poll(txn, store.db, start) == (start, set())
+    deliver(store, u)
+    other = boxes.create(u, "Other")
+    with store.read() as txn:
+        seq, changed = changes.poll(txn, store.db, start)
+    assert seq == start + 2 and changed == {inbox, other}
+    with store.read() as txn:
+        assert changes.poll(txn, store.db, seq - 1) == (seq, {other})
+
+
+def test_change_log_window(store, boxes, monkeypatch):
+    monkeypatch.setattr(changes, "WINDOW", 4)
+    u = store.add_user("a@example.org", "h")
+    inbox = boxes.get(u, "INBOX")["id"]
+    with store.read() as txn:
+        start = changes.current(txn, store.db)
+    for _ in range(6):
+        deliver(store, u)
+    with store.read() as txn:
+        assert changes.poll(txn, store.db, start)[1] is None  # fell behind: everything may have changed
+        seq = changes.current(txn, store.db)
+        assert changes.poll(txn, store.db, seq - 3) == (seq, {inbox})
+        assert txn.stat(store.db["changes"])["entries"] == 4
