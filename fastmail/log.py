@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 
@@ -18,9 +19,12 @@ _LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warni
            logging.CRITICAL: "critical"}
 
 
+_NEEDS_QUOTES = re.compile(r'[\s"=\\]')
+
+
 def _kv_value(value: object) -> str:
-    text = str(value)
-    if text and not any(c.isspace() or c in '"=\\' for c in text):
+    text = value if type(value) is str else str(value)
+    if text and _NEEDS_QUOTES.search(text) is None:
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
     return f'"{escaped}"'

@@ -752,6 +752,19 @@ def _as_path(address: str) -> str:
     return '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"@' + domain
 
 
+_trace_dates: dict[int, str] = {}
+
+
+def _trace_date(now: float) -> str:
+    """RFC 5322 date of the trace header, formatted once per second (it showed in the profile)."""
+    sec = int(now)
+    date = _trace_dates.get(sec)
+    if date is None:
+        _trace_dates.clear()
+        date = _trace_dates[sec] = formatdate(sec, localtime=False)
+    return date
+
+
 def received_header(session: Session, envelope: Envelope, qid: str, hostname: str, now: float | None = None) -> bytes:
     """The trace header prepended to every accepted message (RFC 5321 §4.4, protocol names RFC 3848)."""
     if session.mode is Mode.LMTP:
@@ -768,6 +781,6 @@ def received_header(session: Session, envelope: Envelope, qid: str, hostname: st
     peer = session.peer
     literal = f"[IPv6:{peer}]" if ":" in peer else f"[{peer}]"
     for_clause = f"\r\n\tfor <{_as_path(envelope.rcpts[0].address)}>" if len(envelope.rcpts) == 1 else ""
-    date = formatdate(now if now is not None else time.time(), localtime=False)
+    date = _trace_date(now if now is not None else time.time())
     text = f"Received: from {helo} ({literal})\r\n\tby {hostname} (fastmail) with {proto} id {qid}{for_clause};\r\n\t{date}\r\n"
     return text.encode("utf-8")

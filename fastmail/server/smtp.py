@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastmail import log
 from fastmail.proto import smtp as P
+from fastmail.server import deadlines
 from fastmail.store.store import Incoming, new_qid
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ class SMTPProtocol(asyncio.Protocol):
         self.implicit_tls = implicit_tls
         self.transport: asyncio.Transport | None = None
         self.conn: P.SMTPConnection | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline: float | None = None  # time.monotonic(); swept by fastmail.server.deadlines
         self._task: asyncio.Task[None] | None = None
         self._write_paused = False
         self._reading_paused = False
@@ -65,6 +66,7 @@ class SMTPProtocol(asyncio.Protocol):
             sender_login_match=cfg.smtp_sender_login_match,
         )
         self.services.sessions.add(self)
+        deadlines.sessions.watch(self)
         log.event("connect", sid=self.sid, listener=self.listener, peer=ip, tls=int(self.implicit_tls))
         self._pump()
 
@@ -79,8 +81,8 @@ class SMTPProtocol(asyncio.Protocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self.deadline = None
+        deadlines.sessions.forget(self)
         self.services.sessions.discard(self)
         conn = self.conn
         if conn is not None and not conn.closed:
@@ -129,27 +131,21 @@ class SMTPProtocol(asyncio.Protocol):
             self._reading_paused = False
 
     def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         conn = self.conn
         if conn is None or conn.closed or conn.waiting:
+            self.deadline = None
             return
         cfg = self.services.config
-        timeout = cfg.smtp_data_timeout if conn.in_data else cfg.smtp_command_timeout
-        self._timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
+        self.deadline = time.monotonic() + (cfg.smtp_data_timeout if conn.in_data else cfg.smtp_command_timeout)
 
-    def _on_timeout(self) -> None:
-        self._timer = None
-        if self.conn is not None:
+    def on_timeout(self) -> None:
+        if self.conn is not None and not self.conn.waiting:
             log.event("timeout", sid=self.sid)
             self.conn.timed_out()
             self._pump()
 
     def _close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline = None
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
