@@ -110,6 +110,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("listen.submission", list, ["127.0.0.1:2587"], "Submission with STARTTLS (587 in production).", _addresses),
     Setting("listen.submissions", list, ["127.0.0.1:2465"], "Submission over implicit TLS (465 in production).", _addresses),
     Setting("listen.lmtp", list, ["127.0.0.1:2424"], "LMTP addresses (TCP HOST:PORT or unix:PATH).", _addresses),
+    Setting("listen.imap", list, ["127.0.0.1:1143"], "IMAP with STARTTLS (143 in production).", _addresses),
+    Setting("listen.imaps", list, ["127.0.0.1:1993"], "IMAP over implicit TLS (993 in production).", _addresses),
     # tls
     Setting("tls.cert", str, "", "PEM certificate chain (empty: a self-signed one in DATA_DIR/tls)."),
     Setting("tls.key", str, "", "PEM private key (empty: the self-signed one)."),
@@ -125,6 +127,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("smtp.sender_login_match", bool, True, "Authenticated senders may only use their own addresses and aliases in MAIL FROM."),
     Setting("smtp.auth_plaintext_without_tls", bool, False, "Allow AUTH on a connection without TLS (tests/loopback only)."),
     Setting("smtp.greeting_delay", float, 0.0, "Seconds to wait before the greeting (pre-greet traffic is rejected).", _at_least(0)),
+    # imap
+    Setting("imap.max_line_length", int, 64 * 1024, "Longest IMAP command line (literals excluded), in bytes.", _at_least(8192, "RFC 7162 4")),
+    Setting("imap.max_message_size", int, 50 * MiB, "Largest APPEND, in bytes (advertised as APPENDLIMIT; larger literals are refused before they are sent).", _at_least(64 * 1024)),
+    Setting("imap.idle_timeout", float, 1800.0, "Seconds without a command (or in IDLE) before autologout (RFC 9051 5.4: at least 30 minutes).", _positive),
+    Setting("imap.command_timeout", float, 300.0, "Seconds to finish a command once its first bytes came (a literal in progress).", _positive),
+    Setting("imap.plaintext_auth_loopback", bool, True, "Allow LOGIN / AUTHENTICATE PLAIN without TLS from loopback clients (elsewhere TLS is required: LOGINDISABLED)."),
+    Setting("imap.max_bad_commands", int, 20, "Invalid commands (BAD) before the session is closed.", _positive),
+    Setting("imap.change_poll_interval", float, 0.25, "Seconds between a worker's looks at the change log (IDLE sessions hear of changes this fast).", _positive),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -184,7 +194,7 @@ class Config:
     @property
     def listeners(self) -> list[ListenerSpec]:
         specs = []
-        for name in ("smtp", "submission", "submissions", "lmtp"):
+        for name in ("smtp", "submission", "submissions", "lmtp", "imap", "imaps"):
             for i, item in enumerate(getattr(self, f"listen_{name}")):
                 address = parse_listen(item)
                 specs.append(ListenerSpec(name if i == 0 else f"{name}#{i}", address))

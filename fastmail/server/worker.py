@@ -22,10 +22,13 @@ from fastmail import auth, log
 from fastmail.config import Config
 from fastmail.master.errors import BootError
 from fastmail.master.worker import WorkerContext, install_worker_signals, start_heartbeat
+from fastmail.proto import imap as IP
 from fastmail.proto import smtp as P
 from fastmail.server.commit import Committer
+from fastmail.server.imap import IMAPProtocol, watch_changes
 from fastmail.server.smtp import SMTPProtocol
 from fastmail.store import mime
+from fastmail.store.mailboxes import Mailboxes
 from fastmail.store.store import Store, normalize_address
 
 _MODES = {"smtp": P.Mode.SMTP, "submission": P.Mode.SUBMISSION, "submissions": P.Mode.SUBMISSION, "lmtp": P.Mode.LMTP}
@@ -80,7 +83,15 @@ class Services:
         self.tls_context = make_tls_context(cfg)
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.smtp_trusted_networks]
         self.committer = Committer(store)
-        self.sessions: set[SMTPProtocol] = set()
+        self.sessions: set[Any] = set()  # SMTPProtocol and IMAPProtocol: .idle, .shutdown()
+        self.mailboxes = Mailboxes(store)
+        self.imap_limits = IP.Limits(
+            max_line=cfg.imap_max_line_length,
+            max_message=cfg.imap_max_message_size,
+            max_bad=cfg.imap_max_bad_commands,
+        )
+        self.imap_sessions: set[IMAPProtocol] = set()
+        self.imap_pool = ThreadPoolExecutor(4, thread_name_prefix="imap")  # store writes (synced commits)
         self.auth_failure_delay = 1.0
         self._auth_pool = ThreadPoolExecutor(2, thread_name_prefix="auth")  # threads start after the drop
 
@@ -149,12 +160,17 @@ async def _serve(ctx: WorkerContext, services: Services) -> None:
     for name, sock in ctx.sockets.items():
         base = name.split("#", 1)[0]
         mode = _MODES.get(base)
-        if mode is None:
+        factory: Callable[[], Any]
+        if base in ("imap", "imaps"):
+            implicit = base == "imaps"
+            factory = partial(IMAPProtocol, services, name, implicit)
+        elif mode is None:
             continue
-        implicit = base == "submissions"
+        else:
+            implicit = base == "submissions"
+            factory = partial(SMTPProtocol, services, mode, name, implicit)
         if implicit and services.tls_context is None:
             raise BootError(f"listener {name}: implicit TLS needs a certificate")
-        factory: Callable[[], Any] = partial(SMTPProtocol, services, mode, name, implicit)
         ssl_ctx = services.tls_context if implicit else None
         if sock.family == socket.AF_UNIX:
             server = await loop.create_unix_server(factory, sock=sock, ssl=ssl_ctx, backlog=services.config.backlog)
@@ -168,6 +184,7 @@ async def _serve(ctx: WorkerContext, services: Services) -> None:
     beat = start_heartbeat(ctx, loop)
     log.buffer()
     flusher = loop.create_task(_flush_logs())
+    watcher = loop.create_task(watch_changes(services))
     log.event("worker_ready", index=ctx.index, generation=ctx.generation, listeners=len(servers))
     await stopping.wait()
     # Graceful stop: no new connections; sessions finish up to the grace period; then 421 to the rest.
@@ -186,6 +203,7 @@ async def _serve(ctx: WorkerContext, services: Services) -> None:
     await asyncio.sleep(0.05)
     beat.cancel()
     flusher.cancel()
+    watcher.cancel()
     c = services.committer
     log.event("worker_stop", index=ctx.index, commit_batches=c.batches, commit_messages=c.messages,
               largest_batch=c.largest_batch)

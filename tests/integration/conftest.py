@@ -55,6 +55,8 @@ smtp = ["127.0.0.1:{self.ports['smtp']}"]
 submission = ["127.0.0.1:{self.ports['submission']}"]
 submissions = ["127.0.0.1:{self.ports['submissions']}"]
 lmtp = ["127.0.0.1:{self.ports['lmtp']}", "unix:{self.lmtp_sock}"]
+imap = ["127.0.0.1:{self.ports['imap']}"]
+imaps = ["127.0.0.1:{self.ports['imaps']}"]
 
 [smtp]
 max_message_size = 1048576
@@ -118,7 +120,7 @@ max_message_size = 1048576
 
 
 def make_server(tmp_path: Path, workers: int = 2, extra: str = "") -> Server:
-    ports = {name: free_port() for name in ("smtp", "submission", "submissions", "lmtp")}
+    ports = {name: free_port() for name in ("smtp", "submission", "submissions", "lmtp", "imap", "imaps")}
     srv = Server(tmp_path, ports, workers, extra)
     srv.cli("domain", "add", "example.org")
     for user, pw in PASSWORDS.items():

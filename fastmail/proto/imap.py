@@ -1,0 +1,1114 @@
+"""The IMAP session state machine, sans-IO (RFC 9051 IMAP4rev2 and RFC 3501 IMAP4rev1, with IDLE, UIDPLUS,
+MOVE, LITERAL+, SASL-IR, SPECIAL-USE, LIST-EXTENDED, LIST-STATUS, NAMESPACE, ENABLE, ID, UNSELECT,
+CHILDREN, ESEARCH, SEARCHRES, CONDSTORE/QRESYNC, BINARY, STATUS=SIZE, APPENDLIMIT, UTF8=ACCEPT).
+
+Bytes in with `receive(data)`, response bytes out with `take_output()`, and requests for the driver (the
+asyncio protocol in fastmail.server.imap) from `next_request()`:
+
+    StartTLS()          upgrade the transport, then resolve(None)
+    Authenticate(...)   verify the password, then resolve((ok, user id))
+    Call(fn, args)      run a store write (it syncs to disk) off the loop, then resolve(result) or fail(exc)
+    Commit(item)        APPEND: hand the message to the group committer, then resolve(Outcome) or fail(exc)
+    Flush()             write out what is pending and resume once the client has read enough (back-pressure)
+    Close()             flush the output and close
+
+Each command is one handler method (`cmd_<name>`); a handler that needs the driver is a generator that
+yields a request and receives its result, so a command reads top to bottom.  While a request is
+outstanding, input is buffered and not interpreted.  Reads of the store (LMDB, microseconds) are made
+directly.  All state transitions live in this file: NOT_AUTHENTICATED -> AUTHENTICATED <-> SELECTED ->
+LOGOUT (RFC 9051 §3).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import inspect
+import ipaddress
+import re
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from enum import Enum, auto
+from typing import Any
+
+from fastmail._core import imap as core
+from fastmail.proto import imap_responses as S
+from fastmail.proto.imap_fetch import Fetcher, flag_list, parse_date_time, parse_items, sets_seen
+from fastmail.proto.imap_responses import Status
+from fastmail.proto.imap_search import BadCharset, Item, Parser, compress, esearch, parse_return
+from fastmail.proto.imap_view import View
+from fastmail.store import mailboxes as M
+from fastmail.store.mailboxes import DELIMITER, MailboxError, Mailboxes, Message
+from fastmail.store.store import Incoming, StoreError, new_qid
+
+
+class State(Enum):
+    NOT_AUTHENTICATED = auto()
+    AUTHENTICATED = auto()
+    SELECTED = auto()
+    LOGOUT = auto()
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_line: int = 64 * 1024  # command line bytes, literals excluded
+    max_message: int = 50 * 1024 * 1024  # APPEND literal (advertised as APPENDLIMIT)
+    max_literal_preauth: int = 8 * 1024  # any literal before login
+    max_bad: int = 20  # BAD responses before the session is closed
+    flush_bytes: int = 256 * 1024  # FETCH output buffered before a Flush request
+
+
+# -- requests to the driver ------------------------------------------------------------------------------
+
+@dataclass
+class StartTLS:
+    pass
+
+
+@dataclass
+class Authenticate:
+    mechanism: str
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass
+class Call:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+
+
+@dataclass
+class Commit:
+    item: Incoming
+
+
+@dataclass
+class Flush:
+    pass
+
+
+@dataclass
+class Close:
+    pass
+
+
+class _ReadLine:
+    """Internal: the handler waits for a bare client line (AUTHENTICATE response, IDLE's DONE)."""
+
+
+Request = StartTLS | Authenticate | Call | Commit | Flush | Close
+_READ_LINE = _ReadLine()
+_IDLE_WAIT = _ReadLine()
+
+SYSTEM_FLAGS = {f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")}
+_ATOM_FLAG = re.compile(r"[!#$&'+\-.0-9:<>=?@A-Z^_`a-z|~\x80-\U0010ffff]+\Z")
+_STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT",
+                 "APPENDLIMIT")
+SYNTAX = core.IMAPSyntaxError
+
+Handler = Callable[[Any, core.Command], Any]
+
+
+def _is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+class IMAPConnection:
+    def __init__(self, boxes: Mailboxes, limits: Limits, *, peer: str = "127.0.0.1", tls: bool = False,
+                 tls_available: bool = False, plaintext_loopback: bool = True,
+                 plaintext_anywhere: bool = False) -> None:
+        self.boxes = boxes
+        self.limits = limits
+        self.peer = peer
+        self.tls = tls
+        self.tls_available = tls_available
+        self._plain_ok = plaintext_anywhere or (plaintext_loopback and _is_loopback(peer))
+        self.state = State.NOT_AUTHENTICATED
+        self.user: str | None = None
+        self.user_id: int | None = None
+        self.view: View | None = None
+        self.rev2 = False
+        self.utf8 = False
+        self.condstore = False
+        self.qresync = False
+        self.saved: list[int] | None = None  # SEARCHRES "$" (UIDs)
+        self.bad_count = 0
+        self.closed = False
+        self.idling = False
+        self._reader = core.CommandReader(limits.max_line, limits.max_literal_preauth)
+        self._out: list[bytes] = []
+        self._outlen = 0
+        self._gen: Generator[Any, Any, Any] | None = None
+        self._cmd: core.Command | None = None
+        self._request: Any = None
+        self._handed = False
+        self._write(S.GREETING.with_code("CAPABILITY " + self.capabilities()).line())
+
+    # -- the driver's side ---------------------------------------------------------------------------
+
+    def receive(self, data: bytes) -> None:
+        self._reader.feed(data)
+
+    def take_output(self) -> bytes:
+        out = b"".join(self._out)
+        self._out = []
+        self._outlen = 0
+        return out
+
+    @property
+    def waiting(self) -> bool:
+        """A request is outstanding with the driver: do not read more input."""
+        return self._handed and self._request is not None
+
+    def next_request(self) -> Request | None:
+        """Interpret buffered input until a request for the driver comes up (returned once) or more
+        input is needed (None)."""
+        while not self.closed:
+            req = self._request
+            if req is not None:
+                if req is _READ_LINE or req is _IDLE_WAIT:
+                    try:
+                        line = self._reader.next_line()
+                    except core.CommandTooLong:
+                        self._request = None
+                        self._resume(None, SYNTAX("Line too long"))
+                        continue
+                    if line is None:
+                        return None
+                    self._request = None
+                    if req is _IDLE_WAIT:
+                        self.idling = False
+                    self._resume(line)
+                    continue
+                if self._handed:
+                    return None
+                self._handed = True
+                if isinstance(req, Close):
+                    self.closed = True
+                return req  # type: ignore[no-any-return]
+            if not self._next_command():
+                return None
+        return None
+
+    def resolve(self, result: Any) -> None:
+        """The outstanding request is done: resume its command with the result."""
+        self._request = None
+        self._handed = False
+        self._resume(result)
+
+    def fail(self, exc: BaseException) -> None:
+        self._request = None
+        self._handed = False
+        self._resume(None, exc)
+
+    def changed(self) -> None:
+        """The selected mailbox may have changed (the worker's change poll): an IDLE session is told now
+        (RFC 9051 §6.3.13); any other session at its next command."""
+        if self.idling and self.view is not None:
+            self._sync(True)
+
+    def timed_out(self) -> None:
+        self._write(S.BYE_TIMEOUT.line())
+        self._close()
+
+    def shutdown(self) -> None:
+        self._write(S.BYE_SHUTDOWN.line())
+        self._close()
+
+    @property
+    def buffered(self) -> int:
+        """Input bytes received and not yet interpreted (a command under way)."""
+        return int(self._reader.buffered)
+
+    @property
+    def busy(self) -> bool:
+        """A command is in progress (not counting IDLE)."""
+        return self._gen is not None and not self.idling
+
+    @property
+    def selected_mailbox(self) -> int | None:
+        return self.view.id if self.view is not None else None
+
+    # -- plumbing ------------------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self._out.append(data)
+        self._outlen += len(data)
+
+    def _close(self) -> None:
+        """End the session: the next request handed out is Close (after the output so far)."""
+        self.state = State.LOGOUT
+        self._gen = None
+        self.idling = False
+        self._request = Close()
+        self._handed = False
+
+    def _next_command(self) -> bool:
+        """Read and start the next command; False when more input is needed."""
+        try:
+            ev = self._reader.next()
+        except core.LiteralTooBig as e:
+            status = S.TOOBIG if e.sync and self.state is not State.NOT_AUTHENTICATED else S.LITERAL_TOO_BIG
+            self._bad(e.tag, status)
+            return True
+        except core.CommandTooLong as e:
+            self._bad(e.tag, S.LINE_TOO_LONG)
+            return True
+        except core.IMAPSyntaxError as e:
+            self._bad(e.tag, S.SYNTAX.with_text(e.text))
+            return True
+        if ev is None:
+            return False
+        if type(ev) is core.NeedContinuation:
+            self._write(b"+ Ready for literal data\r\n")
+            return True
+        assert type(ev) is core.Command
+        self._start(ev)
+        return True
+
+    def _bad(self, tag: bytes | None, status: Status) -> None:
+        if status.kind == "BAD":
+            self.bad_count += 1
+        self._write(status.line(tag or b"*"))
+        if self.bad_count >= self.limits.max_bad:
+            self._write(S.BYE_TOO_MANY_ERRORS.line())
+            self._close()
+
+    def _start(self, cmd: core.Command) -> None:
+        entry = _COMMANDS.get(cmd.name)
+        if entry is None:
+            self._bad(cmd.tag, S.UNKNOWN_COMMAND)
+            return
+        handler, states = entry
+        if self.state not in states:
+            self._bad(cmd.tag, S.NO_MAILBOX if self.state is State.AUTHENTICATED and State.SELECTED in states
+                      else S.WRONG_STATE)
+            return
+        self._cmd = cmd
+        try:
+            result = handler(self, cmd)
+        except Exception as e:
+            self._finish_error(e)
+            return
+        if inspect.isgenerator(result):
+            self._gen = result
+            self._resume(None)
+        else:
+            self._finish(result)
+
+    def _resume(self, value: Any, exc: BaseException | None = None) -> None:
+        gen = self._gen
+        if gen is None:
+            return
+        try:
+            req = gen.throw(exc) if exc is not None else gen.send(value)
+        except StopIteration as stop:
+            self._gen = None
+            self._finish(stop.value)
+            return
+        except Exception as e:
+            self._gen = None
+            self._finish_error(e)
+            return
+        self._request = req
+        self._handed = False
+
+    def _finish_error(self, e: Exception) -> None:
+        if isinstance(e, MailboxError):
+            status = _MAILBOX_ERRORS.get(e.code, S.CANNOT)
+        elif isinstance(e, core.IMAPSyntaxError):
+            status = S.SYNTAX.with_text(e.text)
+        elif isinstance(e, BadCharset):
+            status = S.BADCHARSET
+        else:
+            import logging
+
+            logging.getLogger("fastmail.imap").exception("command %s failed", self._cmd.name if self._cmd else "?")
+            status = S.SERVER_BUG
+        self._gen = None
+        self._finish(status)
+
+    def _finish(self, status: Status | None) -> None:
+        """Send the tagged completion, preceded by the mailbox updates the command may carry."""
+        cmd = self._cmd
+        self._cmd = None
+        if cmd is None or self._request is not None and isinstance(self._request, Close):
+            return
+        if status is None:
+            status = S.OK
+        if self.view is not None and self.state is State.SELECTED and status.kind != "BAD":
+            self._sync(cmd.name not in ("FETCH", "STORE", "SEARCH"))
+        if status.kind == "BAD":
+            self._bad(cmd.tag, status)
+        else:
+            self._write(status.line(cmd.tag))
+
+    def _sync(self, allow_expunge: bool) -> None:
+        view = self.view
+        assert view is not None
+        for line in view.sync(allow_expunge, self.condstore, self.qresync):
+            self._write(line)
+        if view.deleted and allow_expunge and not view.gone:
+            pass  # all messages announced gone; the mailbox stays selected and empty
+
+    # -- names and strings ---------------------------------------------------------------------------
+
+    def capabilities(self) -> str:
+        caps = ["IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT"]
+        if self.state is State.NOT_AUTHENTICATED:
+            if self.tls_available and not self.tls:
+                caps.append("STARTTLS")
+            if self.tls or self._plain_ok:
+                caps.append("AUTH=PLAIN")
+            else:
+                caps.append("LOGINDISABLED")
+        else:
+            caps += ["UIDPLUS", "MOVE", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "ESEARCH",
+                     "SEARCHRES", "CONDSTORE", "QRESYNC", "BINARY", "STATUS=SIZE",
+                     f"APPENDLIMIT={self.limits.max_message}", "UTF8=ACCEPT"]
+        return " ".join(caps)
+
+    def _name_in(self, token: Any) -> str:
+        """A mailbox argument as str: UTF-8 for IMAP4rev2 / UTF8=ACCEPT sessions, modified UTF-7 otherwise
+        (8-bit UTF-8 from a rev1 client is taken as UTF-8, as Dovecot does)."""
+        raw = core.astring(token)
+        if not self.utf8 or raw.isascii():
+            try:
+                return core.mutf7_decode(raw) if not self.utf8 else raw.decode("ascii")
+            except core.IMAPSyntaxError:
+                if raw.isascii():
+                    raise SYNTAX("Invalid mailbox name (modified UTF-7)") from None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SYNTAX("Invalid mailbox name (UTF-8)") from None
+
+    def _name_out(self, name: str) -> bytes:
+        if self.utf8:
+            return core.quote(name, utf8=True)
+        return core.quote(core.mutf7_encode(name))
+
+    def _mailbox(self, name: str) -> dict[str, Any]:
+        assert self.user_id is not None
+        rec = self.boxes.get(self.user_id, name)
+        if rec is None:
+            raise MailboxError(M.NONEXISTENT, "No such mailbox")
+        return rec
+
+    def _uids(self, token: Any, uid: bool) -> list[int]:
+        """UIDs of the selected mailbox a sequence set (or "$") names."""
+        view = self.view
+        assert view is not None
+        if type(token) is not str:
+            raise SYNTAX("Invalid sequence set")
+        ranges = core.parse_sequence_set(token)
+        if ranges == core.SEARCHRES:
+            saved = self.saved or []
+            return [u for u in saved if u in view.msgs]
+        assert isinstance(ranges, list)
+        return view.resolve(ranges, uid)
+
+    # -- any state (RFC 9051 §6.1) -------------------------------------------------------------------
+
+    def cmd_capability(self, cmd: core.Command) -> Status:
+        self._write(b"* CAPABILITY " + self.capabilities().encode() + b"\r\n")
+        return S.OK
+
+    def cmd_noop(self, cmd: core.Command) -> Status:
+        return S.OK
+
+    def cmd_logout(self, cmd: core.Command) -> Status:
+        self._write(S.BYE_LOGOUT.line())
+        self._write(S.LOGOUT_OK.line(cmd.tag))
+        self._cmd = None
+        self._close()
+        return S.OK
+
+    def cmd_id(self, cmd: core.Command) -> Status:
+        # RFC 2971: the client's parameters are accepted and ignored
+        if len(cmd.args) != 1 or not (type(cmd.args[0]) is list or core.nstring(cmd.args[0]) is None):
+            raise SYNTAX("ID takes a list or NIL")
+        self._write(b'* ID ("name" "fastmail")\r\n')
+        return S.OK
+
+    # -- not authenticated (§6.2) --------------------------------------------------------------------
+
+    def cmd_starttls(self, cmd: core.Command) -> Generator[Any, Any, Status]:
+        if self.tls:
+            return S.ALREADY_TLS
+        if not self.tls_available:
+            return S.NO_TLS
+        self._write(S.BEGIN_TLS.line(cmd.tag))
+        self._cmd = None
+        self._reader.take_buffer()  # plaintext sent after STARTTLS is dropped (RFC 9051 §11.1)
+        yield StartTLS()
+        self.tls = True
+        return None  # type: ignore[return-value]
+
+    def _login(self, mechanism: str, username: str, password: str) -> Generator[Any, Any, Status]:
+        ok, user_id = yield Authenticate(mechanism, username, password)
+        if not ok:
+            return S.AUTH_FAILED
+        self.user = username.lower()
+        self.user_id = user_id
+        self.state = State.AUTHENTICATED
+        # After login the literal limit is the message size limit (APPEND): a new reader takes over the
+        # unread input.
+        rest = self._reader.take_buffer()
+        self._reader = core.CommandReader(self.limits.max_line, self.limits.max_message)
+        self._reader.feed(rest)
+        return S.LOGGED_IN.with_code("CAPABILITY " + self.capabilities())
+
+    def cmd_login(self, cmd: core.Command) -> Generator[Any, Any, Status]:
+        if len(cmd.args) != 2:
+            raise SYNTAX("LOGIN takes a user name and a password")
+        user = core.astring(cmd.args[0]).decode("utf-8", "replace")
+        password = core.astring(cmd.args[1]).decode("utf-8", "replace")
+        if not (self.tls or self._plain_ok):
+            return S.LOGIN_DISABLED
+        return (yield from self._login("LOGIN", user, password))
+
+    def cmd_authenticate(self, cmd: core.Command) -> Generator[Any, Any, Status]:
+        if not cmd.args or len(cmd.args) > 2 or type(cmd.args[0]) is not str:
+            raise SYNTAX("AUTHENTICATE takes a mechanism and an optional initial response")
+        if cmd.args[0].upper() != "PLAIN":
+            return S.BAD_MECHANISM
+        if not (self.tls or self._plain_ok):
+            return S.PRIVACY_REQUIRED
+        if len(cmd.args) == 2:  # SASL-IR (RFC 4959): "=" is an empty initial response
+            initial = cmd.args[1]
+            if type(initial) is not str:
+                raise SYNTAX("Invalid initial response")
+            response = b"" if initial == "=" else initial.encode()
+        else:
+            self._write(b"+ \r\n")
+            line = yield _READ_LINE
+            if line is None or line.strip() == b"*":
+                return S.AUTH_CANCELLED
+            response = line.strip()
+        try:
+            decoded = base64.b64decode(response, validate=True)
+        except (binascii.Error, ValueError):
+            return S.SYNTAX.with_text("Invalid base64")
+        parts = decoded.split(b"\0")
+        if len(parts) != 3:
+            return S.AUTH_FAILED
+        authzid, authcid, password = (p.decode("utf-8", "replace") for p in parts)
+        if authzid and authzid.lower() != authcid.lower():
+            return S.AUTH_FAILED  # no proxy authorization
+        return (yield from self._login("PLAIN", authcid, password))
+
+    # -- authenticated (§6.3) ------------------------------------------------------------------------
+
+    def cmd_enable(self, cmd: core.Command) -> Status:
+        if not cmd.args:
+            raise SYNTAX("ENABLE takes capability names")
+        enabled = []
+        for arg in cmd.args:
+            if type(arg) is not str:
+                raise SYNTAX("Invalid capability name")
+            cap = arg.upper()
+            if cap == "IMAP4REV2" and not self.rev2:
+                self.rev2 = self.utf8 = True
+                enabled.append("IMAP4rev2")
+            elif cap == "UTF8=ACCEPT" and not self.utf8:
+                self.utf8 = True
+                enabled.append("UTF8=ACCEPT")
+            elif cap == "CONDSTORE" and not self.condstore:
+                self.condstore = True
+                enabled.append("CONDSTORE")
+            elif cap == "QRESYNC" and not self.qresync:
+                self.qresync = self.condstore = True
+                enabled.append("QRESYNC")
+        self._write(b"* ENABLED" + b"".join(b" " + e.encode() for e in enabled) + b"\r\n")
+        return S.OK
+
+    def cmd_select(self, cmd: core.Command) -> Status:
+        """SELECT / EXAMINE (RFC 9051 §6.3.2, §6.3.3; RFC 7162 CONDSTORE and QRESYNC parameters)."""
+        readonly = cmd.name == "EXAMINE"
+        if not cmd.args or len(cmd.args) > 2:
+            raise SYNTAX("SELECT takes a mailbox and optional parameters")
+        name = self._name_in(cmd.args[0])
+        qresync_args: list[Any] | None = None
+        if len(cmd.args) == 2:
+            params = cmd.args[1]
+            if type(params) is not list:
+                raise SYNTAX("Invalid SELECT parameters")
+            i = 0
+            while i < len(params):
+                p = params[i]
+                if type(p) is str and p.upper() == "CONDSTORE":
+                    self.condstore = True
+                    i += 1
+                elif type(p) is str and p.upper() == "QRESYNC" and i + 1 < len(params) \
+                        and type(params[i + 1]) is list:
+                    if not self.qresync:
+                        return S.SYNTAX.with_text("QRESYNC is not enabled")
+                    qresync_args = params[i + 1]
+                    i += 2
+                else:
+                    raise SYNTAX("Unknown SELECT parameter")
+        if self.view is not None:
+            self.view = None
+            self.state = State.AUTHENTICATED
+            self._write(b"* OK [CLOSED] Previous mailbox closed\r\n")  # RFC 7162 §3.2.11, RFC 9051
+        assert self.user_id is not None
+        rec = self.boxes.get(self.user_id, name)
+        snap = self.boxes.snapshot(rec["id"]) if rec is not None else None
+        if snap is None:
+            return S.NONEXISTENT
+        rec, messages = snap
+        view = View(self.boxes, rec, messages, readonly)
+        flags = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
+        for m in messages:
+            for f in m.flags:
+                if f not in flags:
+                    flags.append(f)
+        w = self._write
+        w(b"* " + b"FLAGS " + flag_list(flags) + b"\r\n")
+        perm = flag_list(flags + ["\\*"]) if not readonly else b"()"
+        w(b"* OK [PERMANENTFLAGS " + perm + b"] Flags permitted\r\n")
+        w(b"* %d EXISTS\r\n" % len(messages))
+        if not self.rev2:
+            w(b"* 0 RECENT\r\n")
+            first_unseen = next((i for i, m in enumerate(messages, 1) if M.SEEN not in m.flags), 0)
+            if first_unseen:
+                w(b"* OK [UNSEEN %d] First unseen\r\n" % first_unseen)
+        w(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % rec["uidvalidity"])
+        w(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % rec["uidnext"])
+        w(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % rec["modseq"])
+        if self.rev2:
+            w(b"* LIST () \"/\" " + self._name_out(rec["name"]) + b"\r\n")
+        self.view = view
+        self.state = State.SELECTED
+        if qresync_args is not None:
+            self._qresync(view, qresync_args)
+        return S.SELECTED_RO if readonly else S.SELECTED_RW
+
+    def _qresync(self, view: View, args: list[Any]) -> None:
+        """SELECT ... (QRESYNC (uidvalidity modseq [known-uids])) (RFC 7162 §3.2.5): what was expunged and
+        what changed since the client's mod-sequence."""
+        if len(args) < 2:
+            raise SYNTAX("QRESYNC needs UIDVALIDITY and MODSEQ")
+        validity = core.number(args[0], nz=True)
+        modseq = core.number(args[1])
+        if validity != view.uidvalidity:
+            return
+        known: set[int] | None = None
+        if len(args) >= 3 and type(args[2]) is str:
+            ranges = core.parse_sequence_set(args[2])
+            if isinstance(ranges, list):
+                known = set()
+                top = view.uidnext
+                for lo, hi in ranges:
+                    hi = hi or top
+                    known.update(range(lo or top, min(hi, top) + 1))
+        vanished = [u for u in self.boxes.expunged_since(view.id, modseq) if known is None or u in known]
+        if vanished:
+            self._write(b"* VANISHED (EARLIER) " + compress(vanished).encode() + b"\r\n")
+        for uid in view.uids:
+            m = view.msgs[uid]
+            if m.modseq > modseq:
+                self._write(view.fetch_flags(m, True, True))
+
+    def cmd_create(self, cmd: core.Command) -> Generator[Any, Any, Status]:
+        if len(cmd.args) != 1:
+            raise SYNTAX("CREATE takes a mailbox name")
+        name = self._name_in(cmd.args[0])
+        if M.normalize(name.rstrip(DELIMITER)) == "INBOX":
+            return S.ALREADYEXISTS
+        yield Call(self.boxes.create, (self.user_id, name))
+        return S.OK
+
+    def cmd_delete(self, cmd: core.Command) -> Generator[Any, Any, Status]:
+        if len(cmd.args) != 1:
+            raise SYNTAX("DELETE takes a mailbox name")
+        name = self._name_in(cmd.args[0])
+        yield Call(self.boxes.delete, (self.user_id, name))
+        return S.OK
+
+    def cmd_rename(self, cmd: core.Command) -> Generator[Any, Any, Status]:
+        if len(cmd.args) != 2:
+            raise SYNTAX("RENAME takes two mailbox names")
+        old, new = self._name_in(cmd.args[0]), self._name_in(cmd.args[1])
+        yield Call(self.boxes.rename, (self.user_id, old, new))
+        if self.view is not None and M.normalize(old) != "INBOX":
+            rec = self.boxes.by_id(self.view.id)
+            if rec is not None:
+                self.view.name = rec["name"]
+        return S.OK
+
+    def cmd_subscribe(self, cmd: core.Command) -> Generator[Any, Any, Status]:
+        if len(cmd.args) != 1:
+            raise SYNTAX("SUBSCRIBE takes a mailbox name")
+        yield Call(self.boxes.set_subscribed, (self.user_id, self._name_in(cmd.args[0]), cmd.name == "SUBSCRIBE"))
+        return S.OK
+
+    def cmd_namespace(self, cmd: core.Command) -> Status:
+        self._write(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
+        return S.OK
+
+    def cmd_list(self, cmd: core.Command) -> Status:
+        """LIST [(selection)] reference pattern(s) [RETURN (options)] (RFC 9051 §6.3.9, RFC 5258, 5819,
+        6154).  LSUB is LIST (SUBSCRIBED) with rev1's LSUB response."""
+        args = list(cmd.args)
+        select: set[str] = set()
+        if args and type(args[0]) is list:
+            select = {str(x).upper() for x in args.pop(0)}
+            if not select <= {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}:
+                raise SYNTAX("Unknown LIST selection option")
+            if select == {"RECURSIVEMATCH"}:
+                raise SYNTAX("RECURSIVEMATCH needs another selection option")
+        if len(args) < 2:
+            raise SYNTAX("LIST takes a reference and a pattern")
+        reference = _decode_pattern(core.astring(args[0], wildcards=True), self.utf8)
+        pats = args[1] if type(args[1]) is list else [args[1]]
+        patterns = [_decode_pattern(core.astring(p, wildcards=True), self.utf8) for p in pats]
+        returns: set[str] = set()
+        status_items: list[str] = []
+        rest = args[2:]
+        if rest:
+            if len(rest) != 2 or type(rest[0]) is not str or rest[0].upper() != "RETURN" or type(rest[1]) is not list:
+                raise SYNTAX("Invalid LIST return options")
+            opts = rest[1]
+            i = 0
+            while i < len(opts):
+                o = str(opts[i]).upper() if type(opts[i]) is str else ""
+                if o == "STATUS" and i + 1 < len(opts) and type(opts[i + 1]) is list:
+                    status_items = _status_list(opts[i + 1])
+                    i += 2
+                    continue
+                if o not in ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "MYRIGHTS"):
+                    raise SYNTAX("Unknown LIST return option")
+                returns.add(o)
+                i += 1
+        lsub = cmd.name == "LSUB"
+        if lsub:
+            select.add("SUBSCRIBED")
+        if len(patterns) == 1 and patterns[0] == "" and not select:
+            self._write(b'* LIST (\\Noselect) "/" ""\r\n')
+            return S.OK
+        assert self.user_id is not None
+        boxes = self.boxes.list_all(self.user_id)
+        names = {b["name"] for b in boxes}
+        regexes = [_pattern_regex(M.normalize(reference + p)) for p in patterns]
+        for b in boxes:
+            name = b["name"]
+            if not any(r.match(name) for r in regexes):
+                continue
+            if "SUBSCRIBED" in select and not b["subscribed"]:
+                continue
+            if "SPECIAL-USE" in select and not b["special"]:
+                continue
+            attrs = []
+            has_kids = any(n.startswith(name + DELIMITER) for n in names)
+            if not lsub:
+                attrs.append("\\HasChildren" if has_kids else "\\HasNoChildren")
+            if b["special"] and not lsub:
+                attrs.append(b["special"])
+            if b["subscribed"] and ("SUBSCRIBED" in select or "SUBSCRIBED" in returns) and not lsub:
+                attrs.append("\\Subscribed")
+            word = b"LSUB" if lsub else b"LIST"
+            self._write(b"* " + word + b" (" + " ".join(attrs).encode() + b') "/" ' + self._name_out(name) + b"\r\n")
+            if status_items:
+                self._write(self._status_line(name, b["id"], status_items))
+        return S.OK
+
+    def _status_line(self, name: str, mailbox_id: int, items: list[str]) -> bytes:
+        rec = self.boxes.status(mailbox_id, deleted="DELETED" in items)
+        if rec is None:
+            return b""
+        values = {
+            "MESSAGES": rec["exists"], "UIDNEXT": rec["uidnext"], "UIDVALIDITY": rec["uidvalidity"],
+            "UNSEEN": rec["unseen"], "DELETED": rec.get("deleted", 0), "SIZE": rec["size"],
+            "HIGHESTMODSEQ": rec["modseq"], "RECENT": 0, "APPENDLIMIT": self.limits.max_message,
+        }
+        body = " ".join(f"{i} {values[i]}" for i in items)
+        return b"* STATUS " + self._name_out(name) + b" (" + body.encode() + b")\r\n"
+
+    def cmd_status(self, cmd: core.Command) -> Status:
+        if len(cmd.args) != 2 or type(cmd.args[1]) is not list:
+            raise SYNTAX("STATUS takes a mailbox and a list of items")
+        items = _status_list(cmd.args[1])
+        if "HIGHESTMODSEQ" in items:
+            self.condstore = True  # RFC 7162 §3.1.1: a CONDSTORE-enabling command
+        rec = self._mailbox(self._name_in(cmd.args[0]))
+        self._write(self._status_line(rec["name"], rec["id"], items))
+        return S.OK
+
+    def cmd_append(self, cmd: core.Command) -> Generator[Any, Any, Status]:
+        """APPEND mailbox [(flags)] [date-time] literal (RFC 9051 §6.3.12; UTF8 (literal8) of RFC 6855).
+        OK [APPENDUID] only after the group commit made it durable (ARCHITECTURE §3)."""
+        args = list(cmd.args)
+        if len(args) < 2:
+            raise SYNTAX("APPEND takes a mailbox and a message")
+        name = self._name_in(args.pop(0))
+        flags: list[str] = []
+        date: int | None = None
+        if args and type(args[0]) is list:
+            flags = _flags(args.pop(0))
+        if args and type(args[0]) is bytes:
+            date = parse_date_time(args.pop(0))
+            if date is None:
+                raise SYNTAX("Invalid date-time")
+        if len(args) == 2 and type(args[0]) is str and args[0].upper() == "UTF8" and type(args[1]) is list \
+                and len(args[1]) == 1:
+            args = args[1]
+        if len(args) != 1 or type(args[0]) is not core.Literal:
+            raise SYNTAX("APPEND takes one message literal")
+        data = args[0].data
+        if not data:
+            return S.CANNOT.with_text("Empty message")
+        if len(data) > self.limits.max_message:
+            return S.TOOBIG
+        assert self.user_id is not None
+        rec = self.boxes.get(self.user_id, name)
+        if rec is None:
+            return S.TRYCREATE
+        item = Incoming(qid=new_qid(), raw=data, sender="", local=[self.user_id], mailbox_id=rec["id"],
+                        flags=flags, internaldate=date)
+        outcome = yield Commit(item)
+        if outcome.no_mailbox:
+            return S.TRYCREATE
+        if outcome.over_quota or self.user_id not in outcome.uids:
+            return S.OVERQUOTA
+        return S.OK.with_code(f"APPENDUID {outcome.uidvalidity} {outcome.uids[self.user_id]}")
+
+    def cmd_idle(self, cmd: core.Command) -> Generator[Any, Any, Status]:
+        """IDLE (RFC 2177, RFC 9051 §6.3.13): updates flow as the worker's change poll reports them."""
+        self._write(b"+ idling\r\n")
+        if self.view is not None:
+            self._sync(True)
+        self.idling = True
+        line = yield _IDLE_WAIT
+        self.idling = False
+        if line is None or line.strip().upper() != b"DONE":
+            return S.SYNTAX.with_text("Expected DONE")
+        return S.IDLE_DONE
+
+    # -- selected (§6.4) -----------------------------------------------------------------------------
+
+    def cmd_check(self, cmd: core.Command) -> Status:
+        return S.OK
+
+    def cmd_close(self, cmd: core.Command) -> Generator[Any, Any, Status]:
+        view = self.view
+        assert view is not None
+        if cmd.name == "CLOSE" and not view.readonly:
+            yield Call(self.boxes.expunge, (view.id, None))  # silently: no EXPUNGE responses (§6.4.1)
+        self.view = None
+        self.state = State.AUTHENTICATED
+        return S.OK
+
+    def cmd_expunge(self, cmd: core.Command) -> Generator[Any, Any, Status]:
+        view = self.view
+        assert view is not None
+        uids: list[int] | None = None
+        if cmd.name == "UID EXPUNGE":
+            if len(cmd.args) != 1:
+                raise SYNTAX("UID EXPUNGE takes a UID set")
+            uids = self._uids(cmd.args[0], True)
+        elif cmd.args:
+            raise SYNTAX("EXPUNGE takes no arguments")
+        if view.readonly:
+            return S.READ_ONLY
+        if uids == []:
+            return S.OK
+        yield Call(self.boxes.expunge, (view.id, uids))
+        return S.OK
+
+    def cmd_search(self, cmd: core.Command) -> Generator[Any, Any, Status]:
+        view = self.view
+        assert view is not None
+        uid = cmd.name == "UID SEARCH"
+        opts, args = parse_return(list(cmd.args))
+        parser = Parser(args, lambda tok, as_uid: set(self._uids(tok, as_uid)))
+        pred = parser.parse()
+        if parser.modseq:
+            self.condstore = True
+        snapshot = [(view.seq(u), view.msgs[u]) for u in view.uids]
+        matched: list[tuple[int, Message]] = yield Call(_run_search, (snapshot, pred, self._safe_body, self.boxes.meta))
+        numbers = [m.uid if uid else seq for seq, m in matched]
+        modseq = max((m.modseq for _, m in matched), default=0) if parser.modseq else None
+        if opts is not None and "SAVE" in opts:
+            self.saved = [m.uid for _, m in matched]
+            opts = opts - {"SAVE"}
+            if not opts:
+                return S.OK
+        if opts is not None or self.rev2:
+            self._write(esearch(cmd.tag, uid, opts or {"ALL"}, numbers, modseq))
+        else:
+            line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)
+            if modseq is not None and numbers:
+                line += b" (MODSEQ %d)" % modseq
+            self._write(line + b"\r\n")
+        return S.OK
+
+    def _safe_body(self, blob: bytes) -> bytes:
+        """A message's bytes, or b"" when it was expunged (and its blob released) meanwhile."""
+        try:
+            return self.boxes.body(blob)
+        except StoreError:
+            return b""
+
+    def cmd_fetch(self, cmd: core.Command) -> Generator[Any, Any, Status]:
+        view = self.view
+        assert view is not None
+        uid = cmd.name == "UID FETCH"
+        if len(cmd.args) not in (2, 3):
+            raise SYNTAX("FETCH takes a sequence set and items")
+        items = parse_items(cmd.args[1])
+        changedsince: int | None = None
+        vanished = False
+        if len(cmd.args) == 3:
+            mods = cmd.args[2]
+            if type(mods) is not list:
+                raise SYNTAX("Invalid FETCH modifiers")
+            i = 0
+            while i < len(mods):
+                mod = str(mods[i]).upper() if type(mods[i]) is str else ""
+                if mod == "CHANGEDSINCE" and i + 1 < len(mods):
+                    changedsince = core.number(mods[i + 1])
+                    self.condstore = True
+                    i += 2
+                elif mod == "VANISHED" and uid and self.qresync:
+                    vanished = True
+                    i += 1
+                else:
+                    raise SYNTAX("Unknown FETCH modifier")
+            if vanished and changedsince is None:
+                raise SYNTAX("VANISHED needs CHANGEDSINCE")
+        if "MODSEQ" in items:
+            self.condstore = True
+        uids = self._uids(cmd.args[0], uid)
+        if vanished and changedsince is not None:
+            wanted = set(uids) if uids else set()
+            ranges = core.parse_sequence_set(cmd.args[0])
+            gone = self.boxes.expunged_since(view.id, changedsince)
+            if isinstance(ranges, list):
+                gone = [u for u in gone if any(lo <= u <= (hi or u) for lo, hi in ranges) and u not in wanted]
+            if gone:
+                self._write(b"* VANISHED (EARLIER) " + compress(gone).encode() + b"\r\n")
+        msgs = [view.msgs[u] for u in uids]
+        if changedsince is not None:
+            msgs = [m for m in msgs if m.modseq > changedsince]
+        seen_set: set[int] = set()
+        if sets_seen(items) and not view.readonly:
+            unseen = [m.uid for m in msgs if M.SEEN not in m.flags and m.uid not in view.gone]
+            if unseen:
+                changed, _ = yield Call(self.boxes.store_flags, (view.id, unseen, "+", [M.SEEN]))
+                view.update(changed)
+                seen_set = {m.uid for m in changed}
+                msgs = [view.msgs[m.uid] for m in msgs]
+        fetcher = Fetcher(items, self.boxes.body, self.boxes.meta, uid, self.condstore)
+        issued = False
+        for m in msgs:
+            try:
+                self._write(fetcher.render(view.seq(m.uid), m, m.uid in seen_set))
+            except StoreError:
+                issued = True  # expunged by another session and its bytes released
+                continue
+            if self._outlen >= self.limits.flush_bytes:
+                yield Flush()
+        if issued:
+            return S.SOME_EXPUNGED
+        return S.OK
+
+    def cmd_store(self, cmd: core.Command) -> Generator[Any, Any, Status]:
+        view = self.view
+        assert view is not None
+        uid = cmd.name == "UID STORE"
+        args = list(cmd.args)
+        if len(args) < 3:
+            raise SYNTAX("STORE takes a sequence set, an item and flags")
+        seqset = args.pop(0)
+        unchangedsince: int | None = None
+        if type(args[0]) is list:
+            mods = args.pop(0)
+            if len(mods) != 2 or str(mods[0]).upper() != "UNCHANGEDSINCE":
+                raise SYNTAX("Unknown STORE modifier")
+            unchangedsince = core.number(mods[1])
+            self.condstore = True
+        if len(args) < 2 or type(args[0]) is not str:
+            raise SYNTAX("STORE takes an item and flags")
+        item = args.pop(0).upper()
+        silent = item.endswith(".SILENT")
+        base = item[:-7] if silent else item
+        if base not in ("FLAGS", "+FLAGS", "-FLAGS"):
+            raise SYNTAX("Invalid STORE item")
+        flags = _flags(args[0] if len(args) == 1 and type(args[0]) is list else args)
+        uids = self._uids(seqset, uid)
+        if view.readonly:
+            return S.READ_ONLY
+        live = [u for u in uids if u not in view.gone]
+        changed, refused = yield Call(self.boxes.store_flags, (view.id, live, base[0] if base[0] in "+-" else "",
+                                                                flags, unchangedsince))
+        view.update(changed)
+        if not silent or unchangedsince is not None:
+            done = {m.uid for m in changed}
+            for u in live:
+                if u in refused or (silent and u not in done):
+                    continue
+                self._write(view.fetch_flags(view.msgs[u], uid, self.condstore))
+        if refused:
+            nums = refused if uid else [view.seq(u) for u in refused]
+            return S.MODIFIED.with_code("MODIFIED " + compress(nums))
+        if len(live) < len(uids):
+            return S.SOME_EXPUNGED
+        return S.OK
+
+    def cmd_copy(self, cmd: core.Command) -> Generator[Any, Any, Status]:
+        view = self.view
+        assert view is not None
+        uid = cmd.name.startswith("UID ")
+        move = cmd.name.endswith("MOVE")
+        if len(cmd.args) != 2:
+            raise SYNTAX("COPY takes a sequence set and a mailbox")
+        uids = self._uids(cmd.args[0], uid)
+        assert self.user_id is not None
+        dest = self.boxes.get(self.user_id, self._name_in(cmd.args[1]))
+        if dest is None:
+            return S.TRYCREATE
+        if move and view.readonly:
+            return S.READ_ONLY
+        live = [u for u in uids if u not in view.gone]
+        if not live:
+            return S.NOTHING_MOVED if not uids else S.SOME_EXPUNGED
+        validity, pairs = yield Call(self.boxes.copy, (view.id, dest["id"], live, move))
+        if not pairs:
+            return S.SOME_EXPUNGED
+        code = f"COPYUID {validity} {compress([a for a, _ in pairs])} {compress([b for _, b in pairs])}"
+        if move:
+            self._write(b"* OK [" + code.encode() + b"] Moved\r\n")  # RFC 6851 §4.3
+            return S.OK
+        return S.OK.with_code(code)
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
+
+def _run_search(snapshot: list[tuple[int, Message]], pred: Callable[[Item], bool], body: Callable[[bytes], bytes],
+                meta: Callable[[bytes], Any]) -> list[tuple[int, Message]]:
+    """Evaluate a search predicate over the session's messages (run off the loop: it may read bodies)."""
+    return [(seq, m) for seq, m in snapshot if pred(Item(m, seq, body, meta))]
+
+
+def _flags(tokens: list[Any]) -> list[str]:
+    """Flags of STORE / APPEND: system flags in canonical case, keywords as atoms; \\Recent and unknown
+    system flags are refused (RFC 9051 §2.3.2)."""
+    out: list[str] = []
+    for tok in tokens:
+        if type(tok) is not str:
+            raise SYNTAX("Invalid flag")
+        if tok.startswith("\\"):
+            canon = SYSTEM_FLAGS.get(tok.lower())
+            if canon is None:
+                raise SYNTAX("Invalid system flag")
+            flag = canon
+        elif _ATOM_FLAG.match(tok):
+            flag = tok
+        else:
+            raise SYNTAX("Invalid keyword")
+        if flag not in out:
+            out.append(flag)
+    return out
+
+
+def _status_list(items: list[Any]) -> list[str]:
+    out = []
+    for i in items:
+        if type(i) is not str or i.upper() not in _STATUS_ITEMS:
+            raise SYNTAX("Invalid STATUS item")
+        if i.upper() not in out:
+            out.append(i.upper())
+    if not out:
+        raise SYNTAX("Empty STATUS item list")
+    return out
+
+
+def _decode_pattern(raw: bytes, utf8: bool) -> str:
+    """A LIST pattern with wildcards: decoded like a name, the wildcards kept."""
+    if utf8 or not raw.isascii():
+        return raw.decode("utf-8", "replace")
+    pieces = re.split(rb"([%*])", raw)
+    out = []
+    for p in pieces:
+        if p in (b"%", b"*") or not p:
+            out.append(p.decode())
+        else:
+            try:
+                out.append(core.mutf7_decode(p))
+            except core.IMAPSyntaxError:
+                out.append(p.decode("ascii"))
+    return "".join(out)
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    """"*" matches anything, "%" anything but the delimiter (RFC 9051 §6.3.9)."""
+    out = []
+    for ch in pattern:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "%":
+            out.append("[^/]*")
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out) + r"\Z", re.S)
+
+
+_MAILBOX_ERRORS = {
+    M.NONEXISTENT: S.NONEXISTENT,
+    M.ALREADYEXISTS: S.ALREADYEXISTS,
+    M.CANNOT: S.CANNOT,
+    M.TRYCREATE: S.TRYCREATE,
+    M.OVERQUOTA: S.OVERQUOTA,
+    M.INUSE: S.INUSE,
+}
+
+_ANY = frozenset(State)
+_NOT_AUTH = frozenset({State.NOT_AUTHENTICATED})
+_AUTH = frozenset({State.AUTHENTICATED, State.SELECTED})
+_SEL = frozenset({State.SELECTED})
+
+C = IMAPConnection
+_COMMANDS: dict[str, tuple[Handler, frozenset[State]]] = {
+    "CAPABILITY": (C.cmd_capability, _ANY),
+    "NOOP": (C.cmd_noop, _ANY),
+    "LOGOUT": (C.cmd_logout, _ANY),
+    "ID": (C.cmd_id, _ANY),
+    "STARTTLS": (C.cmd_starttls, _NOT_AUTH),
+    "LOGIN": (C.cmd_login, _NOT_AUTH),
+    "AUTHENTICATE": (C.cmd_authenticate, _NOT_AUTH),
+    "ENABLE": (C.cmd_enable, _AUTH),
+    "SELECT": (C.cmd_select, _AUTH),
+    "EXAMINE": (C.cmd_select, _AUTH),
+    "CREATE": (C.cmd_create, _AUTH),
+    "DELETE": (C.cmd_delete, _AUTH),
+    "RENAME": (C.cmd_rename, _AUTH),
+    "SUBSCRIBE": (C.cmd_subscribe, _AUTH),
+    "UNSUBSCRIBE": (C.cmd_subscribe, _AUTH),
+    "LIST": (C.cmd_list, _AUTH),
+    "LSUB": (C.cmd_list, _AUTH),
+    "NAMESPACE": (C.cmd_namespace, _AUTH),
+    "STATUS": (C.cmd_status, _AUTH),
+    "APPEND": (C.cmd_append, _AUTH),
+    "IDLE": (C.cmd_idle, _AUTH),
+    "CHECK": (C.cmd_check, _SEL),
+    "CLOSE": (C.cmd_close, _SEL),
+    "UNSELECT": (C.cmd_close, _SEL),
+    "EXPUNGE": (C.cmd_expunge, _SEL),
+    "UID EXPUNGE": (C.cmd_expunge, _SEL),
+    "SEARCH": (C.cmd_search, _SEL),
+    "UID SEARCH": (C.cmd_search, _SEL),
+    "FETCH": (C.cmd_fetch, _SEL),
+    "UID FETCH": (C.cmd_fetch, _SEL),
+    "STORE": (C.cmd_store, _SEL),
+    "UID STORE": (C.cmd_store, _SEL),
+    "COPY": (C.cmd_copy, _SEL),
+    "UID COPY": (C.cmd_copy, _SEL),
+    "MOVE": (C.cmd_copy, _SEL),
+    "UID MOVE": (C.cmd_copy, _SEL),
+}

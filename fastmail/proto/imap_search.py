@@ -1,0 +1,381 @@
+"""SEARCH: the search-key grammar (RFC 9051 §6.4.4, §9 search-key; RFC 7162 MODSEQ; RFC 5182 "$") turned
+into a predicate over one message, and the ESEARCH return options (RFC 4731, RFC 9051 §7.3.4).
+
+Header keys (FROM TO CC BCC SUBJECT HEADER) match a case-insensitive substring of the field value with
+RFC 2047 encoded-words decoded; BODY and TEXT match the decoded text of the message's text/* parts
+(Content-Transfer-Encoding and charset removed), TEXT also its header.  BEFORE/ON/SINCE compare the
+internal date's day (UTC); SENT* the Date: field's day.  Message bytes are read only when a key needs
+them, once per message.
+"""
+
+from __future__ import annotations
+
+import calendar
+import email.header
+import email.utils
+from collections.abc import Callable
+from typing import Any
+
+from fastmail._core import imap as core
+from fastmail.proto.imap_fetch import decode_cte
+from fastmail.store import mime
+from fastmail.store.mailboxes import Message
+
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_FLAG_KEYS = {
+    "ANSWERED": ("\\Answered", True), "UNANSWERED": ("\\Answered", False),
+    "DELETED": ("\\Deleted", True), "UNDELETED": ("\\Deleted", False),
+    "DRAFT": ("\\Draft", True), "UNDRAFT": ("\\Draft", False),
+    "FLAGGED": ("\\Flagged", True), "UNFLAGGED": ("\\Flagged", False),
+    "SEEN": ("\\Seen", True), "UNSEEN": ("\\Seen", False),
+}
+_HEADER_KEYS = {"FROM": "from", "TO": "to", "CC": "cc", "BCC": "bcc", "SUBJECT": "subject"}
+_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
+
+SYNTAX = core.IMAPSyntaxError
+
+
+class BadCharset(Exception):
+    """CHARSET other than UTF-8 / US-ASCII: NO [BADCHARSET] (RFC 9051 §6.4.4)."""
+
+
+class Item:
+    """What a predicate sees of one message: its record and sequence number, with the bytes, the index
+    entry, the decoded header and text loaded on first use."""
+
+    __slots__ = ("msg", "seq", "_body", "_meta_of", "_raw", "_meta", "_headers", "_text")
+
+    def __init__(self, msg: Message, seq: int, body: Callable[[bytes], bytes],
+                 meta: Callable[[bytes], dict[str, Any] | None]) -> None:
+        self.msg = msg
+        self.seq = seq
+        self._body = body
+        self._meta_of = meta
+        self._raw: bytes | None = None
+        self._meta: dict[str, Any] | None = None
+        self._headers: list[tuple[str, str]] | None = None
+        self._text: str | None = None
+
+    def raw(self) -> bytes:
+        if self._raw is None:
+            self._raw = self._body(self.msg.blob)
+        return self._raw
+
+    def meta(self) -> dict[str, Any]:
+        if self._meta is None:
+            self._meta = self._meta_of(self.msg.blob) or mime.analyze(self.raw())
+        return self._meta
+
+    def headers(self) -> list[tuple[str, str]]:
+        """(lower-cased name, decoded value) of every header field, in order."""
+        if self._headers is None:
+            head = self.raw()[: self.meta()["parts"][1]]
+            self._headers = parse_header(head)
+        return self._headers
+
+    def text(self) -> str:
+        """The decoded text of the text/* parts, case-folded."""
+        if self._text is None:
+            self._text = body_text(self.raw(), self.meta()).casefold()
+        return self._text
+
+
+def decode_words(value: str) -> str:
+    """RFC 2047 encoded-words decoded (best effort: a broken word stays as written)."""
+    if "=?" not in value:
+        return value
+    try:
+        return str(email.header.make_header(email.header.decode_header(value)))
+    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
+        return value
+
+
+def parse_header(head: bytes) -> list[tuple[str, str]]:
+    text = head.decode("utf-8", "replace")
+    out: list[tuple[str, str]] = []
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if not line:
+            continue
+        if line[0] in " \t" and out:
+            name, value = out[-1]
+            out[-1] = (name, value + " " + line.strip())
+            continue
+        name, colon, value = line.partition(":")
+        if colon:
+            out.append((name.strip().lower(), value.strip()))
+    return [(n, decode_words(v)) for n, v in out]
+
+
+def _charset_decode(data: bytes, charset: str) -> str:
+    try:
+        return data.decode(charset or "us-ascii", "replace")
+    except LookupError:
+        return data.decode("utf-8", "replace")
+
+
+def body_text(raw: bytes, meta: dict[str, Any]) -> str:
+    """Every text/* leaf part, transfer-decoded and charset-decoded, joined by newlines."""
+    out: list[str] = []
+
+    def walk(bs: list, path: tuple, entity: bool) -> None:
+        # entity: bs is a whole message (top level or encapsulated): a single part is its part "path.1"
+        if bs and type(bs[0]) is list:
+            kids = [x for x in bs if type(x) is list]
+            for i, kid in enumerate(kids, 1):
+                walk(kid, path + (i,), False)
+            return
+        typ = str(bs[0]).lower() if bs and type(bs[0]) is str else ""
+        sub = str(bs[1]).lower() if len(bs) > 1 and type(bs[1]) is str else ""
+        if typ == "message" and sub in ("rfc822", "global") and len(bs) > 8 and type(bs[8]) is list:
+            walk(bs[8], path, True)
+            return
+        if typ != "text":
+            return
+        section = ".".join(str(p) for p in (path + (1,) if entity else path))
+        data = mime.section_bytes(raw, meta["parts"], section)
+        if data is None:
+            return
+        params = bs[2] if type(bs[2]) is list else []
+        charset = ""
+        for k in range(0, len(params) - 1, 2):
+            if str(params[k]).lower() == "charset":
+                charset = str(params[k + 1])
+        try:
+            data = decode_cte(data, str(bs[5]) if len(bs) > 5 and bs[5] else "7bit")
+        except Exception:
+            pass
+        out.append(_charset_decode(data, charset))
+
+    walk(meta["bodystructure"], (), True)
+    return "\n".join(out)
+
+
+def _string(token: Any) -> str:
+    return core.astring(token).decode("utf-8", "replace")
+
+
+def _date(token: Any) -> int:
+    """search date "1-Feb-1994" -> epoch seconds of that day's start (UTC)."""
+    try:
+        text = core.astring(token).decode("ascii")
+        d, m, y = text.split("-")
+        return calendar.timegm((int(y), _MONTHS.index(m.lower()) + 1, int(d), 0, 0, 0, 0, 0, 0))
+    except (ValueError, UnicodeDecodeError):
+        raise SYNTAX("Invalid date") from None
+
+
+def _day(seconds: int) -> int:
+    return seconds - seconds % 86400
+
+
+def _sent_day(item: Item) -> int | None:
+    value = item.meta()["envelope"][0] if item.meta().get("envelope") else None
+    if not value:
+        return None
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if dt is None:
+        return None
+    # RFC 9051 §6.4.4: the date, disregarding time and timezone
+    return calendar.timegm((dt.year, dt.month, dt.day, 0, 0, 0, 0, 0, 0))
+
+
+Pred = Callable[[Item], bool]
+
+
+class Parser:
+    """Turns search keys into one predicate.  `resolve(seqset_token, uid)` gives the UIDs a sequence set
+    (or "$") stands for in the session's view."""
+
+    def __init__(self, args: list[Any], resolve: Callable[[Any, bool], set[int]]) -> None:
+        self.args = args
+        self.i = 0
+        self.resolve = resolve
+        self.modseq = False  # a MODSEQ key was used: the response carries (MODSEQ n)
+
+    def parse(self) -> Pred:
+        if self.i < len(self.args) and type(self.args[self.i]) is str and self.args[self.i].upper() == "CHARSET":
+            if self.i + 1 >= len(self.args):
+                raise SYNTAX("Missing charset")
+            charset = core.astring(self.args[self.i + 1]).decode("ascii", "replace").upper()
+            if charset not in ("UTF-8", "US-ASCII"):
+                raise BadCharset(charset)
+            self.i += 2
+        preds = []
+        while self.i < len(self.args):
+            preds.append(self.key())
+        if not preds:
+            raise SYNTAX("Missing search key")
+        return _all(preds)
+
+    def _take(self) -> Any:
+        if self.i >= len(self.args):
+            raise SYNTAX("Missing search argument")
+        tok = self.args[self.i]
+        self.i += 1
+        return tok
+
+    def key(self) -> Pred:
+        tok = self._take()
+        if type(tok) is list:
+            sub = Parser(tok, self.resolve)
+            preds = []
+            while sub.i < len(tok):
+                preds.append(sub.key())
+            self.modseq |= sub.modseq
+            if not preds:
+                raise SYNTAX("Empty parenthesized search key")
+            return _all(preds)
+        if type(tok) is not str:
+            raise SYNTAX("Invalid search key")
+        k = tok.upper()
+        if k == "ALL":
+            return lambda it: True
+        if k in _FLAG_KEYS:
+            flag, present = _FLAG_KEYS[k]
+            return lambda it: (flag in it.msg.flags) == present
+        if k in ("NEW", "RECENT"):  # no \Recent in this server (RFC 9051 removed it)
+            return lambda it: False
+        if k == "OLD":
+            return lambda it: True
+        if k in ("KEYWORD", "UNKEYWORD"):
+            word = core.astring(self._take()).decode("utf-8", "replace").lower()
+            want = k == "KEYWORD"
+            return lambda it: any(f.lower() == word for f in it.msg.flags) == want
+        if k in _HEADER_KEYS:
+            return _header_pred(_HEADER_KEYS[k], _string(self._take()))
+        if k == "HEADER":
+            field = _string(self._take()).lower()
+            return _header_pred(field, _string(self._take()))
+        if k == "BODY":
+            needle = _string(self._take()).casefold()
+            return lambda it: needle in it.text()
+        if k == "TEXT":
+            needle = _string(self._take()).casefold()
+            return lambda it: needle in it.text() or any(needle in f"{n}: {v}".casefold() for n, v in it.headers())
+        if k in _DATE_KEYS:
+            day = _date(self._take())
+            if k.startswith("SENT"):
+                return _sent_pred(k[4:], day)
+            return _date_pred(k, day, lambda it: _day(it.msg.internaldate))
+        if k in ("LARGER", "SMALLER"):
+            n = core.number(self._take())
+            if k == "LARGER":
+                return lambda it: it.msg.size > n
+            return lambda it: it.msg.size < n
+        if k == "NOT":
+            inner = self.key()
+            return lambda it: not inner(it)
+        if k == "OR":
+            a = self.key()
+            b = self.key()
+            return lambda it: a(it) or b(it)
+        if k == "UID":
+            uids = self.resolve(self._take(), True)
+            return lambda it: it.msg.uid in uids
+        if k == "MODSEQ":
+            tok2 = self._take()
+            if type(tok2) is bytes or (type(tok2) is core.Literal):  # entry name and type (RFC 7162 §3.1.5)
+                kind = self._take()
+                if type(kind) is not str or kind.lower() not in ("priv", "shared", "all"):
+                    raise SYNTAX("Invalid MODSEQ entry type")
+                tok2 = self._take()
+            n = core.number(tok2)
+            self.modseq = True
+            return lambda it: it.msg.modseq >= n
+        if k in ("SAVEDBEFORE", "SAVEDON", "SAVEDSINCE", "OLDER", "YOUNGER"):
+            raise SYNTAX("Unsupported search key")
+        # a sequence set (or "$")
+        try:
+            seqs = self.resolve(tok, False)
+        except core.IMAPSyntaxError:
+            raise SYNTAX("Invalid search key") from None
+        return lambda it: it.msg.uid in seqs
+
+
+def _all(preds: list[Pred]) -> Pred:
+    if len(preds) == 1:
+        return preds[0]
+    return lambda it: all(p(it) for p in preds)
+
+
+def _header_pred(field: str, needle: str) -> Pred:
+    folded = needle.casefold()
+
+    def pred(it: Item) -> bool:
+        return any(n == field and folded in v.casefold() for n, v in it.headers())
+
+    return pred
+
+
+def _date_pred(kind: str, day: int, get: Callable[[Item], int | None]) -> Pred:
+    def pred(it: Item) -> bool:
+        d = get(it)
+        if d is None:
+            return False
+        if kind == "BEFORE":
+            return d < day
+        if kind == "ON":
+            return d == day
+        return d >= day
+
+    return pred
+
+
+def _sent_pred(kind: str, day: int) -> Pred:
+    return _date_pred(kind, day, _sent_day)
+
+
+# -- results ------------------------------------------------------------------------------------------------
+
+
+def compress(numbers: list[int]) -> str:
+    """Sorted numbers as a sequence set: [1, 2, 3, 7] -> "1:3,7"."""
+    out: list[str] = []
+    nums = sorted(set(numbers))
+    i = 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        out.append(str(nums[i]) if i == j else f"{nums[i]}:{nums[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+
+
+def parse_return(args: list[Any]) -> tuple[set[str] | None, list[Any]]:
+    """(the RETURN options, or None without RETURN; the remaining arguments).  RETURN () means ALL."""
+    if args and type(args[0]) is str and args[0].upper() == "RETURN":
+        if len(args) < 2 or type(args[1]) is not list:
+            raise SYNTAX("Invalid RETURN options")
+        opts = set()
+        for o in args[1]:
+            if type(o) is not str or o.upper() not in RETURN_OPTIONS:
+                raise SYNTAX("Invalid RETURN option")
+            opts.add(o.upper())
+        return (opts or {"ALL"}), args[2:]
+    return None, args
+
+
+def esearch(tag: bytes, uid: bool, opts: set[str], numbers: list[int], modseq: int | None) -> bytes:
+    """"* ESEARCH (TAG "t") [UID] MIN .. MAX .. COUNT .. ALL .. [MODSEQ n]" (RFC 4731 §3.1)."""
+    out = [b'* ESEARCH (TAG ' + core.quote(tag) + b")"]
+    if uid:
+        out.append(b"UID")
+    if numbers:
+        if "MIN" in opts:
+            out.append(b"MIN %d" % min(numbers))
+        if "MAX" in opts:
+            out.append(b"MAX %d" % max(numbers))
+    if "COUNT" in opts:
+        out.append(b"COUNT %d" % len(numbers))
+    if "ALL" in opts and numbers:
+        out.append(b"ALL " + compress(numbers).encode())
+    if modseq is not None and numbers:
+        out.append(b"MODSEQ %d" % modseq)
+    return b" ".join(out) + b"\r\n"

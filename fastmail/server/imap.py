@@ -1,0 +1,268 @@
+"""The asyncio protocol that drives fastmail.proto.imap over a real transport (port 143 with STARTTLS, 993 with
+implicit TLS), and the worker's change watcher that wakes IDLE sessions.
+
+Thin on purpose: it moves bytes and answers the state machine's requests (TLS upgrade, password check, store
+writes off the loop, APPEND through the group committer, flushes).  Back-pressure: reading is paused while a
+request is outstanding or while the client does not read our responses, and a large FETCH waits (Flush) until
+the transport's buffer drains.  Timeouts: autologout after imap.idle_timeout without a command (RFC 9051
+§5.4), imap.command_timeout for a command whose bytes stopped coming half-way.
+
+Cross-worker changes (fastmail.store.changes): one task per worker reads the change log every
+imap.change_poll_interval seconds in one short read transaction and wakes only the IDLE sessions whose
+selected mailbox changed; sessions not in IDLE catch up at their next command (the view's sync).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import ssl
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastmail import log
+from fastmail.proto import imap as P
+from fastmail.store import changes
+
+if TYPE_CHECKING:
+    from fastmail.server.worker import Services
+
+_session_ids = itertools.count(1)
+_log = logging.getLogger("fastmail.imap")
+
+
+class IMAPProtocol(asyncio.Protocol):
+    def __init__(self, services: Services, listener: str, implicit_tls: bool = False) -> None:
+        self.services = services
+        self.listener = listener
+        self.implicit_tls = implicit_tls
+        self.transport: asyncio.Transport | None = None
+        self.conn: P.IMAPConnection | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._write_paused = False
+        self._reading_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self.started = time.monotonic()
+        self.sid = f"{os.getpid():x}.i{next(_session_ids):x}"
+
+    # -- asyncio callbacks ----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        cfg = self.services.config
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
+        if ip.startswith("::ffff:"):
+            ip = ip[7:]
+        self.conn = P.IMAPConnection(
+            self.services.mailboxes, self.services.imap_limits, peer=ip, tls=self.implicit_tls,
+            tls_available=self.services.tls_context is not None and not self.implicit_tls,
+            plaintext_loopback=cfg.imap_plaintext_auth_loopback,
+        )
+        self.services.sessions.add(self)
+        self.services.imap_sessions.add(self)
+        log.event("connect", sid=self.sid, listener=self.listener, peer=ip, tls=int(self.implicit_tls))
+        self._pump()
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn is None:
+            return
+        self.conn.receive(data)
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.services.sessions.discard(self)
+        self.services.imap_sessions.discard(self)
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        conn = self.conn
+        log.event("disconnect", sid=self.sid, user=conn.user if conn else None,
+                  secs=f"{time.monotonic() - self.started:.3f}")
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._set_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._set_reading()
+
+    # -- driving the state machine ----------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        conn, transport = self.conn, self.transport
+        for _ in range(10_000):
+            if conn is None or transport is None or transport.is_closing():
+                return
+            request = conn.next_request()
+            out = conn.take_output()
+            if out:
+                transport.write(out)
+            if request is None:
+                break
+            if isinstance(request, P.Close):
+                self._close()
+                return
+            if isinstance(request, P.Flush) and not self._write_paused:
+                conn.resolve(None)
+                continue
+            asyncio.get_running_loop().create_task(self._serve(request))
+            break
+        self._set_reading()
+        self._arm_timer()
+
+    def _set_reading(self) -> None:
+        transport, conn = self.transport, self.conn
+        if transport is None or conn is None or transport.is_closing():
+            return
+        want_pause = self._write_paused or conn.waiting
+        if want_pause and not self._reading_paused:
+            transport.pause_reading()
+            self._reading_paused = True
+        elif not want_pause and self._reading_paused:
+            transport.resume_reading()
+            self._reading_paused = False
+
+    def _arm_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        conn = self.conn
+        if conn is None or conn.closed or conn.waiting:
+            return
+        cfg = self.services.config
+        partial = conn.buffered and not conn.idling
+        timeout = cfg.imap_command_timeout if partial else cfg.imap_idle_timeout
+        self._timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self.conn is not None:
+            log.event("timeout", sid=self.sid)
+            self.conn.timed_out()
+            self._pump()
+
+    def _close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """Server stopping: BYE and close, unless a command is in flight (its answer goes out first)."""
+        if self.conn is not None and not self.conn.waiting:
+            self.conn.shutdown()
+            self._pump()
+
+    @property
+    def idle(self) -> bool:
+        return self.conn is None or not self.conn.busy
+
+    def changed(self) -> None:
+        """The change watcher saw the selected mailbox change."""
+        if self.conn is not None and self.conn.idling:
+            self.conn.changed()
+            self._pump()
+
+    # -- requests ---------------------------------------------------------------------------------------
+
+    async def _serve(self, request: P.Request) -> None:
+        conn = self.conn
+        assert conn is not None
+        loop = asyncio.get_running_loop()
+        services = self.services
+        try:
+            if isinstance(request, P.StartTLS):
+                if not await self._starttls():
+                    return
+                conn.resolve(None)
+            elif isinstance(request, P.Authenticate):
+                ok, user_id = await services.authenticate(request.username, request.password)
+                log.event("auth", sid=self.sid, user=request.username, mech=request.mechanism, ok=int(ok))
+                if not ok:
+                    await asyncio.sleep(services.auth_failure_delay)
+                conn.resolve((ok, user_id))
+            elif isinstance(request, P.Call):
+                try:
+                    result = await loop.run_in_executor(services.imap_pool, _call, request)
+                except Exception as e:
+                    conn.fail(e)
+                else:
+                    conn.resolve(result)
+            elif isinstance(request, P.Commit):
+                try:
+                    outcome = await services.committer.commit(request.item)
+                except Exception as e:
+                    log.event("store_failed", level=logging.ERROR, sid=self.sid, error=repr(e))
+                    conn.fail(e)
+                else:
+                    log.event("append", sid=self.sid, qid=request.item.qid.hex(), size=len(request.item.raw))
+                    conn.resolve(outcome)
+            elif isinstance(request, P.Flush):
+                if self._write_paused:
+                    self._drained = loop.create_future()
+                    await self._drained
+                    self._drained = None
+                conn.resolve(None)
+        except Exception:
+            _log.exception("request %s failed", type(request).__name__)
+            self._close()
+            return
+        self._pump()
+
+    async def _starttls(self) -> bool:
+        assert self.transport is not None and self.conn is not None
+        ctx = self.services.tls_context
+        assert ctx is not None
+        loop = asyncio.get_running_loop()
+        self._reading_paused = False
+        try:
+            new = await loop.start_tls(self.transport, self, ctx, server_side=True, ssl_handshake_timeout=30)
+        except (TimeoutError, ssl.SSLError, OSError, ConnectionError) as e:
+            log.event("tls_failed", sid=self.sid, error=type(e).__name__)
+            self._close()
+            return False
+        if new is None:
+            self._close()
+            return False
+        self.transport = new
+        log.event("starttls", sid=self.sid, version=new.get_extra_info("ssl_object").version())
+        return True
+
+
+def _call(request: P.Call) -> Any:
+    return request.fn(*request.args)
+
+
+async def watch_changes(services: Services) -> None:
+    """The worker's change poll (fastmail.store.changes): wake the IDLE sessions whose mailbox changed."""
+    store = services.store
+    interval = services.config.imap_change_poll_interval
+    with store.read() as txn:
+        since = changes.current(txn, store.db)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            with store.read() as txn:
+                since, changed = changes.poll(txn, store.db, since)
+        except Exception:
+            _log.exception("change poll failed")
+            continue
+        if changed is not None and not changed:
+            continue
+        for session in list(services.imap_sessions):
+            conn = session.conn
+            if conn is None or not conn.idling:
+                continue
+            if changed is None or conn.selected_mailbox in changed:
+                session.changed()
