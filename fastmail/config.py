@@ -112,6 +112,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("listen.lmtp", list, ["127.0.0.1:2424"], "LMTP addresses (TCP HOST:PORT or unix:PATH).", _addresses),
     Setting("listen.imap", list, ["127.0.0.1:1143"], "IMAP with STARTTLS (143 in production).", _addresses),
     Setting("listen.imaps", list, ["127.0.0.1:1993"], "IMAP over implicit TLS (993 in production).", _addresses),
+    Setting("listen.pop3", list, ["127.0.0.1:1110"], "POP3 with STLS (110 in production).", _addresses),
+    Setting("listen.pop3s", list, ["127.0.0.1:1995"], "POP3 over implicit TLS (995 in production).", _addresses),
     # tls
     Setting("tls.cert", str, "", "PEM certificate chain (empty: a self-signed one in DATA_DIR/tls)."),
     Setting("tls.key", str, "", "PEM private key (empty: the self-signed one)."),
@@ -135,6 +137,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("imap.plaintext_auth_loopback", bool, True, "Allow LOGIN / AUTHENTICATE PLAIN without TLS from loopback clients (elsewhere TLS is required: LOGINDISABLED)."),
     Setting("imap.max_bad_commands", int, 20, "Invalid commands (BAD) before the session is closed.", _positive),
     Setting("imap.change_poll_interval", float, 0.25, "Seconds between a worker's looks at the change log (IDLE sessions hear of changes this fast).", _positive),
+    # pop3
+    Setting("pop3.idle_timeout", float, 600.0, "Seconds without a command before autologout, removing nothing (RFC 1939 3: at least 10 minutes).", _positive),
+    Setting("pop3.plaintext_auth_loopback", bool, True, "Allow USER/PASS and AUTH without TLS from loopback clients (elsewhere STLS or POP3S is required)."),
+    Setting("pop3.max_errors", int, 20, "Failed commands (-ERR) before the session is closed.", _positive),
+    Setting("pop3.max_login_failures", int, 10, "Failed logins from one client address within 10 minutes before a worker refuses its logins ([SYS/TEMP]); 0: no limit.", _at_least(0)),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -194,7 +201,7 @@ class Config:
     @property
     def listeners(self) -> list[ListenerSpec]:
         specs = []
-        for name in ("smtp", "submission", "submissions", "lmtp", "imap", "imaps"):
+        for name in ("smtp", "submission", "submissions", "lmtp", "imap", "imaps", "pop3", "pop3s"):
             for i, item in enumerate(getattr(self, f"listen_{name}")):
                 address = parse_listen(item)
                 specs.append(ListenerSpec(name if i == 0 else f"{name}#{i}", address))

@@ -41,6 +41,7 @@ class FastmailTarget(Target):
         self.log = workdir / "server.log"
         self.port = free_port()
         others = [free_port() for _ in range(3)]
+        # SMTP only: the mailbox listeners (IMAP, POP3) are off so their default ports cannot collide.
         # max_message_size keeps its default (50 MiB), far above the largest scenario (256 KiB).
         self.config.write_text(f"""\
 [server]
@@ -53,6 +54,10 @@ smtp = ["127.0.0.1:{self.port}"]
 submission = ["127.0.0.1:{others[0]}"]
 submissions = ["127.0.0.1:{others[1]}"]
 lmtp = ["127.0.0.1:{others[2]}"]
+imap = []
+imaps = []
+pop3 = []
+pop3s = []
 """)
         self._cli("domain", "add", DOMAIN)
         self._cli("user", "add", RECIPIENT, "--password-stdin", input=b"bench-secret\n")

@@ -26,6 +26,7 @@ from fastmail.proto import imap as IP
 from fastmail.proto import smtp as P
 from fastmail.server.commit import Committer
 from fastmail.server.imap import IMAPProtocol, watch_changes
+from fastmail.server.pop3 import LoginThrottle, POP3Protocol
 from fastmail.server.smtp import SMTPProtocol
 from fastmail.store import mime
 from fastmail.store.mailboxes import Mailboxes
@@ -92,6 +93,7 @@ class Services:
         )
         self.imap_sessions: set[IMAPProtocol] = set()
         self.imap_pool = ThreadPoolExecutor(4, thread_name_prefix="imap")  # store writes (synced commits)
+        self.pop3_throttle = LoginThrottle(cfg.pop3_max_login_failures)
         self.auth_failure_delay = 1.0
         self._auth_pool = ThreadPoolExecutor(2, thread_name_prefix="auth")  # threads start after the drop
 
@@ -164,6 +166,9 @@ async def _serve(ctx: WorkerContext, services: Services) -> None:
         if base in ("imap", "imaps"):
             implicit = base == "imaps"
             factory = partial(IMAPProtocol, services, name, implicit)
+        elif base in ("pop3", "pop3s"):
+            implicit = base == "pop3s"
+            factory = partial(POP3Protocol, services, name, implicit)
         elif mode is None:
             continue
         else:

@@ -57,6 +57,8 @@ submissions = ["127.0.0.1:{self.ports['submissions']}"]
 lmtp = ["127.0.0.1:{self.ports['lmtp']}", "unix:{self.lmtp_sock}"]
 imap = ["127.0.0.1:{self.ports['imap']}"]
 imaps = ["127.0.0.1:{self.ports['imaps']}"]
+pop3 = ["127.0.0.1:{self.ports['pop3']}"]
+pop3s = ["127.0.0.1:{self.ports['pop3s']}"]
 
 [smtp]
 max_message_size = 1048576
@@ -120,7 +122,7 @@ max_message_size = 1048576
 
 
 def make_server(tmp_path: Path, workers: int = 2, extra: str = "") -> Server:
-    ports = {name: free_port() for name in ("smtp", "submission", "submissions", "lmtp", "imap", "imaps")}
+    ports = {name: free_port() for name in ("smtp", "submission", "submissions", "lmtp", "imap", "imaps", "pop3", "pop3s")}
     srv = Server(tmp_path, ports, workers, extra)
     srv.cli("domain", "add", "example.org")
     for user, pw in PASSWORDS.items():
