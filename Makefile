@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test compile bench bench-load bench-smtp bench-deps system-deps clean
+.PHONY: serve test compile bench bench-load bench-smtp bench-imap bench-deps system-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,11 +15,12 @@ serve: $(BIN)/python
 	$(BIN)/pip install -q .
 	$(BIN)/fastmail serve
 
-# Debian packages the tests drive (swaks) or the benchmarks use (postfix's smtp-source).
+# Debian packages the tests drive (swaks, fetchmail, curl) or the benchmarks use (postfix's smtp-source).
 system-deps:
-	@command -v swaks >/dev/null && command -v smtp-source >/dev/null || { \
+	@command -v swaks >/dev/null && command -v smtp-source >/dev/null && command -v fetchmail >/dev/null \
+	  && command -v curl >/dev/null || { \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	    swaks postfix libnet-ssleay-perl libauthen-sasl-perl ; }
+	    swaks postfix fetchmail curl ca-certificates libnet-ssleay-perl libauthen-sasl-perl ; }
 
 # Editable install compiles the core in place (the .so files sit beside their .py twins).
 compile: $(BIN)/python
@@ -41,10 +42,19 @@ bench-smtp: bench-deps compile
 
 bench-load: bench-smtp
 
-# Debian's postfix package brings smtp-source, smtp-sink and postfix itself (the peer).
+# The IMAP benchmark (issue #4): fastmail vs a private Dovecot instance on the same generated 10,000-message
+# mailbox, every op 3 rounds; table + JSON in bench/results/.  Needs root (Dovecot's master).
+# Options go in BENCH_ARGS, e.g. make bench-imap BENCH_ARGS="--quick --target dovecot".
+bench-imap: bench-deps compile
+	$(BIN)/python -m bench.load_imap $(BENCH_ARGS)
+
+# Debian's postfix package brings smtp-source, smtp-sink and postfix itself (the SMTP peer);
+# dovecot-imapd brings dovecot and doveadm (the IMAP peer).
 bench-deps:
-	@command -v smtp-source >/dev/null && command -v smtp-sink >/dev/null && command -v postfix >/dev/null || { \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postfix ; }
+	@command -v smtp-source >/dev/null && command -v smtp-sink >/dev/null && command -v postfix >/dev/null \
+	  && command -v dovecot >/dev/null && command -v doveadm >/dev/null || { \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	    postfix dovecot-imapd ; }
 
 clean:
 	rm -rf build $(VENV) fastmail/_core/*.c fastmail/_core/*.so *.egg-info

@@ -65,19 +65,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_greeting(host: str, port: int, alive: Any, timeout: float = 60.0) -> None:
-    """Until a connection to host:port is greeted with 220; `alive()` false means the server died."""
+def wait_for_greeting(host: str, port: int, alive: Any, timeout: float = 60.0, expect: bytes = b"220") -> None:
+    """Until a connection to host:port is greeted with `expect` (SMTP's 220, IMAP's b"* OK"); `alive()`
+    false means the server died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive():
             raise RuntimeError("server exited before it answered")
         try:
             with socket.create_connection((host, port), timeout=2) as s:
-                if s.recv(100).startswith(b"220"):
+                if s.recv(100).startswith(expect):
                     return
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"no 220 greeting on {host}:{port} within {timeout:.0f} s")
+    raise RuntimeError(f"no {expect.decode()} greeting on {host}:{port} within {timeout:.0f} s")
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
