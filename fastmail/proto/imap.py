@@ -289,6 +289,10 @@ class IMAPConnection:
                       else S.WRONG_STATE)
             return
         self._cmd = cmd
+        if self.view is not None and cmd.name.startswith("UID "):
+            # UID commands may carry EXPUNGE (RFC 9051 §7.5.1): announce pending ones first, so that the
+            # command works on the same view the client now has.
+            self._sync(True)
         try:
             result = handler(self, cmd)
         except Exception as e:
@@ -904,7 +908,7 @@ class IMAPConnection:
                 view.update(changed)
                 seen_set = {m.uid for m in changed}
                 msgs = [view.msgs[m.uid] for m in msgs]
-        fetcher = Fetcher(items, self.boxes.body, self.boxes.meta, uid, self.condstore)
+        fetcher = Fetcher(items, self.boxes.body, self.boxes.meta, uid, changedsince is not None)
         issued = False
         for m in msgs:
             try:

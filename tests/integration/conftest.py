@@ -122,7 +122,13 @@ max_message_size = 1048576
 
 
 def make_server(tmp_path: Path, workers: int = 2, extra: str = "") -> Server:
-    ports = {name: free_port() for name in ("smtp", "submission", "submissions", "lmtp", "imap", "imaps", "pop3", "pop3s")}
+    ports: dict[str, int] = {}
+    for name in ("smtp", "submission", "submissions", "lmtp", "imap", "imaps", "pop3", "pop3s"):
+        for _ in range(100):  # the kernel may hand out a port again once it is free: keep them distinct
+            port = free_port()
+            if port not in ports.values():
+                ports[name] = port
+                break
     srv = Server(tmp_path, ports, workers, extra)
     srv.cli("domain", "add", "example.org")
     for user, pw in PASSWORDS.items():

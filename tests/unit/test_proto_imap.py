@@ -1,0 +1,225 @@
+"""fastmail.proto.imap without sockets: states, responses and their codes, the session view (EXISTS, EXPUNGE
+held back during FETCH/STORE/SEARCH, VANISHED), IDLE wake-ups, literal limits and FETCH back-pressure.
+Requests are fulfilled in-process by tests/unit/imap_driver.Driver."""
+
+from __future__ import annotations
+
+import pytest
+
+from fastmail.proto import imap as P
+from fastmail.store import mime
+from fastmail.store.mailboxes import Mailboxes
+from fastmail.store.store import Incoming, Store, new_qid
+
+from .imap_driver import PASSWORD, Driver
+
+RAW = b"From: a@example.org\r\nSubject: hello\r\n\r\nbody text\r\n"
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "data", map_size=1 << 24)
+    s.add_domain("example.org")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def user(store):
+    return store.add_user("a@example.org", "h")
+
+
+def deliver(store: Store, user: int, raw: bytes = RAW) -> None:
+    store.commit_batch([Incoming(qid=new_qid(), raw=raw, sender="", local=[user], meta=mime.analyze(raw))])
+
+
+def session(store: Store, user: int, **kw) -> Driver:
+    d = Driver(store, {"a@example.org": user}, **kw)
+    assert d.cmd(f"L LOGIN a@example.org {PASSWORD}")[-1].startswith(b"L OK")
+    return d
+
+
+def test_greeting_and_capabilities_depend_on_state_and_tls(store, user):
+    d = Driver(store, {}, tls_available=True)
+    assert d.greeting.startswith(b"* OK [CAPABILITY IMAP4rev1 IMAP4rev2 ")
+    assert b"STARTTLS" in d.greeting and b"AUTH=PLAIN" in d.greeting and b"UIDPLUS" not in d.greeting
+    far = Driver(store, {}, peer="203.0.113.9", tls_available=True)
+    assert b"LOGINDISABLED" in far.greeting and b"AUTH=PLAIN" not in far.greeting
+    assert far.cmd("a LOGIN a@example.org secret") == [b"a NO [PRIVACYREQUIRED] LOGIN disabled without TLS; use STARTTLS"]
+    assert far.cmd("b STARTTLS") == [b"b OK Begin TLS negotiation now"] and far.tls_started == 1
+    assert b"LOGINDISABLED" not in far.cmd("c CAPABILITY")[0]
+    assert far.cmd("d STARTTLS") == [b"d BAD TLS already active"]
+
+
+def test_login_failure_and_state_errors(store, user):
+    d = Driver(store, {"a@example.org": user})
+    assert d.cmd("a LOGIN a@example.org wrong") == [b"a NO [AUTHENTICATIONFAILED] Authentication failed"]
+    assert d.cmd("b SELECT INBOX") == [b"b BAD Command not valid in this state"]
+    assert d.cmd(f"c LOGIN a@example.org {PASSWORD}")[0].startswith(b"c OK [CAPABILITY ")
+    assert d.cmd("d FETCH 1 FLAGS") == [b"d BAD No mailbox selected"]
+    assert d.cmd("e AUTHENTICATE PLAIN") == [b"e BAD Command not valid in this state"]
+
+
+def test_authenticate_plain_with_continuation(store, user):
+    import base64
+
+    d = Driver(store, {"a@example.org": user})
+    assert d.cmd("a AUTHENTICATE PLAIN") == [b"+ "]
+    out = d.cmd(base64.b64encode(f"\0a@example.org\0{PASSWORD}".encode()))
+    assert out[-1].startswith(b"a OK [CAPABILITY ")
+    d = Driver(store, {"a@example.org": user})
+    assert d.cmd("a AUTHENTICATE PLAIN " + base64.b64encode(b"other\0a@example.org\0secret").decode()) == [
+        b"a NO [AUTHENTICATIONFAILED] Authentication failed"]  # no proxy authorization
+    assert d.cmd("b AUTHENTICATE CRAM-MD5") == [b"b NO Unsupported authentication mechanism"]
+    assert d.cmd("c AUTHENTICATE PLAIN !!!") == [b"c BAD Invalid base64"]
+
+
+def test_preauth_literal_limit_and_append_limit(store, user):
+    d = Driver(store, {"a@example.org": user}, limits=P.Limits(max_literal_preauth=100, max_message=70_000))
+    assert d.cmd("a LOGIN {1000}") == [b"a BAD [TOOBIG] Literal too big"]
+    assert d.cmd("b LOGIN {13}") == [b"+ Ready for literal data"]
+    assert d.cmd(f"a@example.org {PASSWORD}")[-1].startswith(b"b OK")
+    assert b"APPENDLIMIT=70000" in d.cmd("c CAPABILITY")[0]
+    assert d.cmd("d APPEND INBOX {70001}") == [b"d NO [TOOBIG] Message too big"]
+    assert d.cmd("e APPEND INBOX {5}") == [b"+ Ready for literal data"]
+    assert d.cmd(b"x: y\r\n")[-1].startswith(b"e OK [APPENDUID ")
+
+
+def test_select_rev1_and_rev2_responses(store, user):
+    deliver(store, user)
+    deliver(store, user)
+    d = session(store, user)
+    out = d.cmd("s SELECT INBOX")
+    assert b"* 2 EXISTS" in out and b"* 0 RECENT" in out and b"* OK [UNSEEN 1] First unseen" in out
+    assert out[-1] == b"s OK [READ-WRITE] Select completed"
+    assert d.cmd("e ENABLE IMAP4rev2 CONDSTORE") == [b"* ENABLED IMAP4rev2 CONDSTORE", b"e OK Completed"]
+    out = d.cmd("x EXAMINE INBOX")
+    assert out[0] == b"* OK [CLOSED] Previous mailbox closed"
+    assert not any(b"RECENT" in line or b"UNSEEN" in line for line in out)
+    assert b'* LIST () "/" "INBOX"' in out and out[-1] == b"x OK [READ-ONLY] Examine completed"
+    assert b"* OK [PERMANENTFLAGS ()] Flags permitted" in out
+
+
+def test_new_mail_is_announced_at_the_next_command(store, user):
+    d = session(store, user)
+    d.cmd("s SELECT INBOX")
+    deliver(store, user)
+    assert d.cmd("n NOOP") == [b"* 1 EXISTS", b"n OK Completed"]
+    assert d.cmd("m NOOP") == [b"m OK Completed"]
+
+
+def test_expunge_is_held_back_during_fetch_store_search(store, user):
+    for _ in range(3):
+        deliver(store, user)
+    a = session(store, user)
+    b = session(store, user)
+    a.cmd("s SELECT INBOX")
+    b.cmd("s SELECT INBOX")
+    b.cmd("f STORE 2 +FLAGS.SILENT (\\Deleted)")
+    assert b.cmd("e EXPUNGE") == [b"* 2 EXPUNGE", b"e OK Completed"]
+    # still numbered as before; what the session knows of it is still answered, its bytes are gone
+    assert a.cmd("f FETCH 1:3 (UID)") == [b"* 1 FETCH (UID 1)", b"* 2 FETCH (UID 2)", b"* 3 FETCH (UID 3)",
+                                          b"f OK Completed"]
+    assert a.cmd("f2 FETCH 2 (BODY.PEEK[])") == [b"f2 NO [EXPUNGEISSUED] Some messages were expunged by another session"]
+    assert a.cmd("g STORE 3 +FLAGS (\\Seen)") == [b"* 3 FETCH (FLAGS (\\Seen))", b"g OK Completed"]
+    assert a.cmd("h SEARCH ALL") == [b"* SEARCH 1 2 3", b"h OK Completed"]
+    assert a.cmd("i UID SEARCH ALL") == [b"* 2 EXPUNGE", b"* SEARCH 1 3", b"i OK Completed"]
+    assert b.cmd("n NOOP") == [b"* 2 FETCH (UID 3 FLAGS (\\Seen))", b"n OK Completed"]
+
+
+def test_qresync_sessions_get_vanished(store, user):
+    for _ in range(3):
+        deliver(store, user)
+    a = session(store, user)
+    a.cmd("e ENABLE QRESYNC")
+    a.cmd("s SELECT INBOX")
+    b = session(store, user)
+    b.cmd("s SELECT INBOX")
+    b.cmd("f STORE 1,3 +FLAGS.SILENT (\\Deleted)")
+    b.cmd("e EXPUNGE")
+    out = a.cmd("n NOOP")
+    assert out[0] == b"* VANISHED 1,3" and out[-1] == b"n OK Completed"
+    assert a.cmd("f FETCH 1:* (UID)") == [b"* 1 FETCH (UID 2)", b"f OK Completed"]
+
+
+def test_idle_is_woken_by_changed(store, user):
+    a = session(store, user)
+    a.cmd("s SELECT INBOX")
+    assert a.cmd("i IDLE") == [b"+ idling"]
+    assert a.conn.idling and not a.conn.busy
+    a.conn.changed()
+    assert a.conn.take_output() == b""  # nothing changed
+    deliver(store, user)
+    a.conn.changed()
+    assert a.conn.take_output() == b"* 1 EXISTS\r\n"
+    assert a.cmd("DONE") == [b"i OK Idle completed"]
+    assert not a.conn.idling
+    assert a.cmd("j IDLE") == [b"+ idling"]
+    assert a.cmd("nope") == [b"j BAD Expected DONE"]
+
+
+def test_large_fetch_asks_for_flushes(store, user):
+    big = b"Subject: big\r\n\r\n" + b"x" * 50_000 + b"\r\n"
+    for _ in range(6):
+        deliver(store, user, big)
+    d = session(store, user, limits=P.Limits(flush_bytes=100_000))
+    d.cmd("s SELECT INBOX")
+    out = d.send(b"f FETCH 1:* (BODY.PEEK[])\r\n")
+    assert out.count(b" FETCH (BODY[] {") == 6 and out.endswith(b"f OK Completed\r\n")
+    assert d.flushes == 3  # every ~100 kB the driver is asked to wait for the client to read
+
+
+def test_store_modes_keywords_and_bad_flags(store, user):
+    deliver(store, user)
+    d = session(store, user)
+    d.cmd("s SELECT INBOX")
+    assert d.cmd("a STORE 1 FLAGS (\\seen $Label1)") == [b"* 1 FETCH (FLAGS (\\Seen $Label1))", b"a OK Completed"]
+    assert d.cmd("b STORE 1 -FLAGS \\Seen") == [b"* 1 FETCH (FLAGS ($Label1))", b"b OK Completed"]
+    assert d.cmd("c STORE 1 +FLAGS.SILENT (\\Answered)") == [b"c OK Completed"]
+    assert d.cmd("d STORE 1 +FLAGS (\\Recent)") == [b"d BAD Invalid system flag"]
+    assert d.cmd("e STORE 1 BOGUS (\\Seen)") == [b"e BAD Invalid STORE item"]
+    out = d.cmd("s2 SELECT INBOX")
+    assert b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1)" in out
+
+
+def test_append_rules(store, user):
+    d = session(store, user)
+    assert d.cmd('a APPEND Nope {3+}\r\nabc') == [b"a NO [TRYCREATE] No such mailbox"]
+    assert d.cmd('b APPEND INBOX "bad date" {3+}\r\nabc') == [b"b BAD Invalid date-time"]
+    assert d.cmd("c APPEND INBOX {0+}\r\n") == [b"c NO [CANNOT] Empty message"]
+    out = d.cmd('d APPEND INBOX (\\Seen) " 5-Mar-2024 01:02:03 +0100" {3+}\r\nabc')
+    assert out[-1].startswith(b"d OK [APPENDUID ") and out[-1].endswith(b" 1] Completed")
+    (m,) = Mailboxes(store).messages(Mailboxes(store).get(user, "INBOX")["id"])
+    assert m.flags == ["\\Seen"] and m.internaldate == 1709596923
+
+
+def test_list_patterns_and_mutf7(store, user):
+    d = session(store, user)
+    assert d.cmd('a CREATE "Caf&AOk-/Men&APw-"') == [b"a OK Completed"]
+    assert d.cmd('b LIST "" "Caf&AOk-/%"') == [b'* LIST (\\HasNoChildren) "/" "Caf&AOk-/Men&APw-"', b"b OK Completed"]
+    assert d.cmd('c LIST "" ""') == [b'* LIST (\\Noselect) "/" ""', b"c OK Completed"]
+    assert d.cmd('d CREATE "R&D"') == [b"d BAD Invalid mailbox name (modified UTF-7)"]
+    assert d.cmd("e CREATE inbox") == [b"e NO [ALREADYEXISTS] Mailbox already exists"]
+    d.cmd("f ENABLE UTF8=ACCEPT")
+    assert d.cmd('g LIST "" Caf%') == ['* LIST (\\HasChildren) "/" "Café"'.encode(), b"g OK Completed"]
+
+
+def test_search_return_save_and_dollar(store, user):
+    for _ in range(4):
+        deliver(store, user)
+    d = session(store, user)
+    d.cmd("s SELECT INBOX")
+    d.cmd("a STORE 2,4 +FLAGS (\\Flagged)")
+    assert d.cmd("b SEARCH RETURN (SAVE) FLAGGED") == [b"b OK Completed"]
+    assert d.cmd("c FETCH $ (UID)") == [b"* 2 FETCH (UID 2)", b"* 4 FETCH (UID 4)", b"c OK Completed"]
+    assert d.cmd("d SEARCH RETURN () 1:3") == [b'* ESEARCH (TAG "d") ALL 1:3', b"d OK Completed"]
+    assert d.cmd("e SEARCH RETURN (COUNT) UID 9") == [b'* ESEARCH (TAG "e") COUNT 0', b"e OK Completed"]
+    top = Mailboxes(store).get(user, "INBOX")["modseq"]
+    assert d.cmd("f SEARCH MODSEQ 1") == [b"* SEARCH 1 2 3 4 (MODSEQ %d)" % top, b"f OK Completed"]
+    assert d.cmd(f"g SEARCH MODSEQ {top}") == [b"* SEARCH 4 (MODSEQ %d)" % top, b"g OK Completed"]
+
+
+def test_logout_closes(store, user):
+    d = session(store, user)
+    assert d.cmd("z LOGOUT") == [b"* BYE Logging out", b"z OK Logout completed"]
+    assert d.closed
