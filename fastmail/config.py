@@ -136,6 +136,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("imap.command_timeout", float, 300.0, "Seconds to finish a command once its first bytes came (a literal in progress).", _positive),
     Setting("imap.plaintext_auth_loopback", bool, True, "Allow LOGIN / AUTHENTICATE PLAIN without TLS from loopback clients (elsewhere TLS is required: LOGINDISABLED)."),
     Setting("imap.max_bad_commands", int, 20, "Invalid commands (BAD) before the session is closed.", _positive),
+    Setting("imap.max_login_failures", int, 10, "Failed logins from one client address within 10 minutes before a worker refuses its logins (NO [UNAVAILABLE]); 0: no limit.", _at_least(0)),
+    Setting("imap.max_connections_per_ip", int, 200, "IMAP connections one client address may hold in one worker (more get BYE [UNAVAILABLE]); 0: no limit.", _at_least(0)),
+    Setting("imap.max_sessions_per_user", int, 100, "Logged-in IMAP sessions one user may hold in one worker (more get NO [LIMIT]); 0: no limit.", _at_least(0)),
     Setting("imap.change_poll_interval", float, 0.25, "Seconds between a worker's looks at the change log (IDLE sessions hear of changes this fast).", _positive),
     # pop3
     Setting("pop3.idle_timeout", float, 600.0, "Seconds without a command before autologout, removing nothing (RFC 1939 3: at least 10 minutes).", _positive),

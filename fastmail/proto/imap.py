@@ -6,7 +6,7 @@ Bytes in with `receive(data)`, response bytes out with `take_output()`, and requ
 asyncio protocol in fastmail.server.imap) from `next_request()`:
 
     StartTLS()          upgrade the transport, then resolve(None)
-    Authenticate(...)   verify the password, then resolve((ok, user id))
+    Authenticate(...)   verify the password, then resolve((ok, user id)), or resolve(Status) to refuse
     Call(fn, args)      run a store write (it syncs to disk) off the loop, then resolve(result) or fail(exc)
     Commit(item)        APPEND: hand the message to the group committer, then resolve(Outcome) or fail(exc)
     Flush()             write out what is pending and resume once the client has read enough (back-pressure)
@@ -373,7 +373,7 @@ class IMAPConnection:
         else:
             caps += ["UIDPLUS", "MOVE", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "ESEARCH",
                      "SEARCHRES", "CONDSTORE", "QRESYNC", "BINARY", "STATUS=SIZE",
-                     f"APPENDLIMIT={self.limits.max_message}", "UTF8=ACCEPT"]
+                     f"APPENDLIMIT={self.limits.max_message}", "UTF8=ACCEPT", "QUOTA", "QUOTA=RES-STORAGE"]
         return " ".join(caps)
 
     def _name_in(self, token: Any) -> str:
@@ -454,7 +454,10 @@ class IMAPConnection:
         return None  # type: ignore[return-value]
 
     def _login(self, mechanism: str, username: str, password: str) -> Generator[Any, Any, Status]:
-        ok, user_id = yield Authenticate(mechanism, username, password)
+        result = yield Authenticate(mechanism, username, password)
+        if isinstance(result, Status):
+            return result  # refused by the driver's policy (throttled, too many sessions)
+        ok, user_id = result
         if not ok:
             return S.AUTH_FAILED
         self.user = username.lower()
@@ -743,6 +746,37 @@ class IMAPConnection:
         rec = self._mailbox(self._name_in(cmd.args[0]))
         self._write(self._status_line(rec["name"], rec["id"], items))
         return S.OK
+
+    def _quota_line(self) -> bytes | None:
+        """'* QUOTA "" (STORAGE used limit)' in KiB (RFC 9208 §5.1), or None when the user has no quota."""
+        assert self.user_id is not None
+        quota, used, _count = self.boxes.quota(self.user_id)
+        if not quota:
+            return None
+        return b'* QUOTA "" (STORAGE %d %d)\r\n' % ((used + 1023) // 1024, quota // 1024)
+
+    def cmd_getquotaroot(self, cmd: core.Command) -> Status:
+        """GETQUOTAROOT (RFC 9208 §4.3.2): one quota root, "", holds every mailbox of the user."""
+        if len(cmd.args) != 1:
+            raise SYNTAX("GETQUOTAROOT takes a mailbox")
+        rec = self._mailbox(self._name_in(cmd.args[0]))
+        line = self._quota_line()
+        self._write(b"* QUOTAROOT " + self._name_out(rec["name"]) + (b' ""' if line else b"") + b"\r\n")
+        if line:
+            self._write(line)
+        return S.OK
+
+    def cmd_getquota(self, cmd: core.Command) -> Status:
+        if len(cmd.args) != 1:
+            raise SYNTAX("GETQUOTA takes a quota root")
+        line = self._quota_line()
+        if core.astring(cmd.args[0]) != b"" or line is None:
+            return S.NO_QUOTA_ROOT
+        self._write(line)
+        return S.OK
+
+    def cmd_setquota(self, cmd: core.Command) -> Status:
+        return S.CANNOT.with_text("Quotas are set by the administrator")
 
     def cmd_append(self, cmd: core.Command) -> Generator[Any, Any, Status]:
         """APPEND mailbox [(flags)] [date-time] literal (RFC 9051 §6.3.12; UTF8 (literal8) of RFC 6855).
@@ -1099,6 +1133,9 @@ _COMMANDS: dict[str, tuple[Handler, frozenset[State]]] = {
     "NAMESPACE": (C.cmd_namespace, _AUTH),
     "STATUS": (C.cmd_status, _AUTH),
     "APPEND": (C.cmd_append, _AUTH),
+    "GETQUOTAROOT": (C.cmd_getquotaroot, _AUTH),
+    "GETQUOTA": (C.cmd_getquota, _AUTH),
+    "SETQUOTA": (C.cmd_setquota, _AUTH),
     "IDLE": (C.cmd_idle, _AUTH),
     "CHECK": (C.cmd_check, _SEL),
     "CLOSE": (C.cmd_close, _SEL),

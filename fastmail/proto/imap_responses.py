@@ -49,10 +49,13 @@ BYE_LOGOUT = Status("BYE", None, "Logging out")
 BYE_TIMEOUT = Status("BYE", None, "Autologout; idle for too long")
 BYE_SHUTDOWN = Status("BYE", "UNAVAILABLE", "Server shutting down")
 BYE_TOO_MANY_ERRORS = Status("BYE", None, "Too many invalid commands")
+BYE_TOO_MANY_CONNECTIONS = Status("BYE", "UNAVAILABLE", "Too many connections from your address")
 BYE_MAILBOX_GONE = Status("BYE", None, "Selected mailbox was deleted")
 
 # -- refusals (NO) ---------------------------------------------------------------------------------------
 AUTH_FAILED = Status("NO", "AUTHENTICATIONFAILED", "Authentication failed")
+LOGIN_THROTTLED = Status("NO", "UNAVAILABLE", "Too many failed logins; try again later")
+TOO_MANY_SESSIONS = Status("NO", "LIMIT", "Too many sessions for this user")
 PRIVACY_REQUIRED = Status("NO", "PRIVACYREQUIRED", "Plaintext authentication disallowed without TLS")
 NONEXISTENT = Status("NO", "NONEXISTENT", "No such mailbox")
 ALREADYEXISTS = Status("NO", "ALREADYEXISTS", "Mailbox already exists")
@@ -68,7 +71,7 @@ SERVER_BUG = Status("NO", "SERVERBUG", "Internal error; try again")
 UNAVAILABLE = Status("NO", "UNAVAILABLE", "Temporary failure; try again")
 NO_TLS = Status("NO", None, "TLS not available")
 ALREADY_TLS = Status("BAD", None, "TLS already active")
-NOT_SAVED = Status("NO", None, "No saved search result")
+NO_QUOTA_ROOT = Status("NO", "NONEXISTENT", "No such quota root")
 
 # -- protocol errors (BAD) -------------------------------------------------------------------------------
 UNKNOWN_COMMAND = Status("BAD", None, "Unknown command")

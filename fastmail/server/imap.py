@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastmail import log
 from fastmail.proto import imap as P
+from fastmail.proto import imap_responses as S
 from fastmail.store import changes
 
 if TYPE_CHECKING:
@@ -44,6 +45,8 @@ class IMAPProtocol(asyncio.Protocol):
         self._write_paused = False
         self._reading_paused = False
         self._drained: asyncio.Future[None] | None = None
+        self.peer = ""
+        self.user_id: int | None = None  # counted in services.imap_per_user
         self.started = time.monotonic()
         self.sid = f"{os.getpid():x}.i{next(_session_ids):x}"
 
@@ -56,13 +59,22 @@ class IMAPProtocol(asyncio.Protocol):
         ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
         if ip.startswith("::ffff:"):
             ip = ip[7:]
+        self.peer = ip
+        services = self.services
+        services.imap_per_ip[ip] = services.imap_per_ip.get(ip, 0) + 1
+        self.services.sessions.add(self)
+        self.services.imap_sessions.add(self)
+        limit = cfg.imap_max_connections_per_ip
+        if limit and services.imap_per_ip[ip] > limit:
+            log.event("refused", sid=self.sid, listener=self.listener, peer=ip, reason="connections_per_ip")
+            transport.write(S.BYE_TOO_MANY_CONNECTIONS.line())  # type: ignore[attr-defined]
+            transport.close()
+            return
         self.conn = P.IMAPConnection(
             self.services.mailboxes, self.services.imap_limits, peer=ip, tls=self.implicit_tls,
             tls_available=self.services.tls_context is not None and not self.implicit_tls,
             plaintext_loopback=cfg.imap_plaintext_auth_loopback,
         )
-        self.services.sessions.add(self)
-        self.services.imap_sessions.add(self)
         log.event("connect", sid=self.sid, listener=self.listener, peer=ip, tls=int(self.implicit_tls))
         self._pump()
 
@@ -78,8 +90,12 @@ class IMAPProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        self.services.sessions.discard(self)
-        self.services.imap_sessions.discard(self)
+        services = self.services
+        services.sessions.discard(self)
+        services.imap_sessions.discard(self)
+        _decrement(services.imap_per_ip, self.peer)
+        if self.user_id is not None:
+            _decrement(services.imap_per_user, self.user_id)
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         conn = self.conn
@@ -187,11 +203,7 @@ class IMAPProtocol(asyncio.Protocol):
                     return
                 conn.resolve(None)
             elif isinstance(request, P.Authenticate):
-                ok, user_id = await services.authenticate(request.username, request.password)
-                log.event("auth", sid=self.sid, user=request.username, mech=request.mechanism, ok=int(ok))
-                if not ok:
-                    await asyncio.sleep(services.auth_failure_delay)
-                conn.resolve((ok, user_id))
+                conn.resolve(await self._authenticate(request))
             elif isinstance(request, P.Call):
                 try:
                     result = await loop.run_in_executor(services.imap_pool, _call, request)
@@ -220,6 +232,25 @@ class IMAPProtocol(asyncio.Protocol):
             return
         self._pump()
 
+    async def _authenticate(self, request: P.Authenticate) -> tuple[bool, int | None] | S.Status:
+        services = self.services
+        if services.imap_throttle.blocked(self.peer):
+            log.event("auth", sid=self.sid, user=request.username, mech=request.mechanism, ok=0, throttled=1,
+                      proto="imap")
+            return S.LOGIN_THROTTLED
+        ok, user_id = await services.authenticate(request.username, request.password)
+        log.event("auth", sid=self.sid, user=request.username, mech=request.mechanism, ok=int(ok), proto="imap")
+        if not ok or user_id is None:
+            services.imap_throttle.failed(self.peer)
+            await asyncio.sleep(services.auth_failure_delay)
+            return False, None
+        limit = services.config.imap_max_sessions_per_user
+        if limit and services.imap_per_user.get(user_id, 0) >= limit:
+            return S.TOO_MANY_SESSIONS
+        services.imap_per_user[user_id] = services.imap_per_user.get(user_id, 0) + 1
+        self.user_id = user_id
+        return True, user_id
+
     async def _starttls(self) -> bool:
         assert self.transport is not None and self.conn is not None
         ctx = self.services.tls_context
@@ -238,6 +269,14 @@ class IMAPProtocol(asyncio.Protocol):
         self.transport = new
         log.event("starttls", sid=self.sid, version=new.get_extra_info("ssl_object").version())
         return True
+
+
+def _decrement(counts: dict[Any, int], key: Any) -> None:
+    n = counts.get(key, 0) - 1
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)
 
 
 def _call(request: P.Call) -> Any:

@@ -93,6 +93,9 @@ class Services:
         )
         self.imap_sessions: set[IMAPProtocol] = set()
         self.imap_pool = ThreadPoolExecutor(4, thread_name_prefix="imap")  # store writes (synced commits)
+        self.imap_throttle = LoginThrottle(cfg.imap_max_login_failures)
+        self.imap_per_ip: dict[str, int] = {}  # connections per client address in this worker
+        self.imap_per_user: dict[int, int] = {}  # logged-in sessions per user id in this worker
         self.pop3_throttle = LoginThrottle(cfg.pop3_max_login_failures)
         self.auth_failure_delay = 1.0
         self._auth_pool = ThreadPoolExecutor(2, thread_name_prefix="auth")  # threads start after the drop

@@ -667,10 +667,13 @@ def test_too_many_bad_commands_close_the_session(srv):
         c.response()
 
 
-def test_logindisabled_without_tls_when_plaintext_is_off(tmp_path):
+def test_tls_required_and_limits(tmp_path):
+    """One worker with plaintext logins off, 3 connections per address, 1 session per user, 2 failures."""
     from .conftest import make_server
 
-    s = make_server(tmp_path, workers=1, extra="[imap]\nplaintext_auth_loopback = false\n")
+    s = make_server(tmp_path, workers=1, extra=(
+        "[imap]\nplaintext_auth_loopback = false\nmax_connections_per_ip = 3\nmax_sessions_per_user = 1\n"
+        "max_login_failures = 2\n"))
     s.start()
     try:
         c = RawIMAP(s.ports["imap"])
@@ -683,7 +686,23 @@ def test_logindisabled_without_tls_when_plaintext_is_off(tmp_path):
         m.starttls(ssl_context=insecure_tls_context())
         assert "AUTH=PLAIN" in m.capabilities and "LOGINDISABLED" not in m.capabilities
         assert m.login("alice@example.org", "alice-secret")[0] == "OK"
+        # a second session of the same user in this worker: [LIMIT]
+        m2 = imaplib.IMAP4_SSL(HOST, s.ports["imaps"], ssl_context=insecure_tls_context(), timeout=TIMEOUT)
+        with pytest.raises(imaplib.IMAP4.error, match=r"\[LIMIT\]"):
+            m2.login("alice@example.org", "alice-secret")
+        # a fourth connection from this address: BYE at once
+        c4 = RawIMAP(s.ports["imaps"], tls=True)
+        assert c4.greeting.startswith(b"* BYE [UNAVAILABLE]")
+        with pytest.raises(EOFError):
+            c4.response()
         m.logout()
+        # two failed logins, then even the right password is refused for a while
+        for _ in range(2):
+            with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+                m2.login("bob@example.org", "wrong")
+        with pytest.raises(imaplib.IMAP4.error, match=r"\[UNAVAILABLE\]"):
+            m2.login("bob@example.org", "bob-secret")
+        m2.logout()
     finally:
         s.stop()
         s.kill_tree()

@@ -219,6 +219,37 @@ def test_search_return_save_and_dollar(store, user):
     assert d.cmd(f"g SEARCH MODSEQ {top}") == [b"* SEARCH 4 (MODSEQ %d)" % top, b"g OK Completed"]
 
 
+def test_quota(store, user):
+    d = session(store, user)
+    assert d.cmd("a GETQUOTAROOT INBOX") == [b'* QUOTAROOT "INBOX"', b"a OK Completed"]  # no quota set
+    store.set_quota("a@example.org", 10 * 1024)
+    deliver(store, user)
+    assert d.cmd("b GETQUOTAROOT INBOX") == [b'* QUOTAROOT "INBOX" ""', b'* QUOTA "" (STORAGE 1 10)',
+                                             b"b OK Completed"]
+    assert d.cmd('c GETQUOTA ""') == [b'* QUOTA "" (STORAGE 1 10)', b"c OK Completed"]
+    assert d.cmd('d GETQUOTA "other"') == [b"d NO [NONEXISTENT] No such quota root"]
+    assert d.cmd('e SETQUOTA "" (STORAGE 1)')[0].startswith(b"e NO [CANNOT]")
+    big = b"x" * (10 * 1024)
+    out = d.send(b"f APPEND INBOX {%d+}\r\n%s\r\n" % (len(big), big))
+    assert out == b"f NO [OVERQUOTA] Quota exceeded\r\n"
+
+
+def test_refusal_from_the_driver(store, user):
+    d = Driver(store, {"a@example.org": user})
+    d.pump = lambda: _refuse(d)  # type: ignore[method-assign]
+    assert d.cmd(f"a LOGIN a@example.org {PASSWORD}") == [b"a NO [LIMIT] Too many sessions for this user"]
+    assert d.conn.state is P.State.NOT_AUTHENTICATED
+
+
+def _refuse(d: Driver) -> None:
+    from fastmail.proto import imap_responses as S
+
+    req = d.conn.next_request()
+    assert isinstance(req, P.Authenticate)
+    d.conn.resolve(S.TOO_MANY_SESSIONS)
+    assert d.conn.next_request() is None
+
+
 def test_logout_closes(store, user):
     d = session(store, user)
     assert d.cmd("z LOGOUT") == [b"* BYE Logging out", b"z OK Logout completed"]
