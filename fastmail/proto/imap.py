@@ -3,20 +3,16 @@ MOVE, LITERAL+, SASL-IR, SPECIAL-USE, LIST-EXTENDED, LIST-STATUS, NAMESPACE, ENA
 CHILDREN, ESEARCH, SEARCHRES, CONDSTORE/QRESYNC, BINARY, STATUS=SIZE, APPENDLIMIT, UTF8=ACCEPT).
 
 Bytes in with `receive(data)`, response bytes out with `take_output()`, and requests for the driver (the
-asyncio protocol in fastmail.server.imap) from `next_request()`:
-
-    StartTLS()          upgrade the transport, then resolve(None)
-    Authenticate(...)   verify the password, then resolve((ok, user id)), or resolve(Status) to refuse
-    Call(fn, args)      run a store write (it syncs to disk) off the loop, then resolve(result) or fail(exc)
-    Commit(item)        APPEND: hand the message to the group committer, then resolve(Outcome) or fail(exc)
-    Flush()             write out what is pending and resume once the client has read enough (back-pressure)
-    Close()             flush the output and close
+asyncio protocol in fastmail.server.imap) from `next_request()`: StartTLS, Authenticate, Call (a store
+write, run off the loop), Commit (APPEND through the group committer), Flush (back-pressure), Close -- see
+fastmail.proto.imap_requests; the driver answers with resolve(result) or fail(exc).
 
 Each command is one handler method (`cmd_<name>`); a handler that needs the driver is a generator that
 yields a request and receives its result, so a command reads top to bottom.  While a request is
 outstanding, input is buffered and not interpreted.  Reads of the store (LMDB, microseconds) are made
 directly.  All state transitions live in this file: NOT_AUTHENTICATED -> AUTHENTICATED <-> SELECTED ->
-LOGOUT (RFC 9051 §3).
+LOGOUT (RFC 9051 §3).  Commands on mailbox names, which change no state, are in imap_mailbox.py; FETCH
+rendering in imap_fetch.py, SEARCH in imap_search.py, the selected mailbox's view in imap_view.py.
 """
 
 from __future__ import annotations
@@ -27,18 +23,30 @@ import inspect
 import ipaddress
 import re
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Any
 
 from fastmail._core import imap as core
 from fastmail.proto import imap_responses as S
-from fastmail.proto.imap_fetch import Fetcher, flag_list, parse_date_time, parse_items, sets_seen
+from fastmail.proto.imap_fetch import (
+    BATCH,
+    Batch,
+    Fetcher,
+    flag_list,
+    needs_body,
+    needs_meta,
+    parse_date_time,
+    parse_items,
+    sets_seen,
+)
+from fastmail.proto.imap_mailbox import MailboxCommands
+from fastmail.proto.imap_requests import Authenticate, Call, Close, Commit, Flush, Request, StartTLS
 from fastmail.proto.imap_responses import Status
-from fastmail.proto.imap_search import BadCharset, Item, Parser, compress, esearch, parse_return
+from fastmail.proto.imap_search import BadCharset, Parser, compress, esearch, parse_return, run_search
 from fastmail.proto.imap_view import View
 from fastmail.store import mailboxes as M
-from fastmail.store.mailboxes import DELIMITER, MailboxError, Mailboxes, Message
+from fastmail.store.mailboxes import MailboxError, Mailboxes, Message
 from fastmail.store.store import Incoming, StoreError, new_qid
 
 
@@ -58,53 +66,15 @@ class Limits:
     flush_bytes: int = 256 * 1024  # FETCH output buffered before a Flush request
 
 
-# -- requests to the driver ------------------------------------------------------------------------------
-
-@dataclass
-class StartTLS:
-    pass
-
-
-@dataclass
-class Authenticate:
-    mechanism: str
-    username: str
-    password: str = field(repr=False)
-
-
-@dataclass
-class Call:
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-
-
-@dataclass
-class Commit:
-    item: Incoming
-
-
-@dataclass
-class Flush:
-    pass
-
-
-@dataclass
-class Close:
-    pass
-
-
 class _ReadLine:
     """Internal: the handler waits for a bare client line (AUTHENTICATE response, IDLE's DONE)."""
 
 
-Request = StartTLS | Authenticate | Call | Commit | Flush | Close
 _READ_LINE = _ReadLine()
 _IDLE_WAIT = _ReadLine()
 
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")}
 _ATOM_FLAG = re.compile(r"[!#$&'+\-.0-9:<>=?@A-Z^_`a-z|~\x80-\U0010ffff]+\Z")
-_STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT",
-                 "APPENDLIMIT")
 SYNTAX = core.IMAPSyntaxError
 
 Handler = Callable[[Any, core.Command], Any]
@@ -117,7 +87,7 @@ def _is_loopback(ip: str) -> bool:
         return False
 
 
-class IMAPConnection:
+class IMAPConnection(MailboxCommands):
     def __init__(self, boxes: Mailboxes, limits: Limits, *, peer: str = "127.0.0.1", tls: bool = False,
                  tls_available: bool = False, plaintext_loopback: bool = True,
                  plaintext_anywhere: bool = False) -> None:
@@ -376,33 +346,6 @@ class IMAPConnection:
                      f"APPENDLIMIT={self.limits.max_message}", "UTF8=ACCEPT", "QUOTA", "QUOTA=RES-STORAGE"]
         return " ".join(caps)
 
-    def _name_in(self, token: Any) -> str:
-        """A mailbox argument as str: UTF-8 for IMAP4rev2 / UTF8=ACCEPT sessions, modified UTF-7 otherwise
-        (8-bit UTF-8 from a rev1 client is taken as UTF-8, as Dovecot does)."""
-        raw = core.astring(token)
-        if not self.utf8 or raw.isascii():
-            try:
-                return core.mutf7_decode(raw) if not self.utf8 else raw.decode("ascii")
-            except core.IMAPSyntaxError:
-                if raw.isascii():
-                    raise SYNTAX("Invalid mailbox name (modified UTF-7)") from None
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise SYNTAX("Invalid mailbox name (UTF-8)") from None
-
-    def _name_out(self, name: str) -> bytes:
-        if self.utf8:
-            return core.quote(name, utf8=True)
-        return core.quote(core.mutf7_encode(name))
-
-    def _mailbox(self, name: str) -> dict[str, Any]:
-        assert self.user_id is not None
-        rec = self.boxes.get(self.user_id, name)
-        if rec is None:
-            raise MailboxError(M.NONEXISTENT, "No such mailbox")
-        return rec
-
     def _uids(self, token: Any, uid: bool) -> list[int]:
         """UIDs of the selected mailbox a sequence set (or "$") names."""
         view = self.view
@@ -622,162 +565,6 @@ class IMAPConnection:
             if m.modseq > modseq:
                 self._write(view.fetch_flags(m, True, True))
 
-    def cmd_create(self, cmd: core.Command) -> Generator[Any, Any, Status]:
-        if len(cmd.args) != 1:
-            raise SYNTAX("CREATE takes a mailbox name")
-        name = self._name_in(cmd.args[0])
-        if M.normalize(name.rstrip(DELIMITER)) == "INBOX":
-            return S.ALREADYEXISTS
-        yield Call(self.boxes.create, (self.user_id, name))
-        return S.OK
-
-    def cmd_delete(self, cmd: core.Command) -> Generator[Any, Any, Status]:
-        if len(cmd.args) != 1:
-            raise SYNTAX("DELETE takes a mailbox name")
-        name = self._name_in(cmd.args[0])
-        yield Call(self.boxes.delete, (self.user_id, name))
-        return S.OK
-
-    def cmd_rename(self, cmd: core.Command) -> Generator[Any, Any, Status]:
-        if len(cmd.args) != 2:
-            raise SYNTAX("RENAME takes two mailbox names")
-        old, new = self._name_in(cmd.args[0]), self._name_in(cmd.args[1])
-        yield Call(self.boxes.rename, (self.user_id, old, new))
-        if self.view is not None and M.normalize(old) != "INBOX":
-            rec = self.boxes.by_id(self.view.id)
-            if rec is not None:
-                self.view.name = rec["name"]
-        return S.OK
-
-    def cmd_subscribe(self, cmd: core.Command) -> Generator[Any, Any, Status]:
-        if len(cmd.args) != 1:
-            raise SYNTAX("SUBSCRIBE takes a mailbox name")
-        yield Call(self.boxes.set_subscribed, (self.user_id, self._name_in(cmd.args[0]), cmd.name == "SUBSCRIBE"))
-        return S.OK
-
-    def cmd_namespace(self, cmd: core.Command) -> Status:
-        self._write(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
-        return S.OK
-
-    def cmd_list(self, cmd: core.Command) -> Status:
-        """LIST [(selection)] reference pattern(s) [RETURN (options)] (RFC 9051 §6.3.9, RFC 5258, 5819,
-        6154).  LSUB is LIST (SUBSCRIBED) with rev1's LSUB response."""
-        args = list(cmd.args)
-        select: set[str] = set()
-        if args and type(args[0]) is list:
-            select = {str(x).upper() for x in args.pop(0)}
-            if not select <= {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}:
-                raise SYNTAX("Unknown LIST selection option")
-            if select == {"RECURSIVEMATCH"}:
-                raise SYNTAX("RECURSIVEMATCH needs another selection option")
-        if len(args) < 2:
-            raise SYNTAX("LIST takes a reference and a pattern")
-        reference = _decode_pattern(core.astring(args[0], wildcards=True), self.utf8)
-        pats = args[1] if type(args[1]) is list else [args[1]]
-        patterns = [_decode_pattern(core.astring(p, wildcards=True), self.utf8) for p in pats]
-        returns: set[str] = set()
-        status_items: list[str] = []
-        rest = args[2:]
-        if rest:
-            if len(rest) != 2 or type(rest[0]) is not str or rest[0].upper() != "RETURN" or type(rest[1]) is not list:
-                raise SYNTAX("Invalid LIST return options")
-            opts = rest[1]
-            i = 0
-            while i < len(opts):
-                o = str(opts[i]).upper() if type(opts[i]) is str else ""
-                if o == "STATUS" and i + 1 < len(opts) and type(opts[i + 1]) is list:
-                    status_items = _status_list(opts[i + 1])
-                    i += 2
-                    continue
-                if o not in ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "MYRIGHTS"):
-                    raise SYNTAX("Unknown LIST return option")
-                returns.add(o)
-                i += 1
-        lsub = cmd.name == "LSUB"
-        if lsub:
-            select.add("SUBSCRIBED")
-        if len(patterns) == 1 and patterns[0] == "" and not select:
-            self._write(b'* LIST (\\Noselect) "/" ""\r\n')
-            return S.OK
-        assert self.user_id is not None
-        boxes = self.boxes.list_all(self.user_id)
-        names = {b["name"] for b in boxes}
-        regexes = [_pattern_regex(M.normalize(reference + p)) for p in patterns]
-        for b in boxes:
-            name = b["name"]
-            if not any(r.match(name) for r in regexes):
-                continue
-            if "SUBSCRIBED" in select and not b["subscribed"]:
-                continue
-            if "SPECIAL-USE" in select and not b["special"]:
-                continue
-            attrs = []
-            has_kids = any(n.startswith(name + DELIMITER) for n in names)
-            if not lsub:
-                attrs.append("\\HasChildren" if has_kids else "\\HasNoChildren")
-            if b["special"] and not lsub:
-                attrs.append(b["special"])
-            if b["subscribed"] and ("SUBSCRIBED" in select or "SUBSCRIBED" in returns) and not lsub:
-                attrs.append("\\Subscribed")
-            word = b"LSUB" if lsub else b"LIST"
-            self._write(b"* " + word + b" (" + " ".join(attrs).encode() + b') "/" ' + self._name_out(name) + b"\r\n")
-            if status_items:
-                self._write(self._status_line(name, b["id"], status_items))
-        return S.OK
-
-    def _status_line(self, name: str, mailbox_id: int, items: list[str]) -> bytes:
-        rec = self.boxes.status(mailbox_id, deleted="DELETED" in items)
-        if rec is None:
-            return b""
-        values = {
-            "MESSAGES": rec["exists"], "UIDNEXT": rec["uidnext"], "UIDVALIDITY": rec["uidvalidity"],
-            "UNSEEN": rec["unseen"], "DELETED": rec.get("deleted", 0), "SIZE": rec["size"],
-            "HIGHESTMODSEQ": rec["modseq"], "RECENT": 0, "APPENDLIMIT": self.limits.max_message,
-        }
-        body = " ".join(f"{i} {values[i]}" for i in items)
-        return b"* STATUS " + self._name_out(name) + b" (" + body.encode() + b")\r\n"
-
-    def cmd_status(self, cmd: core.Command) -> Status:
-        if len(cmd.args) != 2 or type(cmd.args[1]) is not list:
-            raise SYNTAX("STATUS takes a mailbox and a list of items")
-        items = _status_list(cmd.args[1])
-        if "HIGHESTMODSEQ" in items:
-            self.condstore = True  # RFC 7162 §3.1.1: a CONDSTORE-enabling command
-        rec = self._mailbox(self._name_in(cmd.args[0]))
-        self._write(self._status_line(rec["name"], rec["id"], items))
-        return S.OK
-
-    def _quota_line(self) -> bytes | None:
-        """'* QUOTA "" (STORAGE used limit)' in KiB (RFC 9208 §5.1), or None when the user has no quota."""
-        assert self.user_id is not None
-        quota, used, _count = self.boxes.quota(self.user_id)
-        if not quota:
-            return None
-        return b'* QUOTA "" (STORAGE %d %d)\r\n' % ((used + 1023) // 1024, quota // 1024)
-
-    def cmd_getquotaroot(self, cmd: core.Command) -> Status:
-        """GETQUOTAROOT (RFC 9208 §4.3.2): one quota root, "", holds every mailbox of the user."""
-        if len(cmd.args) != 1:
-            raise SYNTAX("GETQUOTAROOT takes a mailbox")
-        rec = self._mailbox(self._name_in(cmd.args[0]))
-        line = self._quota_line()
-        self._write(b"* QUOTAROOT " + self._name_out(rec["name"]) + (b' ""' if line else b"") + b"\r\n")
-        if line:
-            self._write(line)
-        return S.OK
-
-    def cmd_getquota(self, cmd: core.Command) -> Status:
-        if len(cmd.args) != 1:
-            raise SYNTAX("GETQUOTA takes a quota root")
-        line = self._quota_line()
-        if core.astring(cmd.args[0]) != b"" or line is None:
-            return S.NO_QUOTA_ROOT
-        self._write(line)
-        return S.OK
-
-    def cmd_setquota(self, cmd: core.Command) -> Status:
-        return S.CANNOT.with_text("Quotas are set by the administrator")
-
     def cmd_append(self, cmd: core.Command) -> Generator[Any, Any, Status]:
         """APPEND mailbox [(flags)] [date-time] literal (RFC 9051 §6.3.12; UTF8 (literal8) of RFC 6855).
         OK [APPENDUID] only after the group commit made it durable (ARCHITECTURE §3)."""
@@ -869,7 +656,8 @@ class IMAPConnection:
         if parser.modseq:
             self.condstore = True
         snapshot = [(view.seq(u), view.msgs[u]) for u in view.uids]
-        matched: list[tuple[int, Message]] = yield Call(_run_search, (snapshot, pred, self._safe_body, self.boxes.meta))
+        matched: list[tuple[int, Message]] = yield Call(run_search, (snapshot, pred, self.boxes,
+                                                                          parser.needs_meta, parser.needs_body))
         numbers = [m.uid if uid else seq for seq, m in matched]
         modseq = max((m.modseq for _, m in matched), default=0) if parser.modseq else None
         if opts is not None and "SAVE" in opts:
@@ -885,13 +673,6 @@ class IMAPConnection:
                 line += b" (MODSEQ %d)" % modseq
             self._write(line + b"\r\n")
         return S.OK
-
-    def _safe_body(self, blob: bytes) -> bytes:
-        """A message's bytes, or b"" when it was expunged (and its blob released) meanwhile."""
-        try:
-            return self.boxes.body(blob)
-        except StoreError:
-            return b""
 
     def cmd_fetch(self, cmd: core.Command) -> Generator[Any, Any, Status]:
         view = self.view
@@ -942,16 +723,20 @@ class IMAPConnection:
                 view.update(changed)
                 seen_set = {m.uid for m in changed}
                 msgs = [view.msgs[m.uid] for m in msgs]
-        fetcher = Fetcher(items, self.boxes.body, self.boxes.meta, uid, changedsince is not None)
+        loader = Batch(self.boxes, needs_meta(items), needs_body(items))
+        fetcher = Fetcher(items, loader.body, loader.meta, uid, changedsince is not None)
         issued = False
-        for m in msgs:
-            try:
-                self._write(fetcher.render(view.seq(m.uid), m, m.uid in seen_set))
-            except StoreError:
-                issued = True  # expunged by another session and its bytes released
-                continue
-            if self._outlen >= self.limits.flush_bytes:
-                yield Flush()
+        for start in range(0, len(msgs), BATCH):
+            chunk = msgs[start: start + BATCH]
+            loader.load(chunk)
+            for m in chunk:
+                try:
+                    self._write(fetcher.render(view.seq(m.uid), m, m.uid in seen_set))
+                except StoreError:
+                    issued = True  # expunged by another session and its bytes released
+                    continue
+                if self._outlen >= self.limits.flush_bytes:
+                    yield Flush()
         if issued:
             return S.SOME_EXPUNGED
         return S.OK
@@ -1028,12 +813,6 @@ class IMAPConnection:
 
 # -- helpers ----------------------------------------------------------------------------------------------
 
-def _run_search(snapshot: list[tuple[int, Message]], pred: Callable[[Item], bool], body: Callable[[bytes], bytes],
-                meta: Callable[[bytes], Any]) -> list[tuple[int, Message]]:
-    """Evaluate a search predicate over the session's messages (run off the loop: it may read bodies)."""
-    return [(seq, m) for seq, m in snapshot if pred(Item(m, seq, body, meta))]
-
-
 def _flags(tokens: list[Any]) -> list[str]:
     """Flags of STORE / APPEND: system flags in canonical case, keywords as atoms; \\Recent and unknown
     system flags are refused (RFC 9051 §2.3.2)."""
@@ -1053,48 +832,6 @@ def _flags(tokens: list[Any]) -> list[str]:
         if flag not in out:
             out.append(flag)
     return out
-
-
-def _status_list(items: list[Any]) -> list[str]:
-    out = []
-    for i in items:
-        if type(i) is not str or i.upper() not in _STATUS_ITEMS:
-            raise SYNTAX("Invalid STATUS item")
-        if i.upper() not in out:
-            out.append(i.upper())
-    if not out:
-        raise SYNTAX("Empty STATUS item list")
-    return out
-
-
-def _decode_pattern(raw: bytes, utf8: bool) -> str:
-    """A LIST pattern with wildcards: decoded like a name, the wildcards kept."""
-    if utf8 or not raw.isascii():
-        return raw.decode("utf-8", "replace")
-    pieces = re.split(rb"([%*])", raw)
-    out = []
-    for p in pieces:
-        if p in (b"%", b"*") or not p:
-            out.append(p.decode())
-        else:
-            try:
-                out.append(core.mutf7_decode(p))
-            except core.IMAPSyntaxError:
-                out.append(p.decode("ascii"))
-    return "".join(out)
-
-
-def _pattern_regex(pattern: str) -> re.Pattern[str]:
-    """"*" matches anything, "%" anything but the delimiter (RFC 9051 §6.3.9)."""
-    out = []
-    for ch in pattern:
-        if ch == "*":
-            out.append(".*")
-        elif ch == "%":
-            out.append("[^/]*")
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out) + r"\Z", re.S)
 
 
 _MAILBOX_ERRORS = {

@@ -15,7 +15,8 @@ from typing import Any
 
 from fastmail._core import imap as core
 from fastmail.store import mime
-from fastmail.store.mailboxes import Message
+from fastmail.store.mailboxes import Mailboxes, Message
+from fastmail.store.store import StoreError
 
 _MACROS = {
     "ALL": ["FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"],
@@ -260,3 +261,38 @@ class Fetcher:
         if name.startswith("BINARY") and b"\0" in data:
             return label + b" ~{%d}\r\n" % len(data) + data
         return label + b" " + literal(data)
+
+
+BATCH = 256  # messages whose index entries and locations are read in one transaction
+
+
+class Batch:
+    """Reads the index entries and blob locations of a run of messages in one read transaction each
+    (instead of one per message and item), then serves them to FETCH / SEARCH."""
+
+    def __init__(self, boxes: Mailboxes, meta: bool, body: bool) -> None:
+        self.boxes = boxes
+        self.want_meta = meta
+        self.want_body = body
+        self._metas: dict[bytes, bytes] = {}
+        self._locs: dict[bytes, bytes] = {}
+
+    def load(self, msgs: list[Message]) -> None:
+        blobs = [m.blob for m in msgs]
+        self._metas = self.boxes.metas(blobs) if self.want_meta else {}
+        self._locs = self.boxes.locations(blobs) if self.want_body else {}
+
+    def meta(self, blob: bytes) -> dict[str, Any] | None:
+        found = self._metas.get(blob)
+        return self.boxes.parse_meta(found) if found is not None else self.boxes.meta(blob)
+
+    def body(self, blob: bytes) -> bytes:
+        loc = self._locs.get(blob)
+        return self.boxes.read_at(loc) if loc is not None else self.boxes.body(blob)
+
+    def safe_body(self, blob: bytes) -> bytes:
+        """The bytes, or b"" when the message was expunged (and its blob released) meanwhile."""
+        try:
+            return self.body(blob)
+        except StoreError:
+            return b""

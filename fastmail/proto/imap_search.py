@@ -10,16 +10,17 @@ them, once per message.
 
 from __future__ import annotations
 
+import binascii
 import calendar
-import email.header
 import email.utils
+import re
 from collections.abc import Callable
 from typing import Any
 
 from fastmail._core import imap as core
-from fastmail.proto.imap_fetch import decode_cte
+from fastmail.proto.imap_fetch import BATCH, Batch, decode_cte
 from fastmail.store import mime
-from fastmail.store.mailboxes import Message
+from fastmail.store.mailboxes import Mailboxes, Message
 
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _FLAG_KEYS = {
@@ -80,14 +81,29 @@ class Item:
         return self._text
 
 
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
+_BETWEEN_WORDS = re.compile(r"(\?=)\s+(=\?)")
+
+
+def _decode_word(m: re.Match[str]) -> str:
+    charset, enc, text = m.group(1), m.group(2), m.group(3)
+    charset = charset.split("*", 1)[0]  # RFC 2231 language suffix
+    try:
+        if enc in "bB":
+            data = binascii.a2b_base64(text + "=" * (-len(text) % 4))
+        else:
+            data = binascii.a2b_qp(text.replace("_", " ").encode("ascii", "replace"), header=True)
+        return data.decode(charset, "replace")
+    except (LookupError, binascii.Error, ValueError):
+        return m.group(0)
+
+
 def decode_words(value: str) -> str:
-    """RFC 2047 encoded-words decoded (best effort: a broken word stays as written)."""
+    """RFC 2047 encoded-words decoded (white space between two adjacent words dropped, §6.2); a broken
+    word stays as written."""
     if "=?" not in value:
         return value
-    try:
-        return str(email.header.make_header(email.header.decode_header(value)))
-    except (ValueError, LookupError, UnicodeError, email.errors.HeaderParseError):
-        return value
+    return _ENCODED_WORD.sub(_decode_word, _BETWEEN_WORDS.sub(r"\1\2", value))
 
 
 def parse_header(head: bytes) -> list[tuple[str, str]]:
@@ -194,6 +210,8 @@ class Parser:
         self.i = 0
         self.resolve = resolve
         self.modseq = False  # a MODSEQ key was used: the response carries (MODSEQ n)
+        self.needs_meta = False  # some key reads the index entry (envelope, section map)
+        self.needs_body = False  # some key reads the message bytes
 
     def parse(self) -> Pred:
         if self.i < len(self.args) and type(self.args[self.i]) is str and self.args[self.i].upper() == "CHARSET":
@@ -225,6 +243,8 @@ class Parser:
             while sub.i < len(tok):
                 preds.append(sub.key())
             self.modseq |= sub.modseq
+            self.needs_meta |= sub.needs_meta
+            self.needs_body |= sub.needs_body
             if not preds:
                 raise SYNTAX("Empty parenthesized search key")
             return _all(preds)
@@ -245,19 +265,24 @@ class Parser:
             want = k == "KEYWORD"
             return lambda it: any(f.lower() == word for f in it.msg.flags) == want
         if k in _HEADER_KEYS:
-            return _header_pred(_HEADER_KEYS[k], _string(self._take()))
+            self.needs_meta = True  # answered from the envelope computed at delivery
+            return _envelope_pred(_HEADER_KEYS[k], _string(self._take()))
         if k == "HEADER":
+            self.needs_meta = self.needs_body = True
             field = _string(self._take()).lower()
             return _header_pred(field, _string(self._take()))
         if k == "BODY":
+            self.needs_meta = self.needs_body = True
             needle = _string(self._take()).casefold()
             return lambda it: needle in it.text()
         if k == "TEXT":
+            self.needs_meta = self.needs_body = True
             needle = _string(self._take()).casefold()
             return lambda it: needle in it.text() or any(needle in f"{n}: {v}".casefold() for n, v in it.headers())
         if k in _DATE_KEYS:
             day = _date(self._take())
             if k.startswith("SENT"):
+                self.needs_meta = True
                 return _sent_pred(k[4:], day)
             return _date_pred(k, day, lambda it: _day(it.msg.internaldate))
         if k in ("LARGER", "SMALLER"):
@@ -306,6 +331,41 @@ def _header_pred(field: str, needle: str) -> Pred:
 
     def pred(it: Item) -> bool:
         return any(n == field and folded in v.casefold() for n, v in it.headers())
+
+    return pred
+
+
+_ENVELOPE_INDEX = {"subject": 1, "from": 2, "to": 5, "cc": 6, "bcc": 7}
+
+
+def _address_text(addrs: Any) -> str:
+    """An envelope address list as text to search in: 'Name <mailbox@host>, ...' with the name's
+    encoded-words decoded (group markers give the group's name)."""
+    if not addrs:
+        return ""
+    out = []
+    for name, _adl, mailbox, host in addrs:
+        addr = f"{mailbox}@{host}" if mailbox and host else (mailbox or "")
+        if name:
+            out.append(f"{decode_words(name)} <{addr}>" if addr else decode_words(name))
+        elif addr:
+            out.append(addr)
+    return ", ".join(out)
+
+
+def _envelope_pred(field: str, needle: str) -> Pred:
+    """SUBJECT / FROM / TO / CC / BCC: a case-insensitive substring of the field as the envelope holds it
+    (RFC 2047 decoded), without reading the message."""
+    folded = needle.casefold()
+    index = _ENVELOPE_INDEX[field]
+
+    def pred(it: Item) -> bool:
+        env = it.meta().get("envelope") or [None] * 10
+        value = env[index]
+        if value is None:
+            return False
+        text = decode_words(value) if index == 1 else _address_text(value)
+        return folded in text.casefold()
 
     return pred
 
@@ -379,3 +439,15 @@ def esearch(tag: bytes, uid: bool, opts: set[str], numbers: list[int], modseq: i
     if modseq is not None and numbers:
         out.append(b"MODSEQ %d" % modseq)
     return b" ".join(out) + b"\r\n"
+
+
+def run_search(snapshot: list[tuple[int, Message]], pred: Callable[[Item], bool],
+                boxes: Mailboxes, meta: bool, body: bool) -> list[tuple[int, Message]]:
+    """Evaluate a search predicate over the session's messages (run off the loop: it may read bodies)."""
+    loader = Batch(boxes, meta, body)
+    out: list[tuple[int, Message]] = []
+    for start in range(0, len(snapshot), BATCH):
+        chunk = snapshot[start: start + BATCH]
+        loader.load([m for _, m in chunk])
+        out.extend((seq, m) for seq, m in chunk if pred(Item(m, seq, loader.safe_body, loader.meta)))
+    return out

@@ -175,6 +175,37 @@ class Mailboxes:
                 rec["deleted"] = sum(1 for m in self.messages(mailbox_id, txn) if DELETED in m.flags)
             return rec
 
+    def metas(self, blobs: list[bytes]) -> dict[bytes, bytes]:
+        """Index entries (msgmeta) of many messages read in one transaction (FETCH/SEARCH batches), still
+        encoded: parse each with parse_meta() when it is used, so that a batch of parsed entries does not
+        sit in memory (and in the garbage collector's way) at once."""
+        out: dict[bytes, bytes] = {}
+        db = self.db["msgmeta"]
+        with self.store.read() as txn:
+            for blob in blobs:
+                raw = txn.get(blob, db=db)
+                if raw is not None:
+                    out[blob] = bytes(raw)
+        return out
+
+    @staticmethod
+    def parse_meta(raw: bytes) -> dict[str, Any]:
+        return R.loads(raw)  # type: ignore[no-any-return]
+
+    def locations(self, blobs: list[bytes]) -> dict[bytes, bytes]:
+        """Segment locations of many blobs read in one transaction; read them with read_at()."""
+        out = {}
+        db = self.db["blobs"]
+        with self.store.read() as txn:
+            for blob in blobs:
+                raw = txn.get(blob, db=db)
+                if raw is not None:
+                    out[blob] = bytes(raw[:24])
+        return out
+
+    def read_at(self, location: bytes) -> bytes:
+        return self.store.segments.read(location)
+
     def body(self, blob: bytes) -> bytes:
         return self.store.read_blob(blob)
 
