@@ -8,12 +8,12 @@ Message i depends only on (seed, i): the first 100 messages of a 10,000-message 
 mailbox.  The bytes are built by hand (not by the `email` package, whose output changes between Python
 versions), CRLF line ends, no line longer than 998 octets, headers folded under 78.
 
-What a mailbox of the default size looks like (seed 1, 10,000 messages, ~190 MiB):
+What a mailbox of the default size looks like (seed 1, 10,000 messages, 343 MiB, median 11.9 KB):
 
-- single text/plain (55%), in us-ascii, utf-8 or iso-8859-1, as 7bit, 8bit, quoted-printable or base64;
-- multipart/alternative text + HTML (24%), some with multipart/related (HTML + inline image) inside;
-- multipart/mixed with a body (text or alternative) and 1-3 small attachments of 5-60 KiB (12%), or one
-  large attachment of 100 KiB - 2 MiB (2.5%), base64 in 76-character lines;
+- single text/plain (60%), in us-ascii, utf-8 or iso-8859-1, as 7bit, 8bit, quoted-printable or base64;
+- multipart/alternative text + HTML (21%), and 3% with multipart/related (HTML + inline image) inside;
+- multipart/mixed with a body (text or alternative) and 1-3 small attachments of 5-40 KiB (12%), or one
+  large attachment of 100 KiB - 2 MiB (1.5%), base64 in 76-character lines;
 - multipart/mixed forwarding a message/rfc822 (2%);
 - text bodies mostly 2-20 KiB (log-uniform), some short notes and some 20-60 KiB;
 - From/To/Cc with display names, a fifth of them RFC 2047 encoded words (UTF-8 B and Q, ISO-8859-1 Q), and
