@@ -22,7 +22,8 @@ def test_defaults_are_the_dev_server():
     assert [(s.name, s.address) for s in cfg.listeners] == [
         ("smtp", ("127.0.0.1", 2525)), ("submission", ("127.0.0.1", 2587)),
         ("submissions", ("127.0.0.1", 2465)), ("lmtp", ("127.0.0.1", 2424)),
-        ("imap", ("127.0.0.1", 1143)), ("imaps", ("127.0.0.1", 1993))]
+        ("imap", ("127.0.0.1", 1143)), ("imaps", ("127.0.0.1", 1993)),
+        ("pop3", ("127.0.0.1", 1110)), ("pop3s", ("127.0.0.1", 1995))]
     assert cfg.smtp_max_recipients == 100 and cfg.workers >= 1
 
 
