@@ -3,7 +3,8 @@ client, and the untagged updates that bring the client up to date (RFC 9051 §5.
 
 The view changes only through `sync()`, and `sync()` reads the store only when the mailbox's highest
 mod-sequence moved (every change bumps it: delivery, flags, expunge, copy in), so a command on an unchanged
-mailbox costs one record read.  Expunges found while EXPUNGE responses are not allowed (during FETCH, STORE,
+mailbox costs one record read; when it moved, it reads only the messages changed since (the `modseqs`
+index of fastmail.store.changes), whatever the size of the mailbox.  Expunges found while EXPUNGE responses are not allowed (during FETCH, STORE,
 SEARCH: RFC 9051 §7.5.1) stay in the view as `gone` until a command that allows them.
 """
 
@@ -79,31 +80,31 @@ class View:
             self.deleted = True
             self.gone.update(self.uids)
         elif rec["modseq"] != self.modseq:
-            snap = self.boxes.snapshot(self.id)
-            if snap is None:
+            found = self.boxes.changes_since(self.id, self.modseq)
+            if found is None:
                 self.deleted = True
                 self.gone.update(self.uids)
             else:
-                rec, messages = snap
-                current = {m.uid: m for m in messages}
-                for u in self.uids:
-                    if u not in current:
+                rec, changed, expunged = found
+                for u in expunged:
+                    if u in self.msgs:
                         self.gone.add(u)
+                top = self.uids[-1] if self.uids else 0
                 added = []
-                for m in messages:
+                for m in changed:
                     old = self.msgs.get(m.uid)
                     if old is None:
-                        added.append(m)
+                        if m.uid > top:  # UIDs only grow: anything else was expunged before we saw it
+                            added.append(m)
                     elif old.modseq != m.modseq:
-                        changed = old.flags != m.flags
+                        flags_differ = old.flags != m.flags
                         self.msgs[m.uid] = m
-                        if changed or condstore:
+                        if (flags_differ or condstore) and m.uid not in self.gone:
                             out.append(self.fetch_flags(m, True, condstore))
-                top = self.uids[-1] if self.uids else 0
+                added.sort(key=lambda m: m.uid)
                 for m in added:
-                    if m.uid > top:  # UIDs only grow: anything else was expunged before we saw it
-                        self.uids.append(m.uid)
-                        self.msgs[m.uid] = m
+                    self.uids.append(m.uid)
+                    self.msgs[m.uid] = m
                 self.modseq = rec["modseq"]
                 self.uidnext = rec["uidnext"]
         if allow_expunge and self.gone:

@@ -11,6 +11,11 @@ changed mailboxes, so thousands of idle sessions cost one read per poll per work
 A worker that fell more than WINDOW changes behind gets None ("anything may have changed") and wakes all
 its sessions, which is always safe: a woken session re-reads its mailbox and finds what differs.
 
+The second index here, `modseqs` (mailbox id, mod-sequence, uid), lists each mailbox's messages by the
+mod-sequence of their last change, expunges included: a session that knows its mailbox up to mod-sequence
+N reads only what changed after N (`since`), instead of every message of the mailbox.  Every writer of a
+message record keeps it (`note`): delivery, APPEND, STORE, COPY/MOVE, EXPUNGE (IMAP and POP3).
+
 Why a log in LMDB rather than a pipe or a socket between workers: LMDB is already shared by every
 process (workers, the delivery runner, the CLI), it survives a worker being replaced, and the writer
 needs no knowledge of who listens.
@@ -59,3 +64,41 @@ def poll(txn: lmdb.Transaction, dbs: dict[str, Any], since: int) -> tuple[int, s
             break
         out.add(R.U64.unpack(value)[0])
     return seq, out
+
+
+EXPUNGED = b"x"
+
+
+def note(txn: lmdb.Transaction, dbs: dict[str, Any], mailbox_id: int, uid: int, modseq: int,
+         old_modseq: int | None = None, expunged: bool = False) -> None:
+    """Index message `uid` of `mailbox_id` under its new mod-sequence (dropping its entry under the old
+    one): changed (or new) when present, EXPUNGED when it was removed."""
+    db = dbs["modseqs"]
+    if old_modseq is not None:
+        txn.delete(R.MODSEQ_KEY.pack(mailbox_id, old_modseq, uid), db=db)
+    txn.put(R.MODSEQ_KEY.pack(mailbox_id, modseq, uid), EXPUNGED if expunged else b"", db=db)
+
+
+def since(txn: lmdb.Transaction, dbs: dict[str, Any], mailbox_id: int, modseq: int) -> list[tuple[int, bool]]:
+    """(uid, expunged) of every message of the mailbox changed, added or expunged after `modseq`, in
+    mod-sequence order."""
+    out: list[tuple[int, bool]] = []
+    cur = txn.cursor(db=dbs["modseqs"])
+    if not cur.set_range(R.MODSEQ_KEY.pack(mailbox_id, modseq + 1, 0)):
+        return out
+    prefix = R.U64.pack(mailbox_id)
+    for key, value in cur:
+        if key[:8] != prefix:
+            break
+        out.append((R.MODSEQ_KEY.unpack(key)[2], value == EXPUNGED))
+    return out
+
+
+def drop(txn: lmdb.Transaction, dbs: dict[str, Any], mailbox_id: int) -> None:
+    """Forget a deleted mailbox's entries."""
+    cur = txn.cursor(db=dbs["modseqs"])
+    prefix = R.U64.pack(mailbox_id)
+    if cur.set_range(prefix):
+        while cur.key()[:8] == prefix:
+            if not cur.delete():
+                break

@@ -153,6 +153,26 @@ class Mailboxes:
                 return None
             return rec, self.messages(mailbox_id, txn)
 
+    def changes_since(self, mailbox_id: int, modseq: int) -> tuple[dict[str, Any], list[Message], list[int]] | None:
+        """What happened to the mailbox after mod-sequence `modseq`, read in one transaction: (its record,
+        the messages added or changed since, the UIDs expunged since); None when the mailbox is gone.
+        Costs what changed, not the size of the mailbox (the `modseqs` index, fastmail.store.changes)."""
+        with self.store.read() as txn:
+            rec = self.by_id(mailbox_id, txn)
+            if rec is None:
+                return None
+            changed: list[Message] = []
+            expunged: list[int] = []
+            for uid, gone in changes.since(txn, self.db, mailbox_id, modseq):
+                if gone:
+                    expunged.append(uid)
+                    continue
+                key = R.msg_key(mailbox_id, uid)
+                value = txn.get(key, db=self.db["msgs"])
+                if value is not None:
+                    changed.append(parse_record(key, value))
+            return rec, changed, expunged
+
     def expunged_since(self, mailbox_id: int, modseq: int) -> list[int]:
         """UIDs expunged from the mailbox with a mod-sequence above `modseq` (QRESYNC VANISHED)."""
         lo = R.msg_key(mailbox_id, 0)
@@ -272,6 +292,7 @@ class Mailboxes:
             txn.delete(key, db=self.db["mailboxes"])
             txn.delete(raw, db=self.db["mbox"])
             self._drop_expunged(txn, mid)
+            changes.drop(txn, self.db, mid)
             changes.record(txn, self.db, mid)
 
         self.store._writing(op)
@@ -403,6 +424,7 @@ class Mailboxes:
                 if (SEEN in new) != (SEEN in msg.flags):
                     rec["unseen"] += -1 if SEEN in new else 1
                 rec["modseq"] += 1
+                changes.note(txn, self.db, mailbox_id, uid, rec["modseq"], msg.modseq)
                 msg.flags = new
                 msg.modseq = rec["modseq"]
                 txn.put(key, R.message_record(msg.blob, msg.size, msg.internaldate, new, msg.modseq),
@@ -462,6 +484,7 @@ class Mailboxes:
             key = R.msg_key(rec["id"], m.uid)
             txn.delete(key, db=self.db["msgs"])
             txn.put(key, R.U64.pack(rec["modseq"]), db=self.db["expunged"])
+            changes.note(txn, self.db, rec["id"], m.uid, rec["modseq"], m.modseq, expunged=True)
             if unref:
                 loc = self.store._unref_blob(txn, m.blob)
                 if loc:
@@ -526,6 +549,7 @@ class Mailboxes:
                 drec["unseen"] += 1
             txn.put(R.msg_key(dst, uid), R.message_record(m.blob, m.size, m.internaldate, m.flags, drec["modseq"]),
                     db=self.db["msgs"])
+            changes.note(txn, self.db, dst, uid, drec["modseq"])
             if not move:
                 raw = txn.get(m.blob, db=self.db["blobs"])
                 if raw is not None:

@@ -17,6 +17,7 @@ MSG_KEY = struct.Struct(">QI")  # mailbox id, uid
 USAGE = struct.Struct(">qq")  # bytes, messages (signed: never negative, but a bug must show, not wrap)
 BLOB = struct.Struct(">QQQI")  # segment id, offset, length, references
 SCHEDULE_KEY = struct.Struct(">Q12s")  # next attempt (ms), queue id
+MODSEQ_KEY = struct.Struct(">QQI")  # mailbox id, mod-sequence, uid: a mailbox's changes in modseq order
 
 VERSION = 1
 
@@ -37,6 +38,7 @@ DBS = (
     "schedule",  # SCHEDULE_KEY -> b""
     "expunged",  # mailbox id | uid -> U64 modseq of the expunge (QRESYNC VANISHED, RFC 7162 §3.2.10)
     "changes",  # U64 change number -> U64 mailbox id (fastmail.store.changes: the cross-process signal)
+    "modseqs",  # MODSEQ_KEY (mailbox id, modseq, uid) -> b"" (message changed) / b"x" (expunged)
 )
 
 SPECIAL_FOLDERS = (

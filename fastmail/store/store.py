@@ -542,6 +542,7 @@ class Store:
                 db=db["msgs"],
             )
             changes.record(txn, db, mbox["id"])
+            changes.note(txn, db, mbox["id"], uid, mbox["modseq"])
             outcome.uidvalidity = mbox["uidvalidity"]
             txn.put(ukey, R.USAGE.pack(used + size, count + 1), db=db["usage"])
             outcome.uids[user_id] = uid

@@ -253,3 +253,30 @@ def test_change_log_window(store, boxes, monkeypatch):
         seq = changes.current(txn, store.db)
         assert changes.poll(txn, store.db, seq - 3) == (seq, {inbox})
         assert txn.stat(store.db["changes"])["entries"] == 4
+
+
+def test_changes_since_reads_only_what_changed(store, boxes):
+    u = store.add_user("a@example.org", "h")
+    mid = boxes.get(u, "INBOX")["id"]
+    for _ in range(5):
+        deliver(store, u)
+    base = boxes.get(u, "INBOX")["modseq"]
+    boxes.store_flags(mid, [2], "+", ["\\Seen"])
+    boxes.store_flags(mid, [4], "+", ["\\Deleted"])
+    boxes.expunge(mid)
+    deliver(store, u)
+    other = boxes.create(u, "Other")
+    boxes.copy(mid, other, [1], move=True)
+    rec, changed, expunged = boxes.changes_since(mid, base)
+    assert rec["modseq"] > base
+    assert [m.uid for m in changed] == [2, 6] and changed[0].flags == ["\\Seen"]
+    assert expunged == [4, 1]  # in mod-sequence order
+    _, moved_in, _ = boxes.changes_since(other, 0)
+    assert [m.uid for m in moved_in] == [1]
+    with store.read() as txn:  # one entry per message, under its latest mod-sequence
+        assert sorted(uid for uid, _ in changes.since(txn, store.db, mid, 0)) == [1, 2, 3, 4, 5, 6]
+    assert boxes.changes_since(mid, rec["modseq"]) == (rec, [], [])
+    boxes.delete(u, "Other")
+    assert boxes.changes_since(other, 0) is None
+    with store.read() as txn:
+        assert changes.since(txn, store.db, other, 0) == []
