@@ -513,15 +513,12 @@ class IMAPConnection(MailboxCommands):
             return S.NONEXISTENT
         rec, messages = snap
         view = View(self.boxes, rec, messages, readonly)
-        flags = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]
         for m in messages:
             for f in m.flags:
-                if f not in flags:
-                    flags.append(f)
+                if f not in view.flags:
+                    view.flags.append(f)
         w = self._write
-        w(b"* " + b"FLAGS " + flag_list(flags) + b"\r\n")
-        perm = flag_list(flags + ["\\*"]) if not readonly else b"()"
-        w(b"* OK [PERMANENTFLAGS " + perm + b"] Flags permitted\r\n")
+        self._flags_responses(view)
         w(b"* %d EXISTS\r\n" % len(messages))
         if not self.rev2:
             w(b"* 0 RECENT\r\n")
@@ -538,6 +535,13 @@ class IMAPConnection(MailboxCommands):
         if qresync_args is not None:
             self._qresync(view, qresync_args)
         return S.SELECTED_RO if readonly else S.SELECTED_RW
+
+    def _flags_responses(self, view: View) -> None:
+        """FLAGS and PERMANENTFLAGS: at SELECT, and again when a new keyword comes into use (RFC 9051
+        §7.3.5)."""
+        self._write(b"* FLAGS " + flag_list(view.flags) + b"\r\n")
+        perm = flag_list(view.flags + ["\\*"]) if not view.readonly else b"()"
+        self._write(b"* OK [PERMANENTFLAGS " + perm + b"] Flags permitted\r\n")
 
     def _qresync(self, view: View, args: list[Any]) -> None:
         """SELECT ... (QRESYNC (uidvalidity modseq [known-uids])) (RFC 7162 §3.2.5): what was expunged and
@@ -768,6 +772,10 @@ class IMAPConnection(MailboxCommands):
         if view.readonly:
             return S.READ_ONLY
         live = [u for u in uids if u not in view.gone]
+        new_keywords = [f for f in flags if f not in view.flags]
+        if new_keywords and base != "-FLAGS":
+            view.flags.extend(new_keywords)
+            self._flags_responses(view)
         changed, refused = yield Call(self.boxes.store_flags, (view.id, live, base[0] if base[0] in "+-" else "",
                                                                 flags, unchangedsince))
         view.update(changed)

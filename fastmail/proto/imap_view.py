@@ -33,6 +33,7 @@ class View:
         self.exists_sent = len(self.uids)
         self.gone: set[int] = set()  # expunged in the store, not yet announced
         self.deleted = False  # the mailbox itself was deleted
+        self.flags: list[str] = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft"]  # FLAGS told
 
     # -- numbers -----------------------------------------------------------------------------------------
 

@@ -173,7 +173,11 @@ def test_store_modes_keywords_and_bad_flags(store, user):
     deliver(store, user)
     d = session(store, user)
     d.cmd("s SELECT INBOX")
-    assert d.cmd("a STORE 1 FLAGS (\\seen $Label1)") == [b"* 1 FETCH (FLAGS (\\Seen $Label1))", b"a OK Completed"]
+    # a new keyword: FLAGS and PERMANENTFLAGS again first (RFC 9051 §7.3.5)
+    assert d.cmd("a STORE 1 FLAGS (\\seen $Label1)") == [
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1)",
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1 \\*)] Flags permitted",
+        b"* 1 FETCH (FLAGS (\\Seen $Label1))", b"a OK Completed"]
     assert d.cmd("b STORE 1 -FLAGS \\Seen") == [b"* 1 FETCH (FLAGS ($Label1))", b"b OK Completed"]
     assert d.cmd("c STORE 1 +FLAGS.SILENT (\\Answered)") == [b"c OK Completed"]
     assert d.cmd("d STORE 1 +FLAGS (\\Recent)") == [b"d BAD Invalid system flag"]
