@@ -355,7 +355,7 @@ class IMAPConnection(MailboxCommands):
         ranges = core.parse_sequence_set(token)
         if ranges == core.SEARCHRES:
             saved = self.saved or []
-            return [u for u in saved if u in view.msgs]
+            return [u for u in saved if view.has(u)]
         assert isinstance(ranges, list)
         return view.resolve(ranges, uid)
 
@@ -512,7 +512,7 @@ class IMAPConnection(MailboxCommands):
         if snap is None:
             return S.NONEXISTENT
         rec, messages = snap
-        view = View(self.boxes, rec, messages, readonly)
+        view = View(self.boxes, rec, [m.uid for m in messages], readonly)
         for m in messages:
             for f in m.flags:
                 if f not in view.flags:
@@ -533,7 +533,7 @@ class IMAPConnection(MailboxCommands):
         self.view = view
         self.state = State.SELECTED
         if qresync_args is not None:
-            self._qresync(view, qresync_args)
+            self._qresync(view, qresync_args, messages)
         return S.SELECTED_RO if readonly else S.SELECTED_RW
 
     def _flags_responses(self, view: View) -> None:
@@ -543,7 +543,7 @@ class IMAPConnection(MailboxCommands):
         perm = flag_list(view.flags + ["\\*"]) if not view.readonly else b"()"
         self._write(b"* OK [PERMANENTFLAGS " + perm + b"] Flags permitted\r\n")
 
-    def _qresync(self, view: View, args: list[Any]) -> None:
+    def _qresync(self, view: View, args: list[Any], messages: list[Message]) -> None:
         """SELECT ... (QRESYNC (uidvalidity modseq [known-uids])) (RFC 7162 §3.2.5): what was expunged and
         what changed since the client's mod-sequence."""
         if len(args) < 2:
@@ -564,8 +564,7 @@ class IMAPConnection(MailboxCommands):
         vanished = [u for u in self.boxes.expunged_since(view.id, modseq) if known is None or u in known]
         if vanished:
             self._write(b"* VANISHED (EARLIER) " + compress(vanished).encode() + b"\r\n")
-        for uid in view.uids:
-            m = view.msgs[uid]
+        for m in messages:
             if m.modseq > modseq:
                 self._write(view.fetch_flags(m, True, True))
 
@@ -659,8 +658,7 @@ class IMAPConnection(MailboxCommands):
         pred = parser.parse()
         if parser.modseq:
             self.condstore = True
-        snapshot = [(view.seq(u), view.msgs[u]) for u in view.uids]
-        matched: list[tuple[int, Message]] = yield Call(run_search, (snapshot, pred, self.boxes,
+        matched: list[tuple[int, Message]] = yield Call(run_search, (view.id, list(view.uids), pred, self.boxes,
                                                                           parser.needs_meta, parser.needs_body))
         numbers = [m.uid if uid else seq for seq, m in matched]
         modseq = max((m.modseq for _, m in matched), default=0) if parser.modseq else None
@@ -716,22 +714,23 @@ class IMAPConnection(MailboxCommands):
                 gone = [u for u in gone if any(lo <= u <= (hi or u) for lo, hi in ranges) and u not in wanted]
             if gone:
                 self._write(b"* VANISHED (EARLIER) " + compress(gone).encode() + b"\r\n")
-        msgs = [view.msgs[u] for u in uids]
-        if changedsince is not None:
-            msgs = [m for m in msgs if m.modseq > changedsince]
         seen_set: set[int] = set()
         if sets_seen(items) and not view.readonly:
-            unseen = [m.uid for m in msgs if M.SEEN not in m.flags and m.uid not in view.gone]
-            if unseen:
-                changed, _ = yield Call(self.boxes.store_flags, (view.id, unseen, "+", [M.SEEN]))
+            live = [u for u in uids if u not in view.gone]
+            if live:  # store_flags changes only those not seen yet
+                changed, _ = yield Call(self.boxes.store_flags, (view.id, live, "+", [M.SEEN]))
                 view.update(changed)
-                seen_set = {m.uid for m in changed}
-                msgs = [view.msgs[m.uid] for m in msgs]
+                seen_set = {m.uid for m in changed if changedsince is None or m.modseq > changedsince}
         loader = Batch(self.boxes, needs_meta(items), needs_body(items))
         fetcher = Fetcher(items, loader.body, loader.meta, uid, changedsince is not None)
         issued = False
-        for start in range(0, len(msgs), BATCH):
-            chunk = msgs[start: start + BATCH]
+        for start in range(0, len(uids), BATCH):
+            want = uids[start: start + BATCH]
+            chunk = view.messages(want)  # current flags; the expunged are missing
+            if len(chunk) < len(want):
+                issued = True
+            if changedsince is not None:
+                chunk = [m for m in chunk if m.modseq > changedsince]
             loader.load(chunk)
             for m in chunk:
                 try:
@@ -781,10 +780,9 @@ class IMAPConnection(MailboxCommands):
         view.update(changed)
         if not silent or unchangedsince is not None:
             done = {m.uid for m in changed}
-            for u in live:
-                if u in refused or (silent and u not in done):
-                    continue
-                self._write(view.fetch_flags(view.msgs[u], uid, self.condstore))
+            show = [u for u in live if u not in refused and (not silent or u in done)]
+            for m in view.messages(show):
+                self._write(view.fetch_flags(m, uid, self.condstore))
         if refused:
             nums = refused if uid else [view.seq(u) for u in refused]
             return S.MODIFIED.with_code("MODIFIED " + compress(nums))

@@ -441,13 +441,15 @@ def esearch(tag: bytes, uid: bool, opts: set[str], numbers: list[int], modseq: i
     return b" ".join(out) + b"\r\n"
 
 
-def run_search(snapshot: list[tuple[int, Message]], pred: Callable[[Item], bool],
-                boxes: Mailboxes, meta: bool, body: bool) -> list[tuple[int, Message]]:
-    """Evaluate a search predicate over the session's messages (run off the loop: it may read bodies)."""
+def run_search(mailbox_id: int, uids: list[int], pred: Pred, boxes: Mailboxes, meta: bool,
+               body: bool) -> list[tuple[int, Message]]:
+    """Evaluate a search predicate over the session's messages, `uids` being its view in sequence order
+    (run off the loop: it may read bodies).  Messages expunged meanwhile do not match."""
     loader = Batch(boxes, meta, body)
     out: list[tuple[int, Message]] = []
-    for start in range(0, len(snapshot), BATCH):
-        chunk = snapshot[start: start + BATCH]
+    for start in range(0, len(uids), BATCH):
+        found = boxes.records(mailbox_id, uids[start: start + BATCH])
+        chunk = [(seq, found[u]) for seq, u in enumerate(uids[start: start + BATCH], start + 1) if u in found]
         loader.load([m for _, m in chunk])
         out.extend((seq, m) for seq, m in chunk if pred(Item(m, seq, loader.safe_body, loader.meta)))
     return out

@@ -145,6 +145,18 @@ class Mailboxes:
                 out.append(parse_record(k, v))
         return out
 
+    def records(self, mailbox_id: int, uids: list[int]) -> dict[int, Message]:
+        """The messages `uids` of the mailbox that still exist, read in one transaction."""
+        out: dict[int, Message] = {}
+        db = self.db["msgs"]
+        with self.store.read() as txn:
+            for uid in uids:
+                key = R.msg_key(mailbox_id, uid)
+                value = txn.get(key, db=db)
+                if value is not None:
+                    out[uid] = parse_record(key, value)
+        return out
+
     def snapshot(self, mailbox_id: int) -> tuple[dict[str, Any], list[Message]] | None:
         """The mailbox record and its messages, read in one transaction (consistent with each other)."""
         with self.store.read() as txn:
