@@ -28,11 +28,11 @@ class ImapTarget(ABC):
         """Fresh state under workdir, USER able to log in with PASSWORD; return once the IMAP port greets.
         A target that seeds from files (Dovecot's Maildir) writes `messages` before it starts."""
 
-    async def seed(self, messages: list[Message], seed: int) -> dict[str, Any]:
-        """Fill USER's INBOX with `messages`, each with its INTERNALDATE.  Default: APPEND over IMAP on one
+    async def seed(self, messages: list[Message], seed: int, user: str = USER) -> dict[str, Any]:
+        """Fill `user`'s INBOX with `messages`, each with its INTERNALDATE.  Default: APPEND over IMAP on one
         connection (LITERAL+ when offered), one after the other, so that UIDs follow the generator's order."""
         c = await Client.connect(self.host, self.port)
-        await c.login(USER, PASSWORD)
+        await c.login(user, PASSWORD)
         total = 0
         for m in messages:
             await c.append("INBOX", m.data, date=imap_date(m.internaldate))

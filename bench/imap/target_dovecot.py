@@ -114,6 +114,11 @@ class DovecotTarget(ImapTarget):
             return "a private Dovecot instance needs root (its master forks as the mail user)"
         return None
 
+    def users(self, messages: list[Message]) -> list[tuple[str, list[Message]]]:
+        """Each user of the instance with what its INBOX is seeded with (here USER alone; the POP3 bench
+        adds its parallel users)."""
+        return [(USER, messages)]
+
     def _conf(self, dir: Path | str, uid: Any) -> str:
         return CONF.format(dir=dir, port=self.port or "PORT", uid=uid, limit=self.limit,
                            client_limit=self.client_limit)
@@ -129,15 +134,21 @@ class DovecotTarget(ImapTarget):
                 self.inotify_was = now
         except (OSError, ValueError):
             pass
-        home = self.dir / "home" / "bench"
         for sub in ("run", "state", "home"):
             (self.dir / sub).mkdir(parents=True)
-        home.mkdir()
-        os.chown(home, uid, gid)
-        self.maildir = home / "Maildir"
-        if self.seed_method == "maildir-files":
-            write_maildir(iter(messages), self.maildir, seed, uid, gid)
-        (self.dir / "passwd").write_text(f"{USER}:{self._password()}:{uid}:{gid}::{home}::\n")
+        password = self._password()  # one hash for every user: the same password, the same cost per login
+        passwd = []
+        for user, msgs in self.users(messages):
+            home = self.dir / "home" / user.split("@")[0]
+            home.mkdir()
+            os.chown(home, uid, gid)
+            maildir = home / "Maildir"
+            if user == USER:
+                self.maildir = maildir
+            if self.seed_method == "maildir-files":
+                write_maildir(iter(msgs), maildir, seed, uid, gid)
+            passwd.append(f"{user}:{password}:{uid}:{gid}::{home}::\n")
+        (self.dir / "passwd").write_text("".join(passwd))
         self.conf = self.dir / "dovecot.conf"
         self.conf.write_text(self._conf(self.dir, uid))
         log = self.dir / "dovecot.stderr"

@@ -102,7 +102,8 @@ workers = {self.workers}
         self.config.write_text(self._config_text(self.workdir / "data", self.ports))
         self._smtp.config = self.config
         self._smtp._cli("domain", "add", DOMAIN)
-        self._smtp._cli("user", "add", USER, "--password-stdin", input=PASSWORD.encode() + b"\n")
+        for user in self.users():
+            self._smtp._cli("user", "add", user, "--password-stdin", input=PASSWORD.encode() + b"\n")
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen([self.python, "-m", "fastmail", "serve", "-c", str(self.config)],
                                          stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
@@ -113,9 +114,13 @@ workers = {self.workers}
             self.stop()
             raise RuntimeError(f"fastmail did not start: {e}\n{self.log.read_text()[-2000:]}") from e
 
-    async def seed(self, messages: list[Message], seed: int) -> dict[str, Any]:
-        if self.seed_method != "smtp":
-            return await super().seed(messages, seed)
+    def users(self) -> list[str]:
+        """The accounts added before the start (here USER alone; the POP3 bench adds its parallel users)."""
+        return [USER]
+
+    async def seed(self, messages: list[Message], seed: int, user: str = USER) -> dict[str, Any]:
+        if self.seed_method != "smtp" or user != USER:
+            return await super().seed(messages, seed, user)
         return await asyncio.to_thread(self._seed_smtp, messages)
 
     def _seed_smtp(self, messages: list[Message]) -> dict[str, Any]:
