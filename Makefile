@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test compile bench bench-load bench-smtp bench-imap bench-deps system-deps clean
+.PHONY: serve test compile bench bench-load bench-smtp bench-imap bench-pop3 bench-deps system-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -49,13 +49,19 @@ bench-load: bench-smtp
 bench-imap: bench-deps compile
 	$(BIN)/python -m bench.load_imap $(BENCH_ARGS)
 
+# The POP3 benchmark (issue #5): fastmail vs the same private Dovecot instance (protocols imap pop3) on the
+# same generated 10,000-message mailbox, plus 10 users with 1,000 messages each; every op 3 rounds; table +
+# JSON in bench/results/.  Needs root.  E.g. make bench-pop3 BENCH_ARGS="--quick".
+bench-pop3: bench-deps compile
+	$(BIN)/python -m bench.load_pop3 $(BENCH_ARGS)
+
 # Debian's postfix package brings smtp-source, smtp-sink and postfix itself (the SMTP peer);
-# dovecot-imapd brings dovecot and doveadm (the IMAP peer).
+# dovecot-imapd brings dovecot and doveadm (the IMAP peer), dovecot-pop3d its pop3 (the POP3 peer).
 bench-deps:
 	@command -v smtp-source >/dev/null && command -v smtp-sink >/dev/null && command -v postfix >/dev/null \
-	  && command -v dovecot >/dev/null && command -v doveadm >/dev/null || { \
+	  && command -v dovecot >/dev/null && command -v doveadm >/dev/null && test -x /usr/lib/dovecot/pop3 || { \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-	    postfix dovecot-imapd ; }
+	    postfix dovecot-imapd dovecot-pop3d ; }
 
 clean:
 	rm -rf build $(VENV) fastmail/_core/*.c fastmail/_core/*.so *.egg-info
