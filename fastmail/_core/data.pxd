@@ -34,5 +34,8 @@ cdef class DataDecoder:
 
 cpdef bytes dot_stuff(bytes body)
 
+@cython.locals(i=Py_ssize_t, start=Py_ssize_t, lead=bint)
+cpdef list dot_stuff_parts(bytes body)
+
 @cython.locals(nl=Py_ssize_t, bare=Py_ssize_t)
 cpdef tuple crlf_normalize(bytes data, bint after_cr=*)

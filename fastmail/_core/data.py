@@ -232,6 +232,31 @@ def dot_stuff(body: bytes) -> bytes:
     return body
 
 
+MAX_STUFF_PARTS = 256  # past this many stuffed lines, one copy is cheaper than that many buffers
+
+
+def dot_stuff_parts(body: bytes) -> list:
+    """dot_stuff(body) as a list of buffers (bytes and memoryview slices of `body`) whose concatenation
+    is the stuffed body, without copying `body`: for writing a large message with writelines.  A body
+    with very many lines starting with "." comes back as one stuffed copy instead."""
+    i: cython.Py_ssize_t = body.find(b"\n.")
+    lead = body[:1] == b"."
+    if i < 0 and not lead:
+        return [body]
+    parts: list = [b"."] if lead else []
+    view = memoryview(body)
+    start: cython.Py_ssize_t = 0
+    while i >= 0:
+        if len(parts) >= MAX_STUFF_PARTS:
+            return [dot_stuff(body)]
+        parts.append(view[start:i + 1])
+        parts.append(b".")
+        start = i + 1
+        i = body.find(b"\n.", i + 2)
+    parts.append(view[start:])
+    return parts
+
+
 def crlf_normalize(data: bytes, after_cr: bool = False) -> tuple[bytes, bool]:
     """Store every bare LF as CRLF (RFC 5321 §2.3.8); return (data, whether a bare LF was found).
 

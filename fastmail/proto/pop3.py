@@ -126,12 +126,15 @@ def err(text: str) -> bytes:
     return f"-ERR {text}\r\n".encode()
 
 
+def multiline_parts(first: bytes, body: bytes) -> list[bytes | memoryview]:
+    """A multi-line response (RFC 1939 §3) as buffers to write in turn: the status line, the dot-stuffed
+    body, CRLF "." CRLF.  Not joined: a message is large, and joining would copy it once more."""
+    end = b".\r\n" if not body or body.endswith(b"\r\n") else b"\r\n.\r\n"
+    return [first, *core_data.dot_stuff_parts(body), end]
+
+
 def multiline(first: bytes, body: bytes) -> bytes:
-    """A multi-line response (RFC 1939 §3): dot-stuffed body, ending in CRLF "." CRLF."""
-    body = core_data.dot_stuff(body)
-    if body and not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    return first + body + b".\r\n"
+    return b"".join(multiline_parts(first, body))  # type: ignore[arg-type]  # memoryview is a buffer
 
 
 def top_of(raw: bytes, lines: int) -> bytes:
@@ -165,7 +168,7 @@ class POP3Connection:
         self.auth_failures = 0
         self._user_arg: str | None = None  # USER given, PASS expected
         self._lines = core_lines.LineReader(MAX_LINE)
-        self._out: list[bytes] = []
+        self._out: list[bytes | memoryview] = []
         self._requests: list[Request] = []
         self._resume_state = State.AUTHORIZATION
         self._sasl: tuple[str, str] | None = None  # (mechanism, step or username so far)
@@ -181,8 +184,13 @@ class POP3Connection:
         self._process()
 
     def take_output(self) -> bytes:
-        out = b"".join(self._out)
+        out = b"".join(self._out)  # type: ignore[arg-type]
         self._out.clear()
+        return out
+
+    def take_output_parts(self) -> list[bytes | memoryview]:
+        """The output as the buffers it was made of (for writelines: no copy of a retrieved message)."""
+        out, self._out = self._out, []
         return out
 
     def next_request(self) -> Request | None:
@@ -223,9 +231,9 @@ class POP3Connection:
         if raw is None:
             self._out.append(err(f"[SYS/PERM] Message {req.number} was removed by another session"))
         elif req.top is None:
-            self._out.append(multiline(ok(f"{len(raw)} octets"), raw))
+            self._out += multiline_parts(ok(f"{len(raw)} octets"), raw)
         else:
-            self._out.append(multiline(ok("Top of message follows"), top_of(raw, req.top)))
+            self._out += multiline_parts(ok("Top of message follows"), top_of(raw, req.top))
         self._resume(State.TRANSACTION)
 
     def update_done(self, ok_: bool, removed: int = 0) -> None:
@@ -540,4 +548,4 @@ _TRANSACTION = {
 }
 
 __all__ = ["Close", "Entry", "Fetch", "Limits", "Login", "LoginFailed", "Maildrop", "POP3Connection",
-           "Request", "Session", "StartTLS", "State", "Update", "multiline", "top_of"]
+           "Request", "Session", "StartTLS", "State", "Update", "multiline", "multiline_parts", "top_of"]

@@ -136,9 +136,11 @@ class POP3Protocol(asyncio.Protocol):
         if conn is None or transport is None or transport.is_closing():
             return
         while True:
-            out = conn.take_output()
-            if out:
-                transport.write(out)
+            out = conn.take_output_parts()
+            if len(out) == 1:
+                transport.write(out[0])
+            elif out:
+                transport.writelines(out)  # a retrieved message goes out without being joined (copied)
             request = conn.next_request()
             if request is None:
                 break

@@ -205,3 +205,14 @@ def test_dot_stuff(data, body, stuffed):
 )
 def test_crlf_normalize(data, raw, after_cr, out, bare):
     assert data.crlf_normalize(raw, after_cr) == (out, bare)
+
+
+@pytest.mark.parametrize("body", [
+    b"", b"plain\r\n", b".lead\r\n", b"a\r\n.b\r\n..c\r\n", b"\n.\n.\n.", b"x\n." * 300, b".\r\n" * 1000,
+])
+def test_dot_stuff_parts_is_dot_stuff_without_copies(data, body):
+    parts = data.dot_stuff_parts(body)
+    assert b"".join(parts) == data.dot_stuff(body)
+    assert len(parts) <= data.MAX_STUFF_PARTS + 1
+    if body.count(b"\n.") < 100:  # few stuffed lines: the body's bytes are shared, not copied
+        assert all(type(p) is memoryview or len(p) <= 1 or p is body for p in parts)
