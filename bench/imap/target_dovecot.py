@@ -163,13 +163,13 @@ class DovecotTarget(ImapTarget):
             raise RuntimeError(f"dovecot did not start: {e}\n{log.read_text()[-1500:]}\n{self._log_tail()}") from e
 
     def _password(self) -> str:
-        """The passdb entry.  argon2id (default): a hash made by argon2-cffi with the parameters fastmail
-        uses (its PasswordHasher() defaults, RFC 9106 low-memory: t=3, m=64 MiB, p=4), which Dovecot's
-        {ARGON2ID} scheme (libsodium) verifies, so a LOGIN costs both servers the same hash; plain: {PLAIN}."""
+        """The passdb entry.  argon2id (default): a hash made by fastmail's own hash_password (libsodium,
+        t=3, m=64 MiB), which Dovecot's {ARGON2ID} scheme (libsodium too) verifies, so a LOGIN costs both
+        servers the same hash; plain: {PLAIN}."""
         if self.password_scheme == "plain":
             return f"{{PLAIN}}{PASSWORD}"
-        import argon2
-        return "{ARGON2ID}" + argon2.PasswordHasher().hash(PASSWORD)
+        from fastmail.auth import hash_password
+        return "{ARGON2ID}" + hash_password(PASSWORD)
 
     def _log_tail(self) -> str:
         try:
@@ -222,7 +222,7 @@ class DovecotTarget(ImapTarget):
     def settings(self) -> dict[str, Any]:
         return {"dovecot.conf": self._conf("DIR", "UID"), "mail_storage": "Maildir (+ Dovecot's index files)",
                 "seed_method": self.seed_method, "mail_user": "fmbench", "password_scheme": self.password_scheme
-                + (" (argon2-cffi PasswordHasher() hash, as fastmail's)" if self.password_scheme == "argon2id" else ""),
+                + (" (fastmail.auth.hash_password: the same hash as fastmail's)" if self.password_scheme == "argon2id" else ""),
                 "fs.inotify.max_user_instances": f"raised to {self.limit} for the run when lower"}
 
 
