@@ -54,6 +54,7 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from fastmail import log
+    from fastmail.delivery.runner import delivery_main, delivery_prepare
     from fastmail.master.arbiter import Arbiter
     from fastmail.server.worker import worker_main, worker_prepare
 
@@ -69,7 +70,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def reload() -> Config:
         return _load(args)
 
-    return Arbiter(reload, worker_main, prepare={"worker": worker_prepare}).run()
+    return Arbiter(reload, worker_main, extra_kinds={"delivery": delivery_main},
+                   prepare={"worker": worker_prepare, "delivery": delivery_prepare}).run()
 
 
 def bootstrap(cfg: Config) -> None:
@@ -245,12 +247,22 @@ def cmd_alias(args: argparse.Namespace) -> int:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
+    from fastmail.delivery import queue as Q
+    from fastmail.delivery import wake
+
     store = _store(args)
     if args.action == "list":
         entries = store.queue_list()
+        for e in entries:
+            e["state"] = Q.summary_state(e)
+        if args.state:
+            entries = [e for e in entries if e["state"] == args.state]
+        if args.domain:
+            want = args.domain.lower()
+            entries = [e for e in entries if any(Q.domain_of(r["to"]) == want for r in e["rcpts"])]
         text = "\n".join(
             f"{e['id']}\t{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e['arrived']))}\t{e['size']}\t"
-            f"<{e['sender']}>\t" + ", ".join(f"{r['to']}({r['state']})" for r in e["rcpts"])
+            f"{e['state']}\t<{e['sender']}>\t" + ", ".join(f"{r['to']}({r['state']})" for r in e["rcpts"])
             for e in entries
         )
         _print(args, entries, text or "queue is empty")
@@ -261,10 +273,18 @@ def cmd_queue(args: argparse.Namespace) -> int:
         if args.raw:
             sys.stdout.buffer.write(store.read_blob(bytes.fromhex(entry["id"])))
         else:
+            entry["state"] = Q.summary_state(entry)
             _print(args, entry, orjson.dumps(entry, option=orjson.OPT_INDENT_2).decode())
-    else:
+    elif args.action == "delete":
         store.queue_delete(args.id)
-        print(f"queue entry {args.id} deleted")
+        _print(args, {"id": args.id, "deleted": True}, f"queue entry {args.id} deleted")
+    else:
+        fn = {"retry": Q.retry_now, "hold": Q.hold, "release": Q.release, "bounce": Q.bounce}[args.action]
+        entry = fn(store, args.id)
+        cfg = _load(args)
+        wake.notify(cfg.data_dir, cfg.delivery_processes)
+        done = {"retry": "due now", "hold": "held", "release": "released", "bounce": "bounced"}[args.action]
+        _print(args, entry, f"queue entry {args.id} {done}")
     return 0
 
 
@@ -365,14 +385,20 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_parser("list", parents=[common, jsonp]).set_defaults(func=cmd_alias)
 
     q = sub.add_parser("queue", help="the outbound queue").add_subparsers(dest="action", required=True)
-    q.add_parser("list", parents=[common, jsonp]).set_defaults(func=cmd_queue)
+    x = q.add_parser("list", parents=[common, jsonp])
+    x.add_argument("--state", choices=["queued", "deferred", "failed", "held"], help="only entries in this state")
+    x.add_argument("--domain", help="only entries with a recipient in this domain")
+    x.set_defaults(func=cmd_queue)
     x = q.add_parser("show", parents=[common, jsonp])
     x.add_argument("id")
     x.add_argument("--raw", action="store_true", help="print the message itself")
     x.set_defaults(func=cmd_queue)
-    x = q.add_parser("delete", parents=[common])
-    x.add_argument("id")
-    x.set_defaults(func=cmd_queue)
+    for action, what in (("delete", "remove the entry without a bounce"), ("retry", "attempt delivery now"),
+                         ("hold", "stop attempts until released"), ("release", "end a hold; attempt now"),
+                         ("bounce", "fail every pending recipient now and send the bounce")):
+        x = q.add_parser(action, parents=[common, jsonp], help=what)
+        x.add_argument("id")
+        x.set_defaults(func=cmd_queue)
 
     m = sub.add_parser("mailbox", help="mailboxes of a user").add_subparsers(dest="action", required=True)
     x = m.add_parser("list", parents=[common, jsonp])

@@ -55,6 +55,25 @@ def _networks(v: Any) -> None:
         ipaddress.ip_network(item, strict=False)
 
 
+def _port(v: Any) -> None:
+    if not 0 < v < 65536:
+        raise ValueError("must be a TCP port (1-65535)")
+
+
+def _nameserver(v: Any) -> None:
+    if not v:
+        return
+    host, port = v, ""
+    if v.startswith("["):
+        host, _, port = v[1:].partition("]")
+        port = port.removeprefix(":")
+    elif v.count(":") == 1:
+        host, _, port = v.partition(":")
+    ipaddress.ip_address(host)
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{v!r}: bad port")
+
+
 def parse_listen(item: str) -> tuple[str, int] | str:
     """'127.0.0.1:25', '[::1]:25', ':25' (all IPv4+IPv6 via '::'), or 'unix:/path'."""
     if item.startswith("unix:"):
@@ -145,6 +164,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pop3.plaintext_auth_loopback", bool, True, "Allow USER/PASS and AUTH without TLS from loopback clients (elsewhere STLS or POP3S is required)."),
     Setting("pop3.max_errors", int, 20, "Failed commands (-ERR) before the session is closed.", _positive),
     Setting("pop3.max_login_failures", int, 10, "Failed logins from one client address within 10 minutes before a worker refuses its logins ([SYS/TEMP]); 0: no limit.", _at_least(0)),
+    # delivery (outbound queue)
+    Setting("delivery.processes", int, 1, "Delivery processes running the outbound queue (each owns a share of the queue ids); 0: none (mail for other hosts waits in the queue).", _at_least(0)),
+    Setting("delivery.resolver", str, "", "DNS server for MX/A/AAAA lookups, ADDRESS[:PORT] ('[v6]:PORT' for IPv6); empty: the system resolver.", _nameserver),
+    Setting("delivery.dns_timeout", float, 5.0, "Seconds to wait for one DNS answer (two tries).", _positive),
+    Setting("delivery.port", int, 25, "TCP port of the remote mail exchangers (25; other values are for tests).", _port),
+    Setting("delivery.retry_base", float, 300.0, "Seconds before the first retry after a temporary failure; doubled after each failed attempt.", _positive),
+    Setting("delivery.retry_max", float, 3600.0, "Longest delay between two attempts, in seconds.", _positive),
+    Setting("delivery.lifetime", float, 5 * 86400.0, "Seconds a message may stay in the queue; then what is still undelivered is bounced (RFC 5321 4.5.4.1: 4-5 days).", _positive),
+    Setting("delivery.max_connections", int, 100, "Outbound SMTP connections of one delivery process, all destinations together.", _positive),
+    Setting("delivery.max_connections_per_domain", int, 10, "Outbound SMTP connections to one destination domain at once.", _positive),
+    Setting("delivery.connection_reuse_time", float, 2.0, "Seconds an idle outbound connection stays open for the next message to the same destination.", _at_least(0)),
+    Setting("delivery.connect_timeout", float, 30.0, "Seconds to wait for a TCP connection to a mail exchanger.", _positive),
+    Setting("delivery.timeout_scale", float, 1.0, "Factor applied to the RFC 5321 4.5.3.2 reply timeouts (5 min for MAIL/RCPT, 10 min after the data...).", _positive),
+    Setting("delivery.starttls", bool, True, "Use STARTTLS when the remote server offers it (opportunistic, unauthenticated: RFC 7435)."),
+    Setting("delivery.require_tls_domains", list, [], "Destination domains that get mail only over STARTTLS (not offered: retry later, then bounce)."),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -192,6 +226,11 @@ class Config:
     @property
     def pid_file(self) -> str:
         return str(self.server_pid_file)
+
+    @property
+    def extra_counts(self) -> dict[str, int]:
+        """Processes per extra kind (the arbiter's duck-typed view)."""
+        return {"delivery": int(self.delivery_processes)}
 
     @property
     def hostname(self) -> str:

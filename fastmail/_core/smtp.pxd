@@ -74,3 +74,9 @@ cpdef str xtext_decode(str s)
 
 @cython.locals(b=bytes, out=list, c=uchar)
 cpdef str xtext_encode(str s)
+
+@cython.locals(n=Py_ssize_t, c0=uchar, c1=uchar, c2=uchar, sep=uchar, code=int)
+cpdef tuple parse_reply_line(bytes line)
+
+@cython.locals(n=Py_ssize_t, i=Py_ssize_t, digits=int)
+cpdef tuple split_enhanced(bytes text, int code)

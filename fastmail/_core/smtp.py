@@ -717,3 +717,59 @@ def xtext_encode(s: str) -> str:
         else:
             out.append(f"+{c:02X}")
     return "".join(out)
+
+
+# -- replies (the client side: RFC 5321 §4.2, RFC 3463 / RFC 2034 enhanced status codes) ----------------------
+
+class ReplySyntaxError(ValueError):
+    """A server's reply line is malformed (not 3 digits followed by SP, "-" or the end of the line)."""
+
+
+def parse_reply_line(line: bytes) -> tuple[int, bool, bytes]:
+    """One reply line, terminator removed: (code, last line of the reply?, text).
+
+    RFC 5321 §4.2: Reply-line = *( Reply-code "-" [ textstring ] CRLF ) Reply-code [ SP textstring ] CRLF,
+    Reply-code = %x32-35 %x30-35 %x30-39.  A bare code ("250") is a last line with no text.  The code's
+    first digit must be 2..5; the second and third are any digit (servers do send x6x/x7x/x8x/x9x).
+    """
+    n = len(line)
+    if n < 3:
+        raise ReplySyntaxError(line[:64])
+    c0 = line[0]
+    c1 = line[1]
+    c2 = line[2]
+    if c0 < 50 or c0 > 53 or c1 < 48 or c1 > 57 or c2 < 48 or c2 > 57:
+        raise ReplySyntaxError(line[:64])
+    code = (c0 - 48) * 100 + (c1 - 48) * 10 + (c2 - 48)
+    if n == 3:
+        return code, True, b""
+    sep = line[3]
+    if sep == 45:  # "-"
+        return code, False, line[4:]
+    if sep == 32:  # " "
+        return code, True, line[4:]
+    raise ReplySyntaxError(line[:64])
+
+
+def split_enhanced(text: bytes, code: cython.int) -> tuple[str, bytes]:
+    """(enhanced status code, rest of the text) when `text` starts with one whose class matches the reply
+    code's first digit (RFC 3463 §2: class "." subject "." detail, subject and detail 1-3 digits); else
+    ("", text)."""
+    n = len(text)
+    if n < 5 or text[0] != 48 + code // 100 or text[1] != 46:
+        return "", text
+    i = 2
+    digits = 0
+    while i < n and 48 <= text[i] <= 57:
+        i += 1
+        digits += 1
+    if digits < 1 or digits > 3 or i >= n or text[i] != 46:
+        return "", text
+    i += 1
+    digits = 0
+    while i < n and 48 <= text[i] <= 57:
+        i += 1
+        digits += 1
+    if digits < 1 or digits > 3 or (i < n and text[i] != 32):
+        return "", text
+    return text[:i].decode("ascii"), text[i + 1:]

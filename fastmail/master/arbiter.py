@@ -272,7 +272,9 @@ class Arbiter:
         self, config: Any, creds: Credentials | None, sets: list[dict[str, socket.socket]], generation: int
     ) -> list[_Slot]:
         slots = [_Slot(WORKER, i, generation, config, creds, dict(s)) for i, s in enumerate(sets)]
-        slots += [_Slot(kind, 0, generation, config, creds, {}) for kind in self.extra_kinds]
+        counts = getattr(config, "extra_counts", None) or {}
+        slots += [_Slot(kind, i, generation, config, creds, {})
+                  for kind in self.extra_kinds for i in range(int(counts.get(kind, 1)))]
         return slots
 
     def _log_listeners(self, config: Any, sets: list[dict[str, socket.socket]]) -> None:

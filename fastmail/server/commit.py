@@ -8,6 +8,7 @@ batch grows with the load by itself, with no timer adding latency to a lone mess
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from fastmail.store import mime
@@ -23,6 +24,7 @@ class Committer:
         self.batches = 0
         self.messages = 0
         self.largest_batch = 0
+        self.on_queued: Callable[[], None] | None = None  # wakes the delivery processes (fastmail.delivery.wake)
 
     async def commit(self, item: Incoming) -> Outcome:
         loop = asyncio.get_running_loop()
@@ -59,6 +61,9 @@ class Committer:
             for (_, fut), outcome in zip(batch, outcomes, strict=True):
                 if not fut.done():
                     fut.set_result(outcome)
+            if self.on_queued is not None and any(i.remote or (i.bounce_over_quota and o.over_quota)
+                                                  for i, o in zip(items, outcomes, strict=True)):
+                self.on_queued()
 
     async def drain(self) -> None:
         """Wait until nothing is pending (used when stopping)."""

@@ -20,6 +20,7 @@ import uvloop
 
 from fastmail import auth, log
 from fastmail.config import Config
+from fastmail.delivery import wake
 from fastmail.master.errors import BootError
 from fastmail.master.worker import WorkerContext, install_worker_signals, start_heartbeat
 from fastmail.proto import imap as IP
@@ -84,6 +85,7 @@ class Services:
         self.tls_context = make_tls_context(cfg)
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.smtp_trusted_networks]
         self.committer = Committer(store)
+        self.committer.on_queued = partial(wake.notify, cfg.data_dir, cfg.delivery_processes)
         self.sessions: set[Any] = set()  # SMTPProtocol and IMAPProtocol: .idle, .shutdown()
         self.mailboxes = Mailboxes(store)
         self.imap_limits = IP.Limits(

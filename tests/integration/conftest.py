@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+# Servers of tests that are not about outbound delivery keep what they queue (tests inspect it).
+NO_DELIVERY = "[delivery]\nprocesses = 0\n"
 PASSWORDS = {"alice@example.org": "alice-secret", "bob@example.org": "bob-secret", "carol@example.org": "carol-secret"}
 
 
@@ -60,6 +62,7 @@ imaps = ["127.0.0.1:{self.ports['imaps']}"]
 pop3 = ["127.0.0.1:{self.ports['pop3']}"]
 pop3s = ["127.0.0.1:{self.ports['pop3s']}"]
 
+{"" if "[delivery]" in self.extra else NO_DELIVERY}
 [smtp]
 max_message_size = 1048576
 {self.extra}

@@ -1,0 +1,133 @@
+"""Routing: where mail for a domain goes (RFC 5321 §5.1, RFC 7505 null MX), with aiodns.
+
+`Resolver.route(domain)` gives the mail exchangers in the order to try: MX records by preference, in random
+order among equal preferences; with no MX record (NODATA) the domain itself is the one implicit MX (§5.1).
+`Resolver.addresses(host)` gives a host's addresses, IPv6 first, then IPv4.
+
+Failures are typed: `DNSPermanent` (NXDOMAIN, null MX: bounce) and `DNSTemporary` (SERVFAIL, timeout,
+refused, a network error: retry later, never bounce).  Positive answers are cached for their TTL (the
+smallest TTL of the answer's records); a CNAME chain is followed by the resolver library, and the records
+of the wanted type are picked from the answer.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import time
+from typing import Any
+
+import aiodns
+import pycares
+
+
+class DNSError(Exception):
+    def __init__(self, enhanced: str, text: str) -> None:
+        super().__init__(f"{enhanced} {text}")
+        self.enhanced = enhanced
+        self.text = text
+
+
+class DNSTemporary(DNSError):
+    """Try again later (SERVFAIL, timeout, no answer)."""
+
+
+class DNSPermanent(DNSError):
+    """The domain cannot receive mail (NXDOMAIN, null MX)."""
+
+
+class _NoData(Exception):
+    pass
+
+
+class _NXDomain(Exception):
+    pass
+
+
+_TYPES = {"MX": pycares.QUERY_TYPE_MX, "A": pycares.QUERY_TYPE_A, "AAAA": pycares.QUERY_TYPE_AAAA}
+MAX_CACHE = 10_000
+
+
+class Resolver:
+    """`nameserver`: "ADDRESS[:PORT]" ("[v6]:PORT" for IPv6), or "" for the system's resolv.conf."""
+
+    def __init__(self, nameserver: str = "", timeout: float = 5.0, tries: int = 2) -> None:
+        kwargs: dict[str, Any] = {"timeout": timeout, "tries": tries}
+        self._resolver = aiodns.DNSResolver(nameservers=[nameserver] if nameserver else None, **kwargs)
+        self._cache: dict[tuple[str, str], tuple[float, list[Any]]] = {}
+        self.queries = 0
+
+    def close(self) -> None:
+        self._resolver.cancel()
+
+    async def _query(self, name: str, qtype: str) -> list[Any]:
+        key = (name, qtype)
+        hit = self._cache.get(key)
+        now = time.monotonic()
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        self.queries += 1
+        try:
+            result = await self._resolver.query_dns(name, qtype)
+        except aiodns.error.DNSError as e:
+            code = e.args[0] if e.args else None
+            if code == pycares.errno.ARES_ENODATA:
+                raise _NoData() from None
+            if code == pycares.errno.ARES_ENOTFOUND:
+                raise _NXDomain() from None
+            reason = e.args[1] if len(e.args) > 1 else str(e)
+            raise DNSTemporary("4.4.3", f"DNS {qtype} lookup for {name} failed: {reason}") from None
+        wanted = _TYPES[qtype]
+        records = [r for r in result.answer if r.type == wanted]
+        if not records:
+            raise _NoData()
+        ttl = min(r.ttl for r in result.answer)
+        if ttl > 0:
+            if len(self._cache) >= MAX_CACHE:
+                self._cache.clear()
+            self._cache[key] = (now + ttl, records)
+        return records
+
+    async def route(self, domain: str) -> list[str]:
+        """The hosts to try for `domain`, best first.  Raises DNSPermanent or DNSTemporary."""
+        if domain.startswith("["):  # an address literal (RFC 5321 §4.1.3): no DNS at all
+            return [domain]
+        try:
+            records = await self._query(domain, "MX")
+        except _NoData:
+            return [domain]  # RFC 5321 §5.1: no MX: the domain itself, as an implicit MX of preference 0
+        except _NXDomain:
+            raise DNSPermanent("5.1.2", f"domain {domain} does not exist") from None
+        mxs = [(r.data.priority, r.data.exchange.rstrip(".").lower()) for r in records]
+        real = [(p, h) for p, h in mxs if h]
+        if not real:
+            # RFC 7505 §3: a single MX "." of preference 0: the domain accepts no mail.
+            raise DNSPermanent("5.1.10", f"domain {domain} accepts no mail (null MX)")
+        random.shuffle(real)  # random among equal preferences (§5.1); sort() is stable
+        real.sort(key=lambda m: m[0])
+        hosts: list[str] = []
+        for _, host in real:
+            if host not in hosts:
+                hosts.append(host)
+        return hosts
+
+    async def addresses(self, host: str) -> list[str]:
+        """IPv6 then IPv4 addresses of `host` ([] when it has none).  Raises DNSTemporary when neither
+        lookup answered."""
+        if host.startswith("["):
+            inner = host[1:-1]
+            if inner.lower().startswith("ipv6:"):
+                inner = inner[5:]
+            return [str(ipaddress.ip_address(inner))]
+        out: list[str] = []
+        errors: list[DNSTemporary] = []
+        for qtype in ("AAAA", "A"):
+            try:
+                out += [r.data.addr for r in await self._query(host, qtype)]
+            except (_NoData, _NXDomain):
+                pass
+            except DNSTemporary as e:
+                errors.append(e)
+        if not out and errors:
+            raise errors[0]
+        return out

@@ -1,0 +1,182 @@
+"""The asyncio side of the outbound SMTP client: one protocol class driving fastmail.proto.smtp_client.
+
+`open_session(...)` connects to one address, reads the greeting, says EHLO, upgrades with STARTTLS when
+the server offers it (opportunistic, or required by policy), and returns a `Session` ready for messages;
+`Session.deliver(message)` runs one transaction and returns one reply per recipient; the same session takes
+further messages to the same destination (connection reuse) until `close()`.  Every wait is bounded by
+the timeout RFC 5321 §4.5.3.2 gives for the reply expected (scaled by `timeout_scale`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections import deque
+
+from fastmail.proto import smtp_client as C
+
+
+class SessionError(Exception):
+    """The session could not be opened or broke: `reply` says why (a temporary local one when no server
+    reply is known)."""
+
+    def __init__(self, reply: C.Reply, tls_failed: bool = False) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
+        self.tls_failed = tls_failed
+
+
+def client_tls_context() -> ssl.SSLContext:
+    """Opportunistic TLS (RFC 7435): encrypt, do not authenticate (no certificate or name check), like
+    Postfix's smtp_tls_security_level = may / encrypt."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, client: C.Client) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.events: deque[C.Event] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport is no asyncio.Transport
+
+    def data_received(self, data: bytes) -> None:
+        self._push(self.client.receive(data))
+        self.flush()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._push(self.client.connection_lost())
+
+    def _push(self, events: list[C.Event]) -> None:
+        if events:
+            self.events.extend(events)
+        if self.waiter is not None and not self.waiter.done() and (self.events or self.closed):
+            self.waiter.set_result(None)
+
+    def flush(self) -> None:
+        out = self.client.take_output()
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out)
+
+    async def next_event(self, timeout: float) -> C.Event:
+        while not self.events:
+            if self.closed:
+                return C.Failed(C.local_reply(421, "4.4.2", "connection lost"))
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self.waiter, timeout)
+            except TimeoutError:
+                self._push(self.client.connection_lost())
+                self.abort()
+                return C.Failed(C.local_reply(421, "4.4.2", f"timeout after {timeout:g} s waiting for the server"))
+            finally:
+                self.waiter = None
+        return self.events.popleft()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+class Session:
+    def __init__(self, proto: _Protocol, host: str, ip: str, timeout_scale: float) -> None:
+        self.proto = proto
+        self.host = host
+        self.ip = ip
+        self.scale = timeout_scale
+        self.tls_version = ""
+        self.extensions: dict[str, str] = {}
+        self.messages = 0
+
+    @property
+    def usable(self) -> bool:
+        return self.proto.client.phase is C.Phase.READY and not self.proto.closed
+
+    async def deliver(self, msg: C.Message) -> list[C.Reply]:
+        """One transaction: a final reply per recipient of `msg`, in order."""
+        proto = self.proto
+        pending = proto.client.send(msg)
+        proto.flush()
+        proto.events.extend(pending)
+        while True:
+            event = await proto.next_event(proto.client.timeout * self.scale)
+            if isinstance(event, C.Done):
+                self.messages += 1
+                # a Ready (or Failed) follows; leave it for the next message or close
+                while proto.events and isinstance(proto.events[0], C.Ready):
+                    proto.events.popleft()
+                return event.results
+            if isinstance(event, C.Failed):
+                return [event.reply] * len(msg.rcpts)
+
+    async def close(self) -> None:
+        proto = self.proto
+        if not proto.closed and proto.client.phase is C.Phase.READY:
+            proto.client.quit()
+            proto.flush()
+            with contextlib.suppress(Exception):
+                await proto.next_event(5.0)
+        if proto.transport is not None:
+            proto.transport.close()
+
+
+async def open_session(
+    host: str,
+    ip: str,
+    port: int,
+    *,
+    hostname: str,
+    tls_context: ssl.SSLContext | None,
+    require_tls: bool = False,
+    connect_timeout: float = 30.0,
+    timeout_scale: float = 1.0,
+) -> Session:
+    """A session on `ip`:`port` (the MX `host`) ready for a message, or SessionError."""
+    loop = asyncio.get_running_loop()
+    client = C.Client(hostname, tls=tls_context is not None, require_tls=require_tls)
+    try:
+        transport, proto = await asyncio.wait_for(
+            loop.create_connection(lambda: _Protocol(client), ip, port), connect_timeout)
+    except (OSError, TimeoutError) as e:
+        what = "timeout" if isinstance(e, TimeoutError) else (e.strerror or repr(e))
+        raise SessionError(C.local_reply(421, "4.4.1", f"connect to {host}[{ip}]:{port}: {what}")) from None
+    session = Session(proto, host, ip, timeout_scale)
+    try:
+        while True:
+            event = await proto.next_event(client.timeout * timeout_scale)
+            if isinstance(event, C.Ready):
+                session.extensions = event.extensions
+                return session
+            if isinstance(event, C.Failed):
+                raise SessionError(event.reply)
+            if isinstance(event, C.StartTLS):
+                assert tls_context is not None
+                try:
+                    new = await asyncio.wait_for(
+                        loop.start_tls(proto.transport, proto, tls_context, server_hostname=host.strip("[]")),  # type: ignore[arg-type]
+                        C.TIMEOUT_OTHER * timeout_scale)
+                except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as e:
+                    raise SessionError(C.local_reply(421, "4.7.5", f"TLS handshake with {host}[{ip}] failed: {e!r}"),
+                                       tls_failed=True) from None
+                if new is None:
+                    raise SessionError(C.local_reply(421, "4.7.5", "TLS handshake failed"), tls_failed=True)
+                proto.transport = new  # type: ignore[assignment]
+                ssl_obj = new.get_extra_info("ssl_object")
+                session.tls_version = ssl_obj.version() if ssl_obj is not None else "TLS"
+                client.tls_done()
+                proto.flush()
+    except BaseException:
+        proto.abort()
+        raise

@@ -1,0 +1,331 @@
+"""The outbound queue's state changes: attempt results, retry schedule, expiry, bounces, operator actions.
+
+A queue entry (database `queue`, written at acceptance by `Store._deliver`) is
+
+    {"v": 1, "id", "sender", "size", "arrived", "attempts", "next_attempt", "params", "held"?,
+     "rcpts": [{"to", "rcpt", "notify", "orcpt", "state", "reply"?, "status"?, "mx"?, "at"?}, ...]}
+
+with one schedule key (`SCHEDULE_KEY`: next attempt in ms, queue id) while it waits and is not held.
+Recipient states:
+
+    queued    not tried yet                       } pending: the next attempt tries them
+    deferred  the last attempt failed temporarily }
+    failed    failed for good; its DSN is not made yet
+    sent      the remote server said 250
+    bounced   its DSN is stored (or none was due: NOTIFY=NEVER, sender <>)
+
+Every change is one synced LMDB transaction (batched: `apply` takes many updates at once).  A bounce is made
+in the same transaction that marks its recipients bounced — its body appended and fdatasynced to a segment
+first, then stored through the normal delivery path (`Store._deliver`: the sender's INBOX when local, a new
+queue entry from <> otherwise) — so a DSN is never lost and never made twice.  An entry with nothing pending
+or failed leaves the queue and drops its blob reference in that same transaction (ARCHITECTURE §3).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import lmdb
+
+from fastmail import log
+from fastmail.delivery import dsn
+from fastmail.store import mime
+from fastmail.store import records as R
+from fastmail.store.store import Incoming, Store, StoreError, new_qid
+
+PENDING = ("queued", "deferred")
+STATES = ("queued", "deferred", "failed", "sent", "bounced")
+
+
+@dataclass
+class RcptResult:
+    state: str  # "sent", "deferred" or "failed"
+    reply: str  # "550 5.1.1 no such user" (remote) or our own reason
+    status: str  # RFC 3463 code: "5.1.1"
+    mx: str = ""
+
+
+@dataclass
+class Update:
+    qid: bytes
+    results: dict[int, RcptResult] = field(default_factory=dict)  # recipient index -> result
+    finish: bool = False  # the attempt is over: count it; reschedule, or expire what is still pending
+    now: float = 0.0
+
+
+@dataclass
+class Policy:
+    hostname: str
+    retry_base: float = 300.0
+    retry_max: float = 3600.0
+    lifetime: float = 5 * 86400.0
+
+    def backoff(self, attempts: int) -> float:
+        """Delay after the `attempts`-th failed attempt: base, doubling, capped."""
+        return float(min(self.retry_max, self.retry_base * (2 ** max(0, min(attempts - 1, 40)))))
+
+
+@dataclass
+class Effect:
+    qid: str
+    removed: bool = False
+    next_attempt: float | None = None
+    bounce: str | None = None  # queue id of the DSN made
+    dsn_to: str = ""  # "local" / "remote" / "" (none)
+
+
+def schedule_key(qid: bytes, next_attempt: float) -> bytes:
+    return R.SCHEDULE_KEY.pack(int(next_attempt * 1000), qid)
+
+
+def pending(rec: dict[str, Any]) -> list[int]:
+    return [i for i, r in enumerate(rec["rcpts"]) if r["state"] in PENDING]
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+# -- reading -----------------------------------------------------------------------------------------------
+
+def due(store: Store, now: float, skip: set[bytes], limit: int = 1000) -> tuple[list[bytes], float | None]:
+    """Queue ids whose attempt is due (not in `skip`), and the time of the next one not yet due."""
+    out: list[bytes] = []
+    horizon = int(now * 1000)
+    with store.read() as txn:
+        for key in txn.cursor(db=store.db["schedule"]).iternext(values=False):
+            at, qid = R.SCHEDULE_KEY.unpack(key)
+            if at > horizon:
+                return out, at / 1000
+            if qid not in skip:
+                out.append(qid)
+                if len(out) >= limit:
+                    return out, now
+    return out, None
+
+
+def load(store: Store, qid: bytes) -> dict[str, Any] | None:
+    with store.read() as txn:
+        raw = txn.get(qid, db=store.db["queue"])
+    return R.loads(raw) if raw else None
+
+
+# -- attempt results ---------------------------------------------------------------------------------------
+
+def _apply(rec: dict[str, Any], up: Update, policy: Policy) -> list[int]:
+    """Apply `up` to `rec` (in place); return the indexes of recipients whose DSN is due now."""
+    for i, res in up.results.items():
+        if i >= len(rec["rcpts"]):
+            continue
+        r = rec["rcpts"][i]
+        if r["state"] not in PENDING:
+            continue  # an operator bounced it meanwhile
+        r.update(state=res.state, reply=res.reply, status=res.status, at=up.now)
+        if res.mx:
+            r["mx"] = res.mx
+    if up.finish:
+        rec["attempts"] = rec.get("attempts", 0) + 1
+        left = pending(rec)
+        if left and up.now >= rec["arrived"] + policy.lifetime:
+            for i in left:  # RFC 3464 Action failed, 4.4.7: delivery time expired
+                r = rec["rcpts"][i]
+                last = r.get("reply") or "no attempt succeeded"
+                r.update(state="failed", status="4.4.7", at=up.now,
+                         reply=f"{last} (delivery time expired after {policy.lifetime:g} s)")
+        elif left:
+            rec["next_attempt"] = up.now + policy.backoff(rec["attempts"])
+    return [i for i, r in enumerate(rec["rcpts"]) if r["state"] == "failed"]
+
+
+def _wants_dsn(rec: dict[str, Any], r: dict[str, Any]) -> bool:
+    if not rec["sender"]:
+        return False  # never to <> (RFC 5321 §4.5.5, §6.1): no bounce loops
+    notify = (r.get("notify") or "").upper()
+    return not notify or "FAILURE" in notify.split(",")  # RFC 3461 §4.1 (NEVER, SUCCESS/DELAY only: none)
+
+
+def _failure(r: dict[str, Any]) -> dsn.Failure:
+    orcpt = r.get("orcpt")
+    original = orcpt if orcpt else (r.get("rcpt") if r.get("rcpt") and r.get("rcpt") != r["to"] else None)
+    return dsn.Failure(recipient=r["to"], original=original, status=r.get("status") or "5.0.0", action="failed",
+                       diagnostic=r.get("reply") or "", remote_mta=r.get("mx", ""), last_attempt=r.get("at", 0.0))
+
+
+def apply(store: Store, updates: list[Update], policy: Policy) -> list[Effect]:
+    """Apply attempt results (and expiry, rescheduling, bounces, removal) in one synced transaction."""
+    # 1. What the bounces will be (a read of the current records and the originals).
+    bounces: dict[bytes, tuple[bytes, list[int]]] = {}
+    with store.read() as txn:
+        recs = {up.qid: txn.get(up.qid, db=store.db["queue"]) for up in updates}
+    for up in updates:
+        raw_rec = recs.get(up.qid)
+        if raw_rec is None:
+            continue
+        rec = R.loads(raw_rec)
+        failed = _apply(rec, up, policy)
+        dsn_for = [i for i in failed if _wants_dsn(rec, rec["rcpts"][i])]
+        if dsn_for:
+            try:
+                original = store.read_blob(up.qid)
+            except StoreError:
+                original = b""
+            body = dsn.build(qid=rec["id"], hostname=policy.hostname, sender=rec["sender"], original=original,
+                             failures=[_failure(rec["rcpts"][i]) for i in dsn_for], arrived=rec["arrived"],
+                             envid=rec["params"].get("envid"), ret=rec["params"].get("ret"), now=up.now)
+            bounces[up.qid] = (body, dsn_for)
+    # 2. Their bodies, durable before the transaction that references them.
+    order = list(bounces)
+    locations = store.segments.append_batch([bounces[q][0] for q in order]) if order else []
+    loc_of = dict(zip(order, locations, strict=True))
+    metas: dict[bytes, Any] = {}
+    for q in order:
+        try:
+            metas[q] = mime.analyze(bounces[q][0])
+        except Exception:
+            metas[q] = None
+    released: list[bytes] = []
+
+    def op(txn: lmdb.Transaction) -> list[Effect]:
+        released.clear()
+        effects = []
+        for up in updates:
+            effects.append(_write(store, txn, up, policy, bounces, loc_of, metas, released))
+        return effects
+
+    effects: list[Effect] = store._writing(op)
+    for loc in released:
+        store.segments.release(loc)
+    return effects
+
+
+def _write(store: Store, txn: lmdb.Transaction, up: Update, policy: Policy,
+           bounces: dict[bytes, tuple[bytes, list[int]]], loc_of: dict[bytes, bytes],
+           metas: dict[bytes, Any], released: list[bytes]) -> Effect:
+    db = store.db
+    effect = Effect(up.qid.hex())
+    raw = txn.get(up.qid, db=db["queue"])
+    if raw is None:
+        return effect  # deleted by an operator meanwhile
+    rec = R.loads(raw)
+    old_key = None if rec.get("held") else schedule_key(up.qid, rec["next_attempt"])
+    failed = _apply(rec, up, policy)
+    prepared = bounces.get(up.qid)
+    dsn_for = [i for i in failed if _wants_dsn(rec, rec["rcpts"][i])]
+    if dsn_for and (prepared is None or prepared[1] != dsn_for):
+        failed = []  # the record changed since the bounce was built: leave them failed for the next pass
+    elif dsn_for:
+        assert prepared is not None
+        effect.bounce, effect.dsn_to = _store_bounce(store, txn, rec, prepared[0], loc_of[up.qid],
+                                                     metas.get(up.qid), up.now)
+    for i in failed:
+        rec["rcpts"][i]["state"] = "bounced"
+    if old_key is not None:
+        txn.delete(old_key, db=db["schedule"])
+    live = [r for r in rec["rcpts"] if r["state"] in ("queued", "deferred", "failed")]
+    if not live:
+        txn.delete(up.qid, db=db["queue"])
+        loc = store._unref_blob(txn, up.qid)
+        if loc:
+            released.append(loc)
+        effect.removed = True
+        return effect
+    txn.put(up.qid, R.dumps(rec), db=db["queue"])
+    if not rec.get("held"):
+        txn.put(schedule_key(up.qid, rec["next_attempt"]), b"", db=db["schedule"])
+        effect.next_attempt = rec["next_attempt"]
+    return effect
+
+
+def _store_bounce(store: Store, txn: lmdb.Transaction, rec: dict[str, Any], body: bytes, loc: bytes,
+                  meta: Any, now: float) -> tuple[str | None, str]:
+    """Deliver the DSN: into the sender's INBOX when the sender is local, else queued from <>."""
+    sender = rec["sender"]
+    qid = new_qid()
+    if store.is_local_domain(domain_of(sender), txn):
+        found = store.resolve(sender, txn)
+        users = found[0] if found else []
+        if not users:
+            log.event("dsn_dropped", qid=rec["id"], sender=sender, reason="local sender has no mailbox")
+            return None, ""
+        item = Incoming(qid=qid, raw=body, sender="", local=users, meta=meta)
+        where = "local"
+    else:
+        item = Incoming(qid=qid, raw=body, sender="", local=[], meta=meta,
+                        remote=[{"to": sender, "rcpt": sender, "notify": None, "orcpt": None}],
+                        params={"ret": None, "envid": None, "body": "8BITMIME", "smtputf8": False, "dsn_of": rec["id"]})
+        where = "remote"
+    outcome = store._deliver(txn, item, loc, int(now))
+    if outcome.over_quota:
+        log.event("dsn_dropped", qid=rec["id"], sender=sender, reason="over quota")
+        if len(outcome.over_quota) == len(item.local):
+            return None, ""
+    return qid.hex(), where
+
+
+# -- operator actions (fastmail queue ...) ----------------------------------------------------------------
+
+def _modify(store: Store, qid: str, fn: Any) -> dict[str, Any]:
+    try:
+        key = bytes.fromhex(qid)
+    except ValueError:
+        raise StoreError(f"no queue entry {qid}") from None
+
+    def op(txn: lmdb.Transaction) -> dict[str, Any]:
+        raw = txn.get(key, db=store.db["queue"])
+        if raw is None:
+            raise StoreError(f"no queue entry {qid}")
+        rec = R.loads(raw)
+        if not rec.get("held"):
+            txn.delete(schedule_key(key, rec["next_attempt"]), db=store.db["schedule"])
+        fn(rec)
+        txn.put(key, R.dumps(rec), db=store.db["queue"])
+        if not rec.get("held"):
+            txn.put(schedule_key(key, rec["next_attempt"]), b"", db=store.db["schedule"])
+        return rec
+
+    result: dict[str, Any] = store._writing(op)
+    return result
+
+
+def retry_now(store: Store, qid: str) -> dict[str, Any]:
+    def fn(rec: dict[str, Any]) -> None:
+        if rec.get("held"):
+            raise StoreError(f"queue entry {qid} is held: release it")
+        rec["next_attempt"] = time.time()
+
+    return _modify(store, qid, fn)
+
+
+def hold(store: Store, qid: str) -> dict[str, Any]:
+    return _modify(store, qid, lambda rec: rec.update(held=True))
+
+
+def release(store: Store, qid: str) -> dict[str, Any]:
+    return _modify(store, qid, lambda rec: rec.update(held=False, next_attempt=time.time()))
+
+
+def bounce(store: Store, qid: str) -> dict[str, Any]:
+    """Fail every pending recipient now; the delivery process makes the DSN at once."""
+    def fn(rec: dict[str, Any]) -> None:
+        now = time.time()
+        for r in rec["rcpts"]:
+            if r["state"] in PENDING:
+                r.update(state="failed", status="5.0.0", at=now,
+                         reply=f"{r.get('reply') + '; ' if r.get('reply') else ''}returned by the postmaster")
+        rec["held"] = False
+        rec["next_attempt"] = now
+
+    return _modify(store, qid, fn)
+
+
+def summary_state(rec: dict[str, Any]) -> str:
+    """One word for the entry: held, failed (a DSN is due), deferred (tried, waiting), queued (not tried)."""
+    if rec.get("held"):
+        return "held"
+    states = {r["state"] for r in rec["rcpts"]}
+    for s in ("failed", "deferred", "queued"):
+        if s in states:
+            return s
+    return "done"

@@ -1,0 +1,466 @@
+"""The outbound SMTP client, sans-IO (RFC 5321; 1870 SIZE, 2920 PIPELINING, 3207 STARTTLS, 3461 DSN,
+6152 8BITMIME, 6531 SMTPUTF8, 2034/3463 enhanced status codes).
+
+Bytes in with `receive(data)`, commands out with `take_output()`; every input method returns the events it
+caused, for the driver (fastmail.delivery.outbound) to act on:
+
+    StartTLS()          STARTTLS was accepted: upgrade the transport, then call tls_done()
+    Ready(extensions)   the session can take a message: call send(message)
+    Done(results)       the message's transaction is over: one Reply per recipient (the final word on it:
+                        the RCPT refusal, or the reply to DATA / to the end of data)
+    Failed(reply)       the session cannot go on (refused greeting, EHLO/HELO refused, TLS required but
+                        not offered, 421, a malformed reply): close the connection
+
+The machine never touches a socket or a clock: `timeout` says how long the driver may wait for the reply it
+now expects (RFC 5321 §4.5.3.2).  All transitions live in this file.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum, auto
+
+from fastmail._core import data as core_data
+from fastmail._core import lines as core_lines
+from fastmail._core import smtp as core_smtp
+
+MAX_REPLY_LINE = 4096  # RFC 5321 §4.5.3.1.5 says 512; real servers send longer lines (we stay tolerant)
+MAX_REPLY_LINES = 256
+
+# RFC 5321 §4.5.3.2: how long to wait for each reply (seconds).
+TIMEOUT_GREETING = 300.0  # §4.5.3.2.1 initial 220
+TIMEOUT_MAIL = 300.0  # §4.5.3.2.2
+TIMEOUT_RCPT = 300.0  # §4.5.3.2.3
+TIMEOUT_DATA = 120.0  # §4.5.3.2.4 DATA initiation
+TIMEOUT_BLOCK = 180.0  # §4.5.3.2.5 each data block sent (the driver's write side)
+TIMEOUT_DATA_END = 600.0  # §4.5.3.2.6 DATA termination
+TIMEOUT_OTHER = 300.0  # EHLO, STARTTLS, RSET, QUIT (no figure in the RFC; the command timeout)
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    enhanced: str = ""  # "5.1.1" or "" (RFC 3463)
+    text: str = ""  # the lines' texts joined with a space, enhanced codes removed
+    local: bool = False  # made up by this client (no server said it)
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 400
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+    def status(self) -> str:
+        """The RFC 3463 status this reply stands for: its enhanced code, or one derived from the class."""
+        return self.enhanced or f"{self.code // 100}.0.0"
+
+    def __str__(self) -> str:
+        return " ".join(p for p in (str(self.code), self.enhanced, self.text) if p)
+
+
+def local_reply(code: int, enhanced: str, text: str) -> Reply:
+    return Reply(code, enhanced, text, local=True)
+
+
+@dataclass
+class Recipient:
+    address: str
+    notify: str | None = None  # RFC 3461 NOTIFY value as received ("SUCCESS,FAILURE", "NEVER", ...)
+    orcpt: str | None = None  # RFC 3461 ORCPT as received, still xtext: "rfc822;user+2Bx@example.org"
+
+
+@dataclass
+class Message:
+    sender: str  # "" is the null reverse-path
+    rcpts: list[Recipient]
+    body: bytes  # the message as stored (CRLF lines), not yet dot-stuffed
+    ret: str | None = None  # RFC 3461 RET: FULL or HDRS
+    envid: str | None = None  # RFC 3461 ENVID as received, still xtext
+    eight_bit: bool = False  # BODY=8BITMIME was given on reception
+    smtputf8: bool = False  # the message needs SMTPUTF8 (RFC 6531)
+
+
+@dataclass(frozen=True)
+class StartTLS:
+    pass
+
+
+@dataclass(frozen=True)
+class Ready:
+    extensions: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Done:
+    results: list[Reply]
+
+
+@dataclass(frozen=True)
+class Failed:
+    reply: Reply
+
+
+Event = StartTLS | Ready | Done | Failed
+
+
+class Phase(Enum):
+    GREETING = auto()
+    EHLO = auto()
+    HELO = auto()
+    STARTTLS = auto()
+    TLS = auto()  # the driver is upgrading the transport
+    READY = auto()
+    TRANSACTION = auto()
+    QUIT = auto()
+    CLOSED = auto()
+
+
+class Client:
+    """One outbound SMTP session.  `hostname` is what we say in EHLO; `tls` whether to use STARTTLS when
+    offered (and `tls_available` whether the driver can); `require_tls` turns a missing STARTTLS into a
+    temporary failure (per-domain policy)."""
+
+    def __init__(self, hostname: str, tls: bool = True, require_tls: bool = False) -> None:
+        self.hostname = hostname
+        self.want_tls = tls
+        self.require_tls = require_tls
+        self.phase = Phase.GREETING
+        self.extensions: dict[str, str] = {}
+        self.tls_active = False
+        self.greeting = ""
+        self._reader = core_lines.LineReader(MAX_REPLY_LINE)
+        self._lines: list[tuple[int, bytes]] = []
+        self._out: list[bytes] = []
+        # the current transaction
+        self._msg: Message | None = None
+        self._expect: deque[tuple[str, int]] = deque()  # replies awaited: ("MAIL"|"RCPT"|"DATA"|"END"|"RSET", i)
+        self._queue: deque[tuple[str, int, bytes]] = deque()  # commands not yet sent (no PIPELINING)
+        self._mail_reply: Reply | None = None
+        self._rcpt_replies: list[Reply | None] = []
+        self._results: list[Reply | None] = []
+        self._body = b""
+
+    # -- driver API --------------------------------------------------------------------------------------
+
+    def take_output(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.CLOSED
+
+    @property
+    def timeout(self) -> float:
+        """Seconds to wait for the reply now expected."""
+        if self.phase is Phase.GREETING:
+            return TIMEOUT_GREETING
+        if self.phase is Phase.TRANSACTION and self._expect:
+            return {"MAIL": TIMEOUT_MAIL, "RCPT": TIMEOUT_RCPT, "DATA": TIMEOUT_DATA,
+                    "END": TIMEOUT_DATA_END}.get(self._expect[0][0], TIMEOUT_OTHER)
+        return TIMEOUT_OTHER
+
+    def receive(self, data: bytes) -> list[Event]:
+        events: list[Event] = []
+        if self.phase is Phase.CLOSED:
+            return events
+        self._reader.feed(data)
+        while self.phase is not Phase.CLOSED:
+            try:
+                line = self._reader.readline()
+            except core_lines.LineTooLong:
+                events += self._fail(local_reply(421, "4.5.0", "reply line too long"))
+                break
+            if line is None:
+                break
+            try:
+                code, last, text = core_smtp.parse_reply_line(line)
+            except core_smtp.ReplySyntaxError:
+                events += self._fail(local_reply(421, "4.5.0", f"malformed reply {line[:80]!r}"))
+                break
+            if self._lines and code != self._lines[0][0]:
+                events += self._fail(local_reply(421, "4.5.0", "reply code changed within a reply"))
+                break
+            self._lines.append((code, text))
+            if len(self._lines) > MAX_REPLY_LINES:
+                events += self._fail(local_reply(421, "4.5.0", "reply too long"))
+                break
+            if last:
+                lines, self._lines = self._lines, []
+                events += self._on_reply(_make_reply(lines), [t for _, t in lines])
+        return events
+
+    def tls_done(self) -> list[Event]:
+        """The transport is now TLS: say EHLO again (RFC 3207 §4.2: forget what was learnt before)."""
+        assert self.phase is Phase.TLS
+        self.tls_active = True
+        self.extensions = {}
+        self._command(b"EHLO " + self.hostname.encode("idna") + b"\r\n")
+        self.phase = Phase.EHLO
+        return []
+
+    def send(self, msg: Message) -> list[Event]:
+        """Start the transaction of `msg` (only when Ready)."""
+        assert self.phase is Phase.READY and msg.rcpts
+        ext = self.extensions
+        n = len(msg.rcpts)
+        # RFC 6531 §3.4: a message that needs SMTPUTF8 cannot go to a server without it.
+        if msg.smtputf8 and "SMTPUTF8" not in ext:
+            reply = local_reply(553, "5.6.7", "the message needs SMTPUTF8, which the receiving server does not offer")
+            return [Done([reply] * n)]
+        limit = ext.get("SIZE", "")
+        if limit.isdigit() and int(limit) and len(msg.body) > int(limit):  # RFC 1870 §6
+            reply = local_reply(552, "5.3.4", f"message size exceeds the receiving server's limit of {limit}")
+            return [Done([reply] * n)]
+        self._msg = msg
+        self._mail_reply = None
+        self._rcpt_replies = [None] * n
+        self._results = [None] * n
+        body = msg.body if msg.body.endswith(b"\r\n") or not msg.body else msg.body + b"\r\n"
+        self._body = core_data.dot_stuff(body) + core_data.END_MARK
+        self.phase = Phase.TRANSACTION
+        cmds: list[tuple[str, int, bytes]] = [("MAIL", 0, self._mail_from(msg))]
+        cmds += [("RCPT", i, self._rcpt_to(r)) for i, r in enumerate(msg.rcpts)]
+        cmds.append(("DATA", 0, b"DATA\r\n"))
+        if "PIPELINING" in ext:  # RFC 2920 §3.1: MAIL, RCPTs and DATA in one go, DATA last
+            for kind, i, line in cmds:
+                self._expect.append((kind, i))
+                self._out.append(line)
+        else:
+            self._queue.extend(cmds)
+            self._send_next()
+        return []
+
+    def quit(self) -> None:
+        if self.phase in (Phase.READY, Phase.GREETING, Phase.EHLO, Phase.HELO):
+            self._command(b"QUIT\r\n")
+            self.phase = Phase.QUIT
+        elif self.phase is not Phase.QUIT:
+            self.phase = Phase.CLOSED
+
+    def connection_lost(self) -> list[Event]:
+        """The transport closed: whatever was in progress failed temporarily."""
+        if self.phase in (Phase.CLOSED, Phase.QUIT):
+            self.phase = Phase.CLOSED
+            return []
+        return self._fail(local_reply(421, "4.4.2", "connection lost"), send_quit=False)
+
+    # -- internals ---------------------------------------------------------------------------------------
+
+    def _command(self, line: bytes) -> None:
+        self._out.append(line)
+
+    def _mail_from(self, msg: Message) -> bytes:
+        ext = self.extensions
+        parts = [b"MAIL FROM:<" + msg.sender.encode("utf-8") + b">"]
+        if "SIZE" in ext:
+            parts.append(b"SIZE=%d" % len(msg.body))
+        if msg.eight_bit and "8BITMIME" in ext:
+            parts.append(b"BODY=8BITMIME")
+        if msg.smtputf8:
+            parts.append(b"SMTPUTF8")
+        if "DSN" in ext:  # RFC 3461 §4.3, §4.4: passed on only to a server that offers DSN
+            if msg.ret:
+                parts.append(b"RET=" + msg.ret.encode("ascii"))
+            if msg.envid:
+                parts.append(b"ENVID=" + msg.envid.encode("utf-8"))
+        return b" ".join(parts) + b"\r\n"
+
+    def _rcpt_to(self, rcpt: Recipient) -> bytes:
+        parts = [b"RCPT TO:<" + rcpt.address.encode("utf-8") + b">"]
+        if "DSN" in self.extensions:
+            if rcpt.notify:
+                parts.append(b"NOTIFY=" + rcpt.notify.encode("ascii"))
+            if rcpt.orcpt:  # RFC 3461 §4.2: addr-type ";" xtext, passed on as it came
+                parts.append(b"ORCPT=" + rcpt.orcpt.encode("utf-8"))
+        return b" ".join(parts) + b"\r\n"
+
+    def _send_next(self) -> None:
+        """Without PIPELINING: send the next command, skipping what the replies so far made pointless."""
+        while self._queue and not self._expect:
+            kind, i, line = self._queue.popleft()
+            if kind in ("RCPT", "DATA") and self._mail_reply is not None and not self._mail_reply.ok:
+                continue
+            if kind == "DATA" and not any(r is not None and r.ok for r in self._rcpt_replies):
+                continue
+            self._expect.append((kind, i))
+            self._out.append(line)
+        if not self._queue and not self._expect and self.phase is Phase.TRANSACTION:
+            self._end_without_data()
+
+    def _end_without_data(self) -> None:
+        """MAIL or every RCPT refused: the transaction ends here; RSET before the next one."""
+        self._expect.append(("RSET", 0))
+        self._out.append(b"RSET\r\n")
+
+    def _fail(self, reply: Reply, send_quit: bool = True) -> list[Event]:
+        events: list[Event] = []
+        if self.phase is Phase.TRANSACTION and self._msg is not None:
+            events.append(Done([r if r is not None else reply for r in self._final_results(reply)]))
+        if send_quit and self.phase not in (Phase.CLOSED, Phase.TLS):
+            self._command(b"QUIT\r\n")
+        self.phase = Phase.CLOSED
+        self._expect.clear()
+        self._queue.clear()
+        self._msg = None
+        events.append(Failed(reply))
+        return events
+
+    def _final_results(self, fallback: Reply) -> list[Reply | None]:
+        """Per recipient: its result if known, else the MAIL refusal, the RCPT refusal, or `fallback`."""
+        out: list[Reply | None] = []
+        for i, res in enumerate(self._results):
+            if res is not None:
+                out.append(res)
+            elif self._mail_reply is not None and not self._mail_reply.ok:
+                out.append(self._mail_reply)
+            elif self._rcpt_replies[i] is not None and not self._rcpt_replies[i].ok:  # type: ignore[union-attr]
+                out.append(self._rcpt_replies[i])
+            else:
+                out.append(fallback)
+        return out
+
+    def _ready(self) -> list[Event]:
+        if self.require_tls and not self.tls_active:
+            return self._fail(local_reply(450, "4.7.4", "TLS is required for this destination but the server "
+                                                        "does not offer STARTTLS"))
+        self.phase = Phase.READY
+        return [Ready(dict(self.extensions))]
+
+    def _on_reply(self, reply: Reply, texts: list[bytes]) -> list[Event]:
+        if reply.code == 421 and self.phase not in (Phase.QUIT,):
+            return self._fail(reply)  # RFC 5321 §3.8: the server is closing the channel
+        handler = getattr(self, f"_on_{self.phase.name.lower()}")
+        result: list[Event] = handler(reply, texts)
+        return result
+
+    def _on_greeting(self, reply: Reply, texts: list[bytes]) -> list[Event]:
+        if reply.code != 220:
+            return self._fail(reply)
+        self.greeting = reply.text
+        self._command(b"EHLO " + self.hostname.encode("idna") + b"\r\n")
+        self.phase = Phase.EHLO
+        return []
+
+    def _on_ehlo(self, reply: Reply, texts: list[bytes]) -> list[Event]:
+        if reply.code == 250:
+            self.extensions = _extensions(texts[1:])
+            if self.want_tls and not self.tls_active and "STARTTLS" in self.extensions:
+                self._command(b"STARTTLS\r\n")
+                self.phase = Phase.STARTTLS
+                return []
+            return self._ready()
+        if reply.code in (500, 501, 502, 504, 550) and not self.tls_active:
+            # RFC 5321 §3.2: a server that does not know EHLO gets HELO
+            self._command(b"HELO " + self.hostname.encode("idna") + b"\r\n")
+            self.phase = Phase.HELO
+            return []
+        return self._fail(reply)
+
+    def _on_helo(self, reply: Reply, texts: list[bytes]) -> list[Event]:
+        if reply.code != 250:
+            return self._fail(reply)
+        self.extensions = {}
+        return self._ready()
+
+    def _on_starttls(self, reply: Reply, texts: list[bytes]) -> list[Event]:
+        if reply.code == 220:
+            self.phase = Phase.TLS
+            return [StartTLS()]
+        if self.require_tls:
+            return self._fail(reply)
+        return self._ready()  # opportunistic: go on in plain text
+
+    def _on_tls(self, reply: Reply, texts: list[bytes]) -> list[Event]:
+        # RFC 3207 §4.2 / the STARTTLS injection attacks: nothing may come before the handshake.
+        return self._fail(local_reply(421, "4.5.0", "reply pipelined after STARTTLS"), send_quit=False)
+
+    def _on_ready(self, reply: Reply, texts: list[bytes]) -> list[Event]:
+        return self._fail(local_reply(421, "4.5.0", f"unexpected reply {reply}"))
+
+    def _on_quit(self, reply: Reply, texts: list[bytes]) -> list[Event]:
+        self.phase = Phase.CLOSED
+        return []
+
+    def _on_closed(self, reply: Reply, texts: list[bytes]) -> list[Event]:
+        return []
+
+    def _on_transaction(self, reply: Reply, texts: list[bytes]) -> list[Event]:
+        if not self._expect:
+            return self._fail(local_reply(421, "4.5.0", f"unexpected reply {reply}"))
+        kind, i = self._expect.popleft()
+        msg = self._msg
+        assert msg is not None
+        if kind == "MAIL":
+            self._mail_reply = reply
+        elif kind == "RCPT":
+            self._rcpt_replies[i] = reply
+        elif kind == "DATA":
+            accepted = [k for k, r in enumerate(self._rcpt_replies) if r is not None and r.ok]
+            mail_ok = self._mail_reply is not None and self._mail_reply.ok
+            if reply.code == 354:
+                if mail_ok and accepted:
+                    self._expect.append(("END", 0))
+                    self._out.append(self._body)
+                else:  # RFC 2920 §3.1: DATA accepted with no recipient: send an empty message, ignore it
+                    self._expect.append(("IGNORE", 0))
+                    self._out.append(core_data.END_MARK)
+                return []
+            for k in accepted:
+                self._results[k] = reply
+            self._end_without_data()
+            return []
+        elif kind == "END":
+            for k, r in enumerate(self._rcpt_replies):
+                if r is not None and r.ok:
+                    self._results[k] = reply
+            return self._finish()
+        elif kind == "IGNORE":
+            self._end_without_data()
+            return []
+        elif kind == "RSET":
+            return self._finish()
+        if not self._expect:
+            self._send_next()
+        return []
+
+    def _finish(self) -> list[Event]:
+        results = self._final_results(local_reply(451, "4.4.2", "no reply for this recipient"))
+        self._msg = None
+        self._body = b""
+        self._expect.clear()
+        self._queue.clear()
+        self.phase = Phase.READY
+        return [Done([r for r in results if r is not None]), Ready(dict(self.extensions))]
+
+
+def _make_reply(lines: list[tuple[int, bytes]]) -> Reply:
+    code = lines[0][0]
+    enhanced = ""
+    texts = []
+    for _, text in lines:
+        enh, rest = core_smtp.split_enhanced(text, code)
+        if enh:
+            enhanced = enh  # RFC 2034 §4: every line carries it; keep the last
+        texts.append(rest.decode("utf-8", "replace").strip())
+    return Reply(code, enhanced, " ".join(t for t in texts if t))
+
+
+def _extensions(lines: list[bytes]) -> dict[str, str]:
+    """EHLO keywords (upper-cased) and their parameters (RFC 5321 §4.1.1.1 ehlo-line)."""
+    out: dict[str, str] = {}
+    for line in lines:
+        keyword, _, params = line.decode("ascii", "replace").strip().partition(" ")
+        if keyword:
+            out[keyword.upper()] = params.strip()
+    return out
+
+
+__all__ = [
+    "Client", "Done", "Event", "Failed", "Message", "Phase", "Ready", "Recipient", "Reply", "StartTLS",
+    "local_reply",
+]

@@ -1,0 +1,95 @@
+"""A real DNS server on 127.0.0.1 for the delivery tests (dnslib, UDP and TCP, in a thread of the test).
+
+`zone` maps a lower-case name to its records: ("MX", (preference, "host.")), ("A", "127.0.0.2"),
+("AAAA", "::1"), ("CNAME", "target."); a name listed in `servfail` answers SERVFAIL, a name absent
+from the zone NXDOMAIN, a present name without records of the asked type NOERROR with no answer (NODATA).
+Every question asked is appended to `asked`.  The zone may be changed while the server runs.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, A
+from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+_RDATA = {"MX": lambda v: MX(v[1], v[0]), "A": A, "AAAA": AAAA, "CNAME": CNAME}
+
+
+class _Resolver(BaseResolver):  # type: ignore[misc]
+    def __init__(self, owner: LocalDNS) -> None:
+        self.owner = owner
+
+    def resolve(self, request: Any, handler: Any) -> Any:
+        reply = request.reply()
+        qname = str(request.q.qname).lower().rstrip(".")
+        qtype = QTYPE[request.q.qtype]
+        with self.owner.lock:
+            self.owner.asked.append((qname, qtype))
+            if qname in self.owner.servfail:
+                reply.header.rcode = RCODE.SERVFAIL
+                return reply
+            name = qname
+            for _ in range(8):  # follow CNAMEs inside the zone, like a recursive server would
+                records = self.owner.zone.get(name)
+                if records is None:
+                    if name == qname:
+                        reply.header.rcode = RCODE.NXDOMAIN
+                    return reply
+                cname = [v for t, v in records if t == "CNAME"]
+                if cname and qtype != "CNAME":
+                    reply.add_answer(RR(name + ".", QTYPE.CNAME, rdata=CNAME(cname[0]), ttl=self.owner.ttl))
+                    name = cname[0].lower().rstrip(".")
+                    continue
+                for t, v in records:
+                    if t == qtype:
+                        reply.add_answer(RR(name + ".", getattr(QTYPE, t), rdata=_RDATA[t](v), ttl=self.owner.ttl))
+                return reply
+        return reply
+
+
+class LocalDNS:
+    def __init__(self, ttl: int = 0) -> None:
+        self.zone: dict[str, list[tuple[str, Any]]] = {}
+        self.servfail: set[str] = set()
+        self.asked: list[tuple[str, str]] = []
+        self.ttl = ttl
+        self.lock = threading.Lock()
+        self.port = _free_udp_tcp_port()
+        logger = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
+        self.servers = [DNSServer(_Resolver(self), port=self.port, address="127.0.0.1", logger=logger, tcp=tcp)
+                        for tcp in (False, True)]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def set(self, name: str, *records: tuple[str, Any]) -> None:
+        with self.lock:
+            self.zone[name.lower()] = list(records)
+
+    def start(self) -> LocalDNS:
+        for s in self.servers:
+            s.start_thread()
+        return self
+
+    def stop(self) -> None:
+        for s in self.servers:
+            s.stop()
+            s.server.server_close()
+
+
+def _free_udp_tcp_port() -> int:
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            with socket.socket() as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")

@@ -1,0 +1,522 @@
+"""Outbound delivery (issue #6) against a real DNS server on 127.0.0.1 and scripted SMTP receivers on
+127.0.0.x: MX routing and fallback, null MX, SERVFAIL, retries, per-recipient results, bounces (parsed with
+the stdlib `email` package), SMTPUTF8, connection reuse, DSN parameters, queue control from the CLI, and
+kill -9 of the delivery process in the middle of a transfer."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import re
+import signal
+import smtplib
+import time
+from collections.abc import Callable, Iterator
+from email.message import Message
+from typing import Any
+
+import orjson
+import pytest
+
+from fastmail.store.store import Store
+
+from .conftest import Server, free_port, make_server
+from .dnsserver import LocalDNS
+from .postfix import Postfix
+from .receivers import Loop, Receiver
+
+pytestmark = pytest.mark.integration
+
+SENDER = "alice@example.org"
+
+
+def config(dns: LocalDNS, port: int, **delivery: Any) -> str:
+    settings = {"resolver": dns.address, "port": port, "retry_base": 0.3, "retry_max": 1.0, "lifetime": 600.0,
+                "connection_reuse_time": 10.0, "connect_timeout": 5.0, **delivery}
+    lines = "\n".join(f"{k} = {orjson.dumps(v).decode()}" for k, v in settings.items())
+    return f'trusted_networks = ["127.0.0.1/32"]\n\n[delivery]\n{lines}\n'
+
+
+@pytest.fixture(scope="module")
+def dns() -> Iterator[LocalDNS]:
+    d = LocalDNS().start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def rloop() -> Iterator[Loop]:
+    loop = Loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def mx_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory, dns: LocalDNS, mx_port: int) -> Iterator[Server]:
+    s = make_server(tmp_path_factory.mktemp("delivery"), workers=1, extra=config(dns, mx_port))
+    s.start()
+    yield s
+    s.stop()
+    s.kill_tree()
+
+
+@pytest.fixture
+def receivers(rloop: Loop, mx_port: int) -> Iterator[Callable[..., Receiver]]:
+    made: list[Receiver] = []
+
+    def make(host: str, **kw: Any) -> Receiver:
+        r = Receiver(rloop, host, mx_port, **kw).start()
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        rloop.run(_stop(r))
+
+
+async def _stop(r: Receiver) -> None:
+    r.stop()
+
+
+def message(subject: str, to: str, extra: str = "") -> bytes:
+    return (f"From: Alice <{SENDER}>\r\nTo: <{to}>\r\nSubject: {subject}\r\nMessage-ID: <{subject.replace(' ', '-')}@example.org>\r\n"
+            f"{extra}\r\nHello {to},\r\n.a line starting with a dot\r\n..and two\r\nbye\r\n").encode()
+
+
+def send(srv: Server, sender: str, rcpts: list[str], msg: bytes, mail_options: tuple[str, ...] = (),
+         rcpt_options: tuple[str, ...] = ()) -> None:
+    with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as s:
+        s.ehlo("client.test")
+        refused = s.sendmail(sender, rcpts, msg, mail_options=list(mail_options), rcpt_options=list(rcpt_options))
+        assert not refused
+
+
+def queue(srv: Server) -> list[dict[str, Any]]:
+    store = Store(srv.data)
+    try:
+        return store.queue_list()
+    finally:
+        store.close()
+
+
+def entries_for(srv: Server, address: str) -> list[dict[str, Any]]:
+    return [e for e in queue(srv) if any(r["to"] == address for r in e["rcpts"])]
+
+
+def wait_for(what: Callable[[], Any], timeout: float = 30.0, why: str = "") -> Any:
+    """Poll (bounded) until `what()` is truthy; return it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {why or what}")
+
+
+def strip_trace(raw: bytes) -> bytes:
+    """The message without the Received: fields (and their continuation lines) at its top."""
+    while raw.startswith(b"Received: "):
+        end = raw.index(b"\r\n") + 2
+        while raw[end:end + 1] in (b" ", b"\t"):
+            end = raw.index(b"\r\n", end) + 2
+        raw = raw[end:]
+    return raw
+
+
+def inbox(srv: Server, user: str) -> list[bytes]:
+    store = Store(srv.data)
+    try:
+        uid = store.get_user(user)["id"]
+        mid = store.mailbox_id(uid, "INBOX")
+        return [store.read_message(mid, m["uid"]) or b"" for m in store.list_messages(mid)]
+    finally:
+        store.close()
+
+
+def bounces_in_inbox(srv: Server, user: str, about: str) -> list[Message]:
+    out = []
+    for raw in inbox(srv, user):
+        msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+        if msg.get_content_type() == "multipart/report" and about.encode() in raw:
+            out.append(msg)
+    return out
+
+
+def report(bounce: Message) -> tuple[Message, list[Message], Message]:
+    """(the per-message fields, the per-recipient field blocks, the returned original part)."""
+    assert bounce.get_content_type() == "multipart/report"
+    assert bounce.get_param("report-type") == "delivery-status"
+    text, status, original = bounce.get_payload()
+    assert text.get_content_type() == "text/plain"
+    assert status.get_content_type() == "message/delivery-status"
+    blocks = status.get_payload()
+    return blocks[0], blocks[1:], original
+
+
+def log_lines(srv: Server, event: str) -> list[dict[str, str]]:
+    out = []
+    for line in srv.log.read_text(errors="replace").splitlines():
+        if f" event={event} " in line + " ":
+            out.append(dict(re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line)))
+    return out
+
+
+# -- routing, transfer, DSN parameters ------------------------------------------------------------------------
+
+
+def test_delivers_through_mx_with_pipelining_and_dsn_parameters(srv, dns, receivers):
+    dns.set("one.test", ("MX", (10, "mx.one.test.")))
+    dns.set("mx.one.test", ("A", "127.0.0.2"))
+    rx = receivers("127.0.0.2")
+    msg = message("first delivery", "bob@one.test")
+    send(srv, SENDER, ["bob@one.test"], msg, mail_options=("RET=HDRS", "ENVID=env+2Bid"),
+         rcpt_options=("NOTIFY=FAILURE,DELAY", "ORCPT=rfc822;bob+2Bx@one.test"))
+    # The delivery process looks at an idle queue only every 30 s on its own: arriving within the 20 s bound
+    # takes the wake-up the worker sends after its commit.
+    got = rx.wait(1, timeout=20)[0]
+    assert strip_trace(got.data) == msg  # dot-stuffed on the wire, unstuffed by the receiver: the same bytes
+    assert got.data.startswith(b"Received: from client.test")  # our own trace field, added at acceptance
+    assert got.mail.startswith(f"MAIL FROM:<{SENDER}>")
+    assert f"SIZE={len(got.data)}" in got.mail and "RET=HDRS" in got.mail and "ENVID=env+2Bid" in got.mail
+    assert got.rcpts == ["RCPT TO:<bob@one.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;bob+2Bx@one.test"]
+    # MAIL, RCPT and DATA went in one write (PIPELINING): the receiver read them back to back
+    t = rx.transcript
+    i = next(k for k, line in enumerate(t) if line.startswith("MAIL"))
+    assert t[i + 1].startswith("RCPT") and t[i + 2] == "DATA"
+    wait_for(lambda: not entries_for(srv, "bob@one.test"), why="queue entry removed")
+    lines = wait_for(lambda: [x for x in log_lines(srv, "delivery") if x.get("rcpt") == "bob@one.test"])
+    assert lines[0]["mx"] == "mx.one.test" and lines[0]["ip"] == "127.0.0.2" and lines[0]["result"] == "sent"
+    assert lines[0]["reply"].strip('"').startswith("250 2.0.0") and "qid" in lines[0] and "tls" in lines[0]
+
+
+def test_mx_preference_and_fallback_when_the_first_refuses_connections(srv, dns, receivers):
+    dns.set("two.test", ("MX", (20, "backup.two.test.")), ("MX", (10, "primary.two.test.")))
+    dns.set("primary.two.test", ("A", "127.0.0.3"))  # nothing listens there: connection refused
+    dns.set("backup.two.test", ("A", "127.0.0.4"))
+    rx = receivers("127.0.0.4")
+    msg = message("fallback", "carol@two.test")
+    send(srv, SENDER, ["carol@two.test"], msg)
+    assert strip_trace(rx.wait(1)[0].data) == msg
+    wait_for(lambda: not entries_for(srv, "carol@two.test"), why="queue entry removed")
+    failed = wait_for(lambda: [x for x in log_lines(srv, "connect_failed") if x.get("domain") == "two.test"])
+    assert failed[0]["mx"] == "primary.two.test"  # tried first: the lower preference
+    sent = wait_for(lambda: [x for x in log_lines(srv, "delivery") if x.get("rcpt") == "carol@two.test"])
+    assert [x["mx"] for x in sent] == ["backup.two.test"]
+
+
+def test_no_mx_falls_back_to_the_address_record(srv, dns, receivers):
+    dns.set("nomx.test", ("AAAA", "::1"), ("A", "127.0.0.5"))  # ::1 refuses (no receiver there): then IPv4
+    rx = receivers("127.0.0.5")
+    msg = message("implicit mx", "dan@nomx.test")
+    send(srv, SENDER, ["dan@nomx.test"], msg)
+    assert strip_trace(rx.wait(1)[0].data) == msg
+    sent = wait_for(lambda: [x for x in log_lines(srv, "delivery") if x.get("rcpt") == "dan@nomx.test"])
+    assert sent[0]["mx"] == "nomx.test" and sent[0]["ip"] == "127.0.0.5"
+    tried = wait_for(lambda: [x["ip"] for x in log_lines(srv, "connect_failed") if x.get("domain") == "nomx.test"])
+    assert tried[:1] == ["::1"]  # IPv6 first, then IPv4
+
+
+def test_connection_reuse_for_several_messages_to_one_destination(srv, dns, receivers):
+    dns.set("reuse.test", ("MX", (10, "mx.reuse.test.")))
+    dns.set("mx.reuse.test", ("A", "127.0.0.6"))
+    rx = receivers("127.0.0.6")
+    send(srv, SENDER, ["r0@reuse.test"], message("reuse 0", "r0@reuse.test"))
+    rx.wait(1)
+    # the session stays open (connection_reuse_time 10 s): the next messages take it, one after the other
+    with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as s:
+        for n in (1, 2):
+            s.sendmail(SENDER, [f"r{n}@reuse.test"], message(f"reuse {n}", f"r{n}@reuse.test"))
+    got = rx.wait(3)
+    assert [m.accepted[0] for m in got] == ["r0@reuse.test", "r1@reuse.test", "r2@reuse.test"]
+    assert rx.connections == 1
+    assert sum(1 for line in rx.transcript if line.startswith("EHLO")) == 1
+    assert sum(1 for line in rx.transcript if line.startswith("MAIL")) == 3
+
+
+# -- temporary failures -----------------------------------------------------------------------------------
+
+
+def test_4xx_then_success_is_retried(srv, dns, receivers):
+    dns.set("retry.test", ("MX", (10, "mx.retry.test.")))
+    dns.set("mx.retry.test", ("A", "127.0.0.7"))
+    tries: list[int] = []
+
+    def rcpt(address: str, _: int) -> str:
+        tries.append(1)
+        return "451 4.3.2 try again later" if len(tries) == 1 else "250 2.1.5 ok"
+
+    rx = receivers("127.0.0.7", rcpt=rcpt)
+    msg = message("retry", "erin@retry.test")
+    send(srv, SENDER, ["erin@retry.test"], msg)
+    assert strip_trace(rx.wait(1)[0].data) == msg
+    assert len(tries) == 2
+    wait_for(lambda: not entries_for(srv, "erin@retry.test"), why="queue entry removed")
+    results = wait_for(lambda: [x["result"] for x in log_lines(srv, "delivery") if x.get("rcpt") == "erin@retry.test"
+                                and x["result"] == "sent"] and
+                       [x["result"] for x in log_lines(srv, "delivery") if x.get("rcpt") == "erin@retry.test"])
+    assert results == ["deferred", "sent"]
+    assert not bounces_in_inbox(srv, SENDER, "erin@retry.test")
+
+
+def test_servfail_is_retried_never_bounced(srv, dns, receivers):
+    dns.servfail.add("flaky.test")
+    send(srv, SENDER, ["fay@flaky.test"], message("servfail", "fay@flaky.test"))
+    entry = wait_for(lambda: [e for e in entries_for(srv, "fay@flaky.test") if e["attempts"] >= 3],
+                     why="three attempts")[0]
+    assert entry["rcpts"][0]["state"] == "deferred" and entry["rcpts"][0]["status"] == "4.4.3"
+    assert not bounces_in_inbox(srv, SENDER, "fay@flaky.test")
+    # the DNS recovers: the next retry delivers
+    dns.set("flaky.test", ("MX", (10, "mx.flaky.test.")))
+    dns.set("mx.flaky.test", ("A", "127.0.0.8"))
+    rx = receivers("127.0.0.8")
+    dns.servfail.discard("flaky.test")
+    rx.wait(1)
+    wait_for(lambda: not entries_for(srv, "fay@flaky.test"), why="queue entry removed")
+
+
+# -- permanent failures and bounces -------------------------------------------------------------------------
+
+
+def test_5xx_for_one_of_two_recipients_bounces_only_that_one(srv, dns, receivers):
+    dns.set("half.test", ("MX", (10, "mx.half.test.")))
+    dns.set("mx.half.test", ("A", "127.0.0.9"))
+    rx = receivers("127.0.0.9", rcpt=lambda a, _: f"550 5.1.1 <{a}>: no such user" if a.startswith("gone")
+                   else "250 2.1.5 ok")
+    msg = message("half bounced", "gone@half.test")
+    send(srv, SENDER, ["gone@half.test", "here@half.test"], msg, rcpt_options=())
+    got = rx.wait(1)
+    assert len(got) == 1 and got[0].accepted == ["here@half.test"]
+    bounce = wait_for(lambda: bounces_in_inbox(srv, SENDER, "gone@half.test"), why="bounce in INBOX")
+    assert len(bounce) == 1
+    b = bounce[0]
+    assert b["To"] == f"<{SENDER}>" and "MAILER-DAEMON@mx.example.org" in b["From"]
+    assert b["Auto-Submitted"] == "auto-replied"
+    per_message, per_rcpt, original = report(b)
+    assert per_message["Reporting-MTA"] == "dns; mx.example.org"
+    assert len(per_rcpt) == 1
+    r = per_rcpt[0]
+    assert r["Final-Recipient"] == "rfc822; gone@half.test"
+    assert r["Action"] == "failed"
+    assert r["Status"] == "5.1.1"
+    assert r["Remote-MTA"] == "dns; mx.half.test"
+    assert r["Diagnostic-Code"] == "smtp; 550 5.1.1 <gone@half.test>: no such user"
+    # RET unspecified: the full original comes back
+    assert original.get_content_type() == "message/rfc822"
+    returned = original.get_payload()[0]
+    assert returned["Subject"] == "half bounced" and "a line starting with a dot" in returned.get_payload()
+    wait_for(lambda: not entries_for(srv, "gone@half.test"), why="queue entry removed")
+    # the bounce went through the normal store path: counted in the mailbox like any message
+    messages = inbox(srv, SENDER)
+    store = Store(srv.data)
+    try:
+        box = [m for m in store.list_mailboxes(store.get_user(SENDER)["id"]) if m["name"] == "INBOX"][0]
+    finally:
+        store.close()
+    assert box["exists"] == len(messages)
+
+
+def test_null_mx_bounces_at_once_to_a_remote_sender(srv, dns, receivers):
+    dns.set("nullmx.test", ("MX", (0, ".")))
+    dns.set("sender.test", ("MX", (10, "mx.sender.test.")))
+    dns.set("mx.sender.test", ("A", "127.0.0.10"))
+    back = receivers("127.0.0.10")
+    send(srv, "gus@sender.test", ["hal@nullmx.test"], message("null mx", "hal@nullmx.test"),
+         mail_options=("RET=HDRS", "ENVID=null+2Bmx"))
+    got = back.wait(1)[0]
+    assert got.mail.startswith("MAIL FROM:<>")  # a bounce has the null reverse-path
+    assert got.accepted == ["gus@sender.test"]
+    b = email.message_from_bytes(strip_trace(got.data), policy=email.policy.compat32)
+    per_message, per_rcpt, original = report(b)
+    assert per_message["Original-Envelope-Id"] == "null+mx"  # xtext decoded (RFC 3464 §2.2.1)
+    assert per_rcpt[0]["Final-Recipient"] == "rfc822; hal@nullmx.test"
+    assert per_rcpt[0]["Status"] == "5.1.10" and per_rcpt[0]["Action"] == "failed"
+    assert "null MX" in per_rcpt[0]["Diagnostic-Code"]
+    assert original.get_content_type() == "text/rfc822-headers"  # RET=HDRS
+    assert "Subject: null mx" in original.get_payload() and "Hello" not in original.get_payload()
+    wait_for(lambda: not entries_for(srv, "hal@nullmx.test") and not entries_for(srv, "gus@sender.test"),
+             why="queue empty of both")
+    no_attempt = wait_for(lambda: [x for x in log_lines(srv, "delivery") if x.get("rcpt") == "hal@nullmx.test"])
+    assert no_attempt[0]["mx"] == "none"
+
+
+def test_bounce_of_a_bounce_is_never_sent(srv, dns, receivers):
+    """A message from <> that fails is dropped, not bounced (no loops)."""
+    dns.set("loop.test", ("MX", (10, "mx.loop.test.")))
+    dns.set("mx.loop.test", ("A", "127.0.0.11"))
+    rx = receivers("127.0.0.11", rcpt=lambda a, _: "550 5.7.1 go away")
+    send(srv, "", ["ivy@loop.test"], message("from null", "ivy@loop.test"))
+    wait_for(lambda: any(x.get("rcpt") == "ivy@loop.test" for x in log_lines(srv, "delivery")), why="attempt")
+    wait_for(lambda: not entries_for(srv, "ivy@loop.test"), why="entry removed")
+    assert not [e for e in queue(srv) if e["sender"] == "" and any(r["to"] == "" for r in e["rcpts"])]
+    assert rx.messages == []
+
+
+def test_smtputf8_message_to_a_server_without_it_bounces_with_5_6_7(srv, dns, receivers):
+    dns.set("ascii.test", ("MX", (10, "mx.ascii.test.")))
+    dns.set("mx.ascii.test", ("A", "127.0.0.12"))
+    rx = receivers("127.0.0.12", ehlo=("PIPELINING", "8BITMIME"))
+    send(srv, SENDER, ["jo@ascii.test"], message("utf8 needed", "jo@ascii.test"), mail_options=("SMTPUTF8",))
+    bounce = wait_for(lambda: bounces_in_inbox(srv, SENDER, "jo@ascii.test"), why="bounce")[0]
+    _, per_rcpt, _ = report(bounce)
+    assert per_rcpt[0]["Status"] == "5.6.7"
+    assert not any(line.startswith("MAIL") for line in rx.transcript)  # never tried a transaction
+
+
+# -- queue control ----------------------------------------------------------------------------------------
+
+
+def test_cli_queue_list_hold_release_retry_bounce(srv, dns):
+    dns.servfail.add("held.test")
+    send(srv, SENDER, ["kim@held.test"], message("held", "kim@held.test"))
+    entry = wait_for(lambda: [e for e in entries_for(srv, "kim@held.test") if e["attempts"] >= 1], why="deferred")[0]
+    qid = entry["id"]
+    listed = orjson.loads(srv.cli("queue", "list", "--json", "--domain", "held.test").stdout)
+    assert [e["id"] for e in listed] == [qid] and listed[0]["state"] == "deferred"
+    assert orjson.loads(srv.cli("queue", "list", "--json", "--domain", "nowhere.test").stdout) == []
+    held = orjson.loads(srv.cli("queue", "hold", qid, "--json").stdout)
+    assert held["held"] is True
+    assert [e["id"] for e in orjson.loads(srv.cli("queue", "list", "--json", "--state", "held").stdout)] == [qid]
+    attempts = queue_entry(srv, qid)["attempts"]
+    time.sleep(1.5)  # several retry periods (0.3 s doubling to 1 s): a held entry is not tried
+    assert queue_entry(srv, qid)["attempts"] == attempts
+    srv.cli("queue", "release", qid)
+    wait_for(lambda: queue_entry(srv, qid)["attempts"] > attempts, why="attempt after release")
+    srv.cli("queue", "retry", qid)
+    shown = orjson.loads(srv.cli("queue", "show", qid, "--json").stdout)
+    assert shown["rcpts"][0]["to"] == "kim@held.test"
+    assert srv.cli("queue", "show", qid, "--raw").stdout.endswith(b"bye\r\n")
+    srv.cli("queue", "bounce", qid)
+    bounce = wait_for(lambda: bounces_in_inbox(srv, SENDER, "kim@held.test"), why="bounce")[0]
+    _, per_rcpt, _ = report(bounce)
+    assert per_rcpt[0]["Status"] == "5.0.0" and "returned by the postmaster" in per_rcpt[0]["Diagnostic-Code"]
+    wait_for(lambda: not entries_for(srv, "kim@held.test"), why="entry removed")
+    res = srv.cli("queue", "retry", qid, check=False)
+    assert res.returncode == 1 and b"no queue entry" in res.stderr
+
+
+def queue_entry(srv: Server, qid: str) -> dict[str, Any]:
+    store = Store(srv.data)
+    try:
+        entry = store.queue_get(qid)
+        assert entry is not None
+        return entry
+    finally:
+        store.close()
+
+
+# -- a server of its own: lifetime, kill -9 ---------------------------------------------------------------
+
+
+def test_lifetime_exceeded_bounces_with_the_last_reply(tmp_path, dns, rloop, mx_port):
+    dns.set("slow.test", ("MX", (10, "mx.slow.test.")))
+    dns.set("mx.slow.test", ("A", "127.0.0.13"))
+    rx = Receiver(rloop, "127.0.0.13", mx_port, rcpt=lambda a, _: "452 4.2.2 mailbox full, try later").start()
+    s = make_server(tmp_path, workers=1, extra=config(dns, mx_port, lifetime=1.0, retry_base=0.2, retry_max=0.4))
+    s.start()
+    try:
+        send(s, SENDER, ["lou@slow.test"], message("too slow", "lou@slow.test"))
+        bounce = wait_for(lambda: bounces_in_inbox(s, SENDER, "lou@slow.test"), why="bounce")[0]
+        _, per_rcpt, _ = report(bounce)
+        r = per_rcpt[0]
+        assert r["Action"] == "failed" and r["Status"] == "4.4.7"
+        assert r["Diagnostic-Code"].startswith("smtp; 452 4.2.2 mailbox full, try later (delivery time expired")
+        assert r["Remote-MTA"] == "dns; mx.slow.test"
+        tries = wait_for(lambda: [x for x in log_lines(s, "delivery") if x.get("rcpt") == "lou@slow.test"][1:] and
+                         [x for x in log_lines(s, "delivery") if x.get("rcpt") == "lou@slow.test"])
+        assert {x["result"] for x in tries} == {"deferred"}
+        wait_for(lambda: not entries_for(s, "lou@slow.test"), why="entry removed")
+    finally:
+        s.stop()
+        s.kill_tree()
+        rloop.run(_stop(rx))
+
+
+def _delivery_pid(s: Server) -> int:
+    starts = [x for x in log_lines(s, "worker_start") if x.get("kind") == "delivery"]
+    return int(starts[-1]["pid"]) if starts else 0
+
+
+def test_kill_9_of_the_delivery_process_mid_transfer_loses_nothing(tmp_path, dns, rloop, mx_port):
+    dns.set("crash.test", ("MX", (10, "mx.crash.test.")))
+    dns.set("mx.crash.test", ("A", "127.0.0.14"))
+    s = make_server(tmp_path, workers=1, extra=config(dns, mx_port))
+    in_data: list[int] = []
+    rx = Receiver(rloop, "127.0.0.14", mx_port, on_data=lambda: in_data.append(1))
+    rx.stall_data = True  # reads the whole message, never answers the final dot
+    rx.start()
+    s.start()
+    try:
+        msg = message("crash", "max@crash.test")
+        send(s, SENDER, ["max@crash.test"], msg)
+        wait_for(lambda: in_data, why="transfer in progress")
+        old = _delivery_pid(s)
+        assert old
+        os.kill(old, signal.SIGKILL)
+        rx.stall_data = False
+        wait_for(lambda: _delivery_pid(s) not in (0, old), why="delivery process restarted")
+        got = rx.wait(1)
+        assert strip_trace(got[0].data) == msg
+        wait_for(lambda: not entries_for(s, "max@crash.test"), why="entry removed")
+        time.sleep(0.5)
+        assert len(rx.messages) == 1  # delivered exactly once (the killed transfer never got its 250)
+        assert not bounces_in_inbox(s, SENDER, "max@crash.test")
+    finally:
+        s.stop()
+        s.kill_tree()
+        rloop.run(_stop(rx))
+
+
+# -- a real Postfix as the remote MX ------------------------------------------------------------------------
+
+
+def _unix_trace_stripped(raw: bytes) -> bytes:
+    """A Maildir file without the fields Postfix adds at its top (Return-Path, X-Original-To, Delivered-To,
+    Received)."""
+    lines = raw.split(b"\n")
+    i = 0
+    while i < len(lines) and lines[i].split(b":", 1)[0] in (b"Return-Path", b"X-Original-To", b"Delivered-To",
+                                                                b"Received"):
+        i += 1
+        while i < len(lines) and lines[i][:1] in (b" ", b"\t"):
+            i += 1
+    return b"\n".join(lines[i:])
+
+
+def test_delivery_to_a_real_postfix_over_starttls(srv, dns, mx_port):
+    dns.set("pf.test", ("MX", (10, "mx.pf.test.")))
+    dns.set("mx.pf.test", ("A", "127.0.0.15"))
+    pf = Postfix("127.0.0.15", mx_port, "pf.test", ["rcpt", "other"])
+    try:
+        pf.start()
+    except BaseException:
+        pf.stop()
+        raise
+    try:
+        body = ("From: Alice <alice@example.org>\r\nTo: rcpt@pf.test, other@pf.test\r\nSubject: to postfix\r\n"
+                "Date: Tue, 01 Dec 2026 05:00:00 +0000\r\nMessage-ID: <pf-1@example.org>\r\n"
+                "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+                "\r\nGrüße aus fastmail\r\n.\r\n..\r\n.leading dot\r\n" + "x" * 900 + "\r\nend\r\n").encode()
+        send(srv, SENDER, ["rcpt@pf.test", "other@pf.test"], body, mail_options=("BODY=8BITMIME",))
+        for user in ("rcpt", "other"):
+            files = wait_for(lambda u=user: pf.maildir(u), why=f"maildir of {user}: {pf.log()[-1500:]}")
+            assert len(files) == 1
+            stored = files[0]
+            # Postfix stores in Unix form (LF): the message is ours byte for byte below the trace fields
+            assert _unix_trace_stripped(stored) == body.replace(b"\r\n", b"\n")
+            assert b"Received: from client.test" in stored  # our own trace field went along
+            # STARTTLS was offered and used: Postfix notes the TLS version in its Received field
+            assert re.search(rb"\(using TLSv1\.[23] with cipher", stored), stored[:600]
+        wait_for(lambda: not entries_for(srv, "rcpt@pf.test"), why="queue entry removed")
+        lines = wait_for(lambda: [x for x in log_lines(srv, "delivery") if x.get("mx") == "mx.pf.test"][1:] and
+                         [x for x in log_lines(srv, "delivery") if x.get("mx") == "mx.pf.test"])
+        assert {x["rcpt"] for x in lines} == {"rcpt@pf.test", "other@pf.test"}
+        assert all(x["tls"] in ("TLSv1.2", "TLSv1.3") and x["result"] == "sent" for x in lines)
+    finally:
+        pf.stop()
