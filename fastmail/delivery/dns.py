@@ -12,6 +12,7 @@ of the wanted type are picked from the answer.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import random
 import time
@@ -121,13 +122,15 @@ class Resolver:
             return [str(ipaddress.ip_address(inner))]
         out: list[str] = []
         errors: list[DNSTemporary] = []
-        for qtype in ("AAAA", "A"):
-            try:
-                out += [r.data.addr for r in await self._query(host, qtype)]
-            except (_NoData, _NXDomain):
-                pass
-            except DNSTemporary as e:
-                errors.append(e)
+        answers = await asyncio.gather(self._query(host, "AAAA"), self._query(host, "A"), return_exceptions=True)
+        for answer in answers:
+            if isinstance(answer, DNSTemporary):
+                errors.append(answer)
+            elif isinstance(answer, BaseException):
+                if not isinstance(answer, (_NoData, _NXDomain)):
+                    raise answer
+            else:
+                out += [r.data.addr for r in answer]
         if not out and errors:
             raise errors[0]
         return out

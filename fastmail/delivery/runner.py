@@ -232,6 +232,8 @@ class Runner:
     def _effect(self, rec: dict[str, Any], effect: Q.Effect) -> None:
         if effect.bounce:
             log.event("dsn", qid=rec["id"], dsn=effect.bounce, to=rec["sender"], via=effect.dsn_to)
+            if effect.dsn_to == "remote" and self.processes > 1:
+                wake.notify(self.cfg.data_dir, self.processes)  # the bounce's queue id may be another's
         if effect.removed:
             log.event("queue_done", qid=rec["id"])
         elif effect.next_attempt is not None:
@@ -263,7 +265,9 @@ class Runner:
                         self._fail_all(dest, state, f"{code} {e.enhanced} {e.text}", e.enhanced)
                         return
                     except SessionError as e:
-                        self._fail_all(dest, "deferred", str(e.reply), e.reply.status())
+                        # only our own verdicts are final here (a loop); a remote refusal is retried
+                        state = "failed" if e.reply.local and e.reply.permanent else "deferred"
+                        self._fail_all(dest, state, str(e.reply), e.reply.status())
                         return
                     try:
                         await self._serve(dest, session)

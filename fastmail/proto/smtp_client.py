@@ -342,6 +342,9 @@ class Client:
         if reply.code != 220:
             return self._fail(reply)
         self.greeting = reply.text
+        if reply.text.split(" ", 1)[0].lower() == self.hostname.lower():
+            # RFC 5321 §5.1 / §6.3: the MX is this very host (a wrong MX record or a relay loop)
+            return self._fail(local_reply(554, "5.4.6", f"mail for this destination loops back to myself ({self.hostname})"))
         self._command(b"EHLO " + self.hostname.encode("idna") + b"\r\n")
         self.phase = Phase.EHLO
         return []

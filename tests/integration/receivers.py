@@ -169,6 +169,14 @@ class Receiver:
                     with self.lock:
                         self.messages.append(Received(mail, rcpts, bytes(body), accepted))
                 writer.write(reply.encode() + b"\r\n")
+            elif text.upper() == "STARTTLS":
+                # a broken TLS server: says go ahead, then answers the handshake with garbage
+                writer.write(b"220 2.0.0 ready\r\n")
+                await writer.drain()
+                await reader.read(1)
+                writer.write(b"this is not TLS\r\n" * 20)
+                await writer.drain()
+                return
             elif verb == "RSET":
                 mail, rcpts, accepted = "", [], []
                 writer.write(b"250 2.0.0 ok\r\n")

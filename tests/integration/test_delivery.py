@@ -33,7 +33,8 @@ SENDER = "alice@example.org"
 
 def config(dns: LocalDNS, port: int, **delivery: Any) -> str:
     settings = {"resolver": dns.address, "port": port, "retry_base": 0.3, "retry_max": 1.0, "lifetime": 600.0,
-                "connection_reuse_time": 10.0, "connect_timeout": 5.0, **delivery}
+                "connection_reuse_time": 10.0, "connect_timeout": 5.0,
+                "require_tls_domains": ["secure.test"], **delivery}
     lines = "\n".join(f"{k} = {orjson.dumps(v).decode()}" for k, v in settings.items())
     return f'trusted_networks = ["127.0.0.1/32"]\n\n[delivery]\n{lines}\n'
 
@@ -279,6 +280,39 @@ def test_servfail_is_retried_never_bounced(srv, dns, receivers):
     dns.servfail.discard("flaky.test")
     rx.wait(1)
     wait_for(lambda: not entries_for(srv, "fay@flaky.test"), why="queue entry removed")
+
+
+def test_require_tls_policy_defers_when_starttls_is_not_offered(srv, dns, receivers):
+    dns.set("secure.test", ("MX", (10, "mx.secure.test.")))
+    dns.set("mx.secure.test", ("A", "127.0.0.16"))
+    rx = receivers("127.0.0.16", ehlo=("PIPELINING",))
+    send(srv, SENDER, ["sue@secure.test"], message("tls required", "sue@secure.test"))
+    entry = wait_for(lambda: [e for e in entries_for(srv, "sue@secure.test") if e["attempts"] >= 1], why="attempt")[0]
+    assert entry["rcpts"][0]["state"] == "deferred" and entry["rcpts"][0]["status"] == "4.7.4"
+    assert not any(line.startswith("MAIL") for line in rx.transcript)  # nothing went in plain text
+    srv.cli("queue", "delete", entry["id"])
+
+
+def test_opportunistic_tls_that_fails_is_retried_in_plain_text(srv, dns, receivers):
+    dns.set("badtls.test", ("MX", (10, "mx.badtls.test.")))
+    dns.set("mx.badtls.test", ("A", "127.0.0.17"))
+    rx = receivers("127.0.0.17", ehlo=("STARTTLS", "PIPELINING"))
+    msg = message("tls broken", "tom@badtls.test")
+    send(srv, SENDER, ["tom@badtls.test"], msg)
+    assert strip_trace(rx.wait(1)[0].data) == msg
+    assert rx.connections == 2 and rx.transcript.count("STARTTLS") == 1
+    sent = wait_for(lambda: [x for x in log_lines(srv, "delivery") if x.get("rcpt") == "tom@badtls.test"])
+    assert sent[0]["tls"] == "none" and sent[0]["result"] == "sent"
+
+
+def test_mx_that_is_this_host_is_a_loop_and_bounces(srv, dns, receivers):
+    dns.set("loopback.test", ("MX", (10, "mx.loopback.test.")))
+    dns.set("mx.loopback.test", ("A", "127.0.0.18"))
+    receivers("127.0.0.18", greeting="220 mx.example.org ESMTP fastmail")  # our own name
+    send(srv, SENDER, ["uma@loopback.test"], message("looping", "uma@loopback.test"))
+    bounce = wait_for(lambda: bounces_in_inbox(srv, SENDER, "uma@loopback.test"), why="bounce")[0]
+    _, per_rcpt, _ = report(bounce)
+    assert per_rcpt[0]["Status"] == "5.4.6" and "loops back to myself" in per_rcpt[0]["Diagnostic-Code"]
 
 
 # -- permanent failures and bounces -------------------------------------------------------------------------
