@@ -60,6 +60,24 @@ def _port(v: Any) -> None:
         raise ValueError("must be a TCP port (1-65535)")
 
 
+def split_hostport(v: str, default_port: int) -> tuple[str, int]:
+    """'host', 'host:port', '[v6]:port', '[v6]' -> (host, port)."""
+    host, port = v, ""
+    if v.startswith("["):
+        host, _, port = v[1:].partition("]")
+        port = port.removeprefix(":")
+    elif v.count(":") == 1:
+        host, _, port = v.partition(":")
+    if not host or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise ValueError(f"{v!r}: expected HOST[:PORT]")
+    return host, int(port) if port else default_port
+
+
+def _relayhost(v: Any) -> None:
+    if v:
+        split_hostport(v, 25)
+
+
 def _nameserver(v: Any) -> None:
     if not v:
         return
@@ -179,6 +197,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("delivery.timeout_scale", float, 1.0, "Factor applied to the RFC 5321 4.5.3.2 reply timeouts (5 min for MAIL/RCPT, 10 min after the data...).", _positive),
     Setting("delivery.starttls", bool, True, "Use STARTTLS when the remote server offers it (opportunistic, unauthenticated: RFC 7435)."),
     Setting("delivery.require_tls_domains", list, [], "Destination domains that get mail only over STARTTLS (not offered: retry later, then bounce)."),
+    Setting("delivery.relayhost", str, "", "Smarthost: send all outbound mail to HOST[:PORT] ('[v6]:PORT') instead of the recipients' MX (port 25 by default); empty: MX routing.", _relayhost),
+    Setting("delivery.relayhost_user", str, "", "User name for AUTH at the smarthost (then STARTTLS is required: credentials never go in plain text)."),
+    Setting("delivery.relayhost_password_file", str, "", "File holding the smarthost password (read before privileges are dropped)."),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}

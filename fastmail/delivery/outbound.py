@@ -140,12 +140,13 @@ async def open_session(
     hostname: str,
     tls_context: ssl.SSLContext | None,
     require_tls: bool = False,
+    auth: tuple[str, str] | None = None,
     connect_timeout: float = 30.0,
     timeout_scale: float = 1.0,
 ) -> Session:
     """A session on `ip`:`port` (the MX `host`) ready for a message, or SessionError."""
     loop = asyncio.get_running_loop()
-    client = C.Client(hostname, tls=tls_context is not None, require_tls=require_tls)
+    client = C.Client(hostname, tls=tls_context is not None, require_tls=require_tls, auth=auth)
     try:
         transport, proto = await asyncio.wait_for(
             loop.create_connection(lambda: _Protocol(client), ip, port), connect_timeout)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import time
 from collections import deque
@@ -31,7 +32,7 @@ from typing import Any
 import uvloop
 
 from fastmail import log
-from fastmail.config import Config
+from fastmail.config import Config, split_hostport
 from fastmail.delivery import queue as Q
 from fastmail.delivery import wake
 from fastmail.delivery.dns import DNSError, DNSPermanent, Resolver
@@ -40,6 +41,8 @@ from fastmail.master.errors import BootError
 from fastmail.master.worker import WorkerContext, install_worker_signals, start_heartbeat
 from fastmail.proto import smtp_client as C
 from fastmail.store.store import Store
+
+RELAY = "[relayhost]"  # the one destination when delivery.relayhost is set
 
 
 @dataclass
@@ -98,7 +101,8 @@ class ResultCommitter:
 
 
 class Runner:
-    def __init__(self, cfg: Config, store: Store, index: int = 0, processes: int = 1) -> None:
+    def __init__(self, cfg: Config, store: Store, index: int = 0, processes: int = 1,
+                 relay_password: str | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.index = index
@@ -118,6 +122,9 @@ class Runner:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.attempts = 0
         self.timeout_scale = float(cfg.delivery_timeout_scale)
+        # Smarthost: every destination is the relay host, one pool of sessions, AUTH when configured.
+        self.relay = split_hostport(cfg.delivery_relayhost, 25) if cfg.delivery_relayhost else None
+        self.relay_auth = (cfg.delivery_relayhost_user, relay_password or "") if cfg.delivery_relayhost_user else None
 
     # -- the loop -------------------------------------------------------------------------------------------
 
@@ -203,7 +210,8 @@ class Runner:
             return
         groups: dict[str, list[int]] = {}
         for i in todo:
-            groups.setdefault(Q.domain_of(rec["rcpts"][i]["to"]), []).append(i)
+            # one transaction per destination: per recipient domain, or all of them for the smarthost
+            groups.setdefault(RELAY if self.relay else Q.domain_of(rec["rcpts"][i]["to"]), []).append(i)
         params = rec.get("params") or {}
         self.attempts += 1
         jobs = []
@@ -242,9 +250,10 @@ class Runner:
     # -- destinations and their connections ----------------------------------------------------------------
 
     def _enqueue(self, job: Job) -> None:
-        dest = self.dests.get(job.domain)
+        key = RELAY if self.relay else job.domain
+        dest = self.dests.get(key)
         if dest is None:
-            dest = self.dests[job.domain] = Destination(job.domain)
+            dest = self.dests[key] = Destination(key)
         dest.jobs.append(job)
         if dest.idle:
             dest.arrived.set()
@@ -320,8 +329,15 @@ class Runner:
         """A session with the best reachable mail exchanger of `domain` (RFC 5321 §5.1: MX by preference,
         each of its addresses; on to the next when one cannot be reached or will not talk)."""
         assert self.resolver is not None
-        hosts = await self.resolver.route(domain)
-        require = domain in self.require_tls
+        port = self.port
+        auth = None
+        if domain == RELAY and self.relay is not None:
+            relay, port = self.relay
+            hosts = [f"[{relay}]" if _is_ip(relay) else relay]  # A/AAAA only: no MX lookup for a smarthost
+            auth = self.relay_auth
+        else:
+            hosts = await self.resolver.route(domain)
+        require = domain in self.require_tls or auth is not None
         last: SessionError | None = None
         dns_errors: list[DNSError] = []
         for host in hosts:
@@ -336,8 +352,9 @@ class Runner:
                     if ctx is None and tls and not require:
                         continue
                     try:
-                        return await open_session(host, ip, self.port, hostname=self.hostname, tls_context=ctx,
-                                                  require_tls=require, connect_timeout=self.cfg.delivery_connect_timeout,
+                        return await open_session(host, ip, port, hostname=self.hostname, tls_context=ctx,
+                                                  require_tls=require, auth=auth,
+                                                  connect_timeout=self.cfg.delivery_connect_timeout,
                                                   timeout_scale=self.timeout_scale)
                     except SessionError as e:
                         last = e
@@ -348,42 +365,65 @@ class Runner:
             raise last
         if dns_errors:
             raise dns_errors[0]
-        if hosts == [domain]:
+        if hosts == [domain] and domain != RELAY:
             raise DNSPermanent("5.1.2", f"domain {domain} has no MX and no address")
         raise SessionError(C.local_reply(451, "4.4.4", f"no address for any mail exchanger of {domain}"))
 
 
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 # -- the process ------------------------------------------------------------------------------------------
 
-def delivery_prepare(ctx: WorkerContext) -> Store:
+@dataclass
+class Prepared:
+    store: Store
+    relay_password: str | None
+
+
+def delivery_prepare(ctx: WorkerContext) -> Prepared:
+    """Before privileges are dropped: open the store (after fork) and read the smarthost password."""
     cfg = ctx.config
     assert isinstance(cfg, Config)
+    password = None
+    if cfg.delivery_relayhost_password_file:
+        try:
+            with open(cfg.delivery_relayhost_password_file) as f:
+                password = f.readline().rstrip("\r\n")
+        except OSError as e:
+            raise BootError(f"delivery.relayhost_password_file: {e.strerror}: {e.filename}") from e
     try:
-        return Store(cfg.data_dir, map_size=cfg.server_map_size_mb * 1024 * 1024)
+        return Prepared(Store(cfg.data_dir, map_size=cfg.server_map_size_mb * 1024 * 1024), password)
     except Exception as e:
         raise BootError(f"store cannot open at {cfg.data_dir}: {e}") from e
 
 
 def delivery_main(ctx: WorkerContext) -> None:
-    store = ctx.prepared if isinstance(ctx.prepared, Store) else delivery_prepare(ctx)
+    prepared = ctx.prepared if isinstance(ctx.prepared, Prepared) else delivery_prepare(ctx)
+    store = prepared.store
     cfg = ctx.config
     assert isinstance(cfg, Config)
     try:
-        uvloop.run(_main(ctx, cfg, store))
+        uvloop.run(_main(ctx, cfg, store, prepared.relay_password))
     finally:
         store.close()
 
 
-async def _main(ctx: WorkerContext, cfg: Config, store: Store) -> None:
+async def _main(ctx: WorkerContext, cfg: Config, store: Store, relay_password: str | None) -> None:
     loop = asyncio.get_running_loop()
     stopped = asyncio.Event()
     install_worker_signals(loop, stopped.set)
-    runner = Runner(cfg, store, ctx.index, cfg.delivery_processes)
+    runner = Runner(cfg, store, ctx.index, cfg.delivery_processes, relay_password)
     beat = start_heartbeat(ctx, loop)
     log.buffer()
     flusher = loop.create_task(_flush_logs())
     log.event("delivery_ready", index=ctx.index, generation=ctx.generation,
-              resolver=cfg.delivery_resolver or "system", port=runner.port)
+              resolver=cfg.delivery_resolver or "system", port=runner.port, relayhost=cfg.delivery_relayhost or None)
     try:
         await runner.run(stopped)
         await runner.drain(cfg.grace_period)

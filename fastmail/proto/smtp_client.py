@@ -17,6 +17,7 @@ now expects (RFC 5321 §4.5.3.2).  All transitions live in this file.
 
 from __future__ import annotations
 
+import base64
 from collections import deque
 from dataclasses import dataclass
 from enum import Enum, auto
@@ -112,6 +113,7 @@ class Phase(Enum):
     HELO = auto()
     STARTTLS = auto()
     TLS = auto()  # the driver is upgrading the transport
+    AUTH = auto()  # AUTH sent (smarthost credentials)
     READY = auto()
     TRANSACTION = auto()
     QUIT = auto()
@@ -123,10 +125,14 @@ class Client:
     offered (and `tls_available` whether the driver can); `require_tls` turns a missing STARTTLS into a
     temporary failure (per-domain policy)."""
 
-    def __init__(self, hostname: str, tls: bool = True, require_tls: bool = False) -> None:
+    def __init__(self, hostname: str, tls: bool = True, require_tls: bool = False,
+                 auth: tuple[str, str] | None = None) -> None:
         self.hostname = hostname
         self.want_tls = tls
-        self.require_tls = require_tls
+        self.auth = auth  # (user, password) for a smarthost: AUTH PLAIN or LOGIN, only over TLS (RFC 4954 §4)
+        self.authenticated = False
+        self._auth_step = ""
+        self.require_tls = require_tls or auth is not None
         self.phase = Phase.GREETING
         self.extensions: dict[str, str] = {}
         self.tls_active = False
@@ -328,6 +334,20 @@ class Client:
         if self.require_tls and not self.tls_active:
             return self._fail(local_reply(450, "4.7.4", "TLS is required for this destination but the server "
                                                         "does not offer STARTTLS"))
+        if self.auth is not None and not self.authenticated:
+            mechanisms = self.extensions.get("AUTH", "").upper().split()
+            user, password = self.auth
+            if "PLAIN" in mechanisms:  # RFC 4616, with the initial response (RFC 4954 §4)
+                token = base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode())
+                self._command(b"AUTH PLAIN " + token + b"\r\n")
+                self._auth_step = "done"
+            elif "LOGIN" in mechanisms:
+                self._command(b"AUTH LOGIN\r\n")
+                self._auth_step = "user"
+            else:
+                return self._fail(local_reply(454, "4.7.0", "the relay host offers no AUTH PLAIN or LOGIN"))
+            self.phase = Phase.AUTH
+            return []
         self.phase = Phase.READY
         return [Ready(dict(self.extensions))]
 
@@ -381,6 +401,20 @@ class Client:
     def _on_tls(self, reply: Reply, texts: list[bytes]) -> list[Event]:
         # RFC 3207 §4.2 / the STARTTLS injection attacks: nothing may come before the handshake.
         return self._fail(local_reply(421, "4.5.0", "reply pipelined after STARTTLS"), send_quit=False)
+
+    def _on_auth(self, reply: Reply, texts: list[bytes]) -> list[Event]:
+        assert self.auth is not None
+        if reply.code == 334 and self._auth_step in ("user", "password"):
+            value = self.auth[0] if self._auth_step == "user" else self.auth[1]
+            self._command(base64.b64encode(value.encode()) + b"\r\n")
+            self._auth_step = "password" if self._auth_step == "user" else "done"
+            return []
+        if reply.code == 235:
+            self.authenticated = True
+            return self._ready()
+        if reply.code == 334:
+            self._command(b"*\r\n")  # RFC 4954 §4: cancel an exchange we do not follow
+        return self._fail(reply)
 
     def _on_ready(self, reply: Reply, texts: list[bytes]) -> list[Event]:
         return self._fail(local_reply(421, "4.5.0", f"unexpected reply {reply}"))

@@ -10,6 +10,8 @@ transactions, from 1); `ehlo` lists the extensions offered.  What it received is
 from __future__ import annotations
 
 import asyncio
+import base64
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -66,6 +68,8 @@ class Receiver:
         data: Callable[[int], str] = ok,
         greeting: str = "220 receiver.test ESMTP",
         on_data: Callable[[], None] | None = None,
+        tls: ssl.SSLContext | None = None,
+        auth: tuple[str, str] | None = None,
     ) -> None:
         self.loop = loop
         self.host = host
@@ -75,6 +79,9 @@ class Receiver:
         self.data = data
         self.greeting = greeting
         self.on_data = on_data  # called (in the receiver's thread) when DATA content starts
+        self.tls = tls  # a working STARTTLS (else STARTTLS, when listed in ehlo, is a broken one)
+        self.auth = auth  # AUTH PLAIN with these credentials, offered once TLS is on
+        self.logins: list[str] = []  # "user" per successful AUTH, "!user" per failed one
         self.stall_data = False  # read the data, then never answer it (the kill -9 test)
         self.messages: list[Received] = []
         self.transcript: list[str] = []
@@ -117,6 +124,7 @@ class Receiver:
         mail = ""
         rcpts: list[str] = []
         accepted: list[str] = []
+        tls_on = False
         while True:
             line = await reader.readline()
             if not line:
@@ -127,6 +135,10 @@ class Receiver:
             verb = text[:4].upper()
             if verb == "EHLO":
                 lines = ["receiver.test", *self.ehlo]
+                if self.tls is not None and not tls_on:
+                    lines.append("STARTTLS")
+                if self.auth is not None and tls_on:
+                    lines.append("AUTH PLAIN LOGIN")
                 writer.write("".join(f"250{'-' if i < len(lines) - 1 else ' '}{x}\r\n"
                                      for i, x in enumerate(lines)).encode())
             elif verb == "HELO":
@@ -169,6 +181,18 @@ class Receiver:
                     with self.lock:
                         self.messages.append(Received(mail, rcpts, bytes(body), accepted))
                 writer.write(reply.encode() + b"\r\n")
+            elif text.upper() == "STARTTLS" and self.tls is not None:
+                writer.write(b"220 2.0.0 ready\r\n")
+                await writer.drain()
+                await writer.start_tls(self.tls)
+                tls_on = True
+                continue
+            elif verb == "AUTH" and self.auth is not None and text.upper().startswith("AUTH PLAIN "):
+                _, user, password = base64.b64decode(text[11:]).decode().split("\0")
+                good = tls_on and (user, password) == self.auth
+                with self.lock:
+                    self.logins.append(user if good else f"!{user}")
+                writer.write(b"235 2.7.0 ok\r\n" if good else b"535 5.7.8 bad credentials\r\n")
             elif text.upper() == "STARTTLS":
                 # a broken TLS server: says go ahead, then answers the handshake with garbage
                 writer.write(b"220 2.0.0 ready\r\n")

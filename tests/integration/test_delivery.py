@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import smtplib
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from email.message import Message
@@ -20,6 +21,7 @@ import orjson
 import pytest
 
 from fastmail.store.store import Store
+from fastmail.tlsfiles import ensure_self_signed
 
 from .conftest import Server, free_port, make_server
 from .dnsserver import LocalDNS
@@ -554,3 +556,61 @@ def test_delivery_to_a_real_postfix_over_starttls(srv, dns, mx_port):
         assert all(x["tls"] in ("TLSv1.2", "TLSv1.3") and x["result"] == "sent" for x in lines)
     finally:
         pf.stop()
+
+
+def test_two_delivery_processes_share_the_queue(tmp_path, dns, rloop, mx_port):
+    dns.set("shared.test", ("MX", (10, "mx.shared.test.")))
+    dns.set("mx.shared.test", ("A", "127.0.0.19"))
+    rx = Receiver(rloop, "127.0.0.19", mx_port).start()
+    s = make_server(tmp_path, workers=1, extra=config(dns, mx_port, processes=2))
+    s.start()
+    try:
+        with smtplib.SMTP("127.0.0.1", s.ports["smtp"], timeout=30) as c:
+            for n in range(24):
+                c.sendmail(SENDER, [f"p{n}@shared.test"], message(f"shared {n}", f"p{n}@shared.test"))
+        got = rx.wait(24)
+        assert sorted(m.accepted[0] for m in got) == sorted(f"p{n}@shared.test" for n in range(24))
+        wait_for(lambda: not entries_for(s, "p0@shared.test") and len(
+            [x for x in log_lines(s, "delivery") if x.get("rcpt", "").endswith("@shared.test")]) == 24)
+        by_pid = {x["pid"] for x in log_lines(s, "delivery") if x.get("rcpt", "").endswith("@shared.test")}
+        starts = {x["pid"] for x in log_lines(s, "worker_start") if x.get("kind") == "delivery"}
+        assert len(starts) == 2 and by_pid == starts  # each process delivered its share (24 random ids)
+    finally:
+        s.stop()
+        s.kill_tree()
+        rloop.run(_stop(rx))
+
+
+def test_smarthost_with_auth_over_starttls(tmp_path, dns, rloop, mx_port):
+    """delivery.relayhost: every message goes to the relay (no MX lookup for the recipient's domain), AUTH
+    PLAIN after STARTTLS; wrong credentials defer (never bounce)."""
+    ensure_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem", "relay.test")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    relay = Receiver(rloop, "127.0.0.20", mx_port, tls=ctx, auth=("relayuser", "s3cret")).start()
+    (tmp_path / "relay.pw").write_text("s3cret\n")
+    (tmp_path / "srv").mkdir()
+    s = make_server(tmp_path / "srv", workers=1, extra=config(
+        dns, mx_port, relayhost=f"127.0.0.20:{mx_port}", relayhost_user="relayuser",
+        relayhost_password_file=str(tmp_path / "relay.pw"), connection_reuse_time=0.0))
+    s.start()
+    try:
+        msg = message("via relay", "vic@unresolvable.test")
+        send(s, SENDER, ["vic@unresolvable.test", "wes@other.test"], msg)
+        got = relay.wait(1)
+        assert strip_trace(got[0].data) == msg and got[0].accepted == ["vic@unresolvable.test", "wes@other.test"]
+        assert relay.logins == ["relayuser"]
+        assert not [q for q in dns.asked if q[0] in ("unresolvable.test", "other.test")]  # no MX lookup
+        sent = wait_for(lambda: [x for x in log_lines(s, "delivery") if x.get("rcpt") == "vic@unresolvable.test"])
+        assert sent[0]["tls"] in ("TLSv1.2", "TLSv1.3") and sent[0]["mx"] == "[127.0.0.20]"
+        # a wrong password (the next session logs in again: no reuse here): deferred with the relay's
+        # answer, retried, never bounced
+        relay.auth = ("relayuser", "changed")
+        send(s, SENDER, ["xan@unresolvable.test"], message("bad auth", "xan@unresolvable.test"))
+        entry = wait_for(lambda: [e for e in entries_for(s, "xan@unresolvable.test") if e["attempts"] >= 1])[0]
+        assert entry["rcpts"][0]["state"] == "deferred" and entry["rcpts"][0]["reply"].startswith("535 5.7.8")
+        assert not bounces_in_inbox(s, SENDER, "xan@unresolvable.test")
+    finally:
+        s.stop()
+        s.kill_tree()
+        rloop.run(_stop(relay))

@@ -254,3 +254,43 @@ def test_fuzz_never_raises(chunks):
                 c.tls_done()
         c.take_output()
     c.connection_lost()
+
+
+def _tls_then(c: C.Client, ehlo_after: bytes) -> list:
+    c.receive(b"220 relay\r\n")
+    c.take_output()
+    c.receive(b"250-relay\r\n250 STARTTLS\r\n")
+    assert c.take_output() == b"STARTTLS\r\n"
+    c.receive(b"220 go\r\n")
+    c.tls_done()
+    c.take_output()
+    return c.receive(ehlo_after)
+
+
+def test_smarthost_auth_plain_after_tls():
+    c = C.Client("me.test", auth=("u", "p"))
+    assert _tls_then(c, b"250-relay\r\n250 AUTH LOGIN PLAIN\r\n") == []
+    assert c.take_output() == b"AUTH PLAIN AHUAcA==\r\n"
+    events = c.receive(b"235 2.7.0 ok\r\n")
+    assert isinstance(events[0], C.Ready) and c.authenticated
+
+
+def test_smarthost_auth_login_and_refusal():
+    c = C.Client("me.test", auth=("u", "p"))
+    _tls_then(c, b"250-relay\r\n250 AUTH LOGIN\r\n")
+    assert c.take_output() == b"AUTH LOGIN\r\n"
+    c.receive(b"334 VXNlcm5hbWU6\r\n")
+    assert c.take_output() == b"dQ==\r\n"
+    c.receive(b"334 UGFzc3dvcmQ6\r\n")
+    assert c.take_output() == b"cA==\r\n"
+    (failed,) = c.receive(b"535 5.7.8 no\r\n")
+    assert isinstance(failed, C.Failed) and failed.reply.code == 535
+
+
+def test_smarthost_credentials_never_in_plain_text():
+    c = C.Client("me.test", auth=("u", "p"))
+    c.receive(b"220 relay\r\n")
+    c.take_output()
+    (failed,) = c.receive(b"250-relay\r\n250 AUTH PLAIN\r\n")
+    assert isinstance(failed, C.Failed) and failed.reply.enhanced == "4.7.4"
+    assert b"AUTH" not in c.take_output()
