@@ -197,6 +197,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("delivery.timeout_scale", float, 1.0, "Factor applied to the RFC 5321 4.5.3.2 reply timeouts (5 min for MAIL/RCPT, 10 min after the data...).", _positive),
     Setting("delivery.starttls", bool, True, "Use STARTTLS when the remote server offers it (opportunistic, unauthenticated: RFC 7435)."),
     Setting("delivery.require_tls_domains", list, [], "Destination domains that get mail only over STARTTLS (not offered: retry later, then bounce)."),
+    Setting("delivery.srs", bool, True, "Forwarded mail (alias to an external address) leaves with an SRS0 envelope sender at the alias's domain; mail to such addresses goes back to the original sender."),
     Setting("delivery.relayhost", str, "", "Smarthost: send all outbound mail to HOST[:PORT] ('[v6]:PORT') instead of the recipients' MX (port 25 by default); empty: MX routing.", _relayhost),
     Setting("delivery.relayhost_user", str, "", "User name for AUTH at the smarthost (then STARTTLS is required: credentials never go in plain text)."),
     Setting("delivery.relayhost_password_file", str, "", "File holding the smarthost password (read before privileges are dropped)."),

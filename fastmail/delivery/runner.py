@@ -34,7 +34,7 @@ import uvloop
 from fastmail import log
 from fastmail.config import Config, split_hostport
 from fastmail.delivery import queue as Q
-from fastmail.delivery import wake
+from fastmail.delivery import srs, wake
 from fastmail.delivery.dns import DNSError, DNSPermanent, Resolver
 from fastmail.delivery.outbound import Session, SessionError, client_tls_context, open_session
 from fastmail.master.errors import BootError
@@ -125,6 +125,7 @@ class Runner:
         # Smarthost: every destination is the relay host, one pool of sessions, AUTH when configured.
         self.relay = split_hostport(cfg.delivery_relayhost, 25) if cfg.delivery_relayhost else None
         self.relay_auth = (cfg.delivery_relayhost_user, relay_password or "") if cfg.delivery_relayhost_user else None
+        self.srs_key = srs.key(cfg.data_dir) if cfg.delivery_srs else None
 
     # -- the loop -------------------------------------------------------------------------------------------
 
@@ -208,20 +209,21 @@ class Runner:
             results = {i: Q.RcptResult("deferred", f"451 4.3.0 message body unreadable: {e}", "4.3.0") for i in todo}
             self._effect(rec, await self.committer.submit(Q.Update(qid, results, finish=True, now=now)))
             return
-        groups: dict[str, list[int]] = {}
+        groups: dict[tuple[str, str], list[int]] = {}
         for i in todo:
-            # one transaction per destination: per recipient domain, or all of them for the smarthost
-            groups.setdefault(RELAY if self.relay else Q.domain_of(rec["rcpts"][i]["to"]), []).append(i)
+            # one transaction per destination (recipient domain, or the smarthost) and envelope sender
+            dest = RELAY if self.relay else Q.domain_of(rec["rcpts"][i]["to"])
+            groups.setdefault((dest, self._sender_for(rec, rec["rcpts"][i])), []).append(i)
         params = rec.get("params") or {}
         self.attempts += 1
         jobs = []
         loop = asyncio.get_running_loop()
-        for domain, indexes in groups.items():
+        for (domain, sender), indexes in groups.items():
             rcpts = [C.Recipient(rec["rcpts"][i]["to"], rec["rcpts"][i].get("notify"), rec["rcpts"][i].get("orcpt"))
                      for i in indexes]
-            smtputf8 = bool(params.get("smtputf8")) or not rec["sender"].isascii() or \
+            smtputf8 = bool(params.get("smtputf8")) or not sender.isascii() or \
                 any(not r.address.isascii() for r in rcpts)
-            msg = C.Message(rec["sender"], rcpts, body, ret=params.get("ret"), envid=params.get("envid"),
+            msg = C.Message(sender, rcpts, body, ret=params.get("ret"), envid=params.get("envid"),
                             eight_bit=(params.get("body") or "").upper() == "8BITMIME", smtputf8=smtputf8)
             job = Job(qid, domain, indexes, msg, rec.get("attempts", 0) + 1, loop.create_future())
             jobs.append(job)
@@ -236,6 +238,17 @@ class Runner:
 
         await asyncio.gather(*(record(j) for j in jobs))
         self._effect(rec, await self.committer.submit(Q.Update(qid, {}, finish=True, now=time.time())))
+
+    def _sender_for(self, rec: dict[str, Any], r: dict[str, Any]) -> str:
+        """MAIL FROM for recipient `r`: the envelope sender, or its SRS0 form when `r` is a forward (reached
+        through a local alias) of mail from another domain."""
+        sender = rec["sender"]
+        alias = r.get("rcpt") or ""
+        if (self.srs_key is None or not sender or not alias or alias.lower() == r["to"].lower()
+                or self.store.is_local_domain(Q.domain_of(sender))
+                or not self.store.is_local_domain(Q.domain_of(alias))):
+            return sender
+        return srs.forward(self.srs_key, sender, Q.domain_of(alias))
 
     def _effect(self, rec: dict[str, Any], effect: Q.Effect) -> None:
         if effect.bounce:

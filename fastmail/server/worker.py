@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import uvloop
 
 from fastmail import auth, log
 from fastmail.config import Config
-from fastmail.delivery import wake
+from fastmail.delivery import srs, wake
 from fastmail.master.errors import BootError
 from fastmail.master.worker import WorkerContext, install_worker_signals, start_heartbeat
 from fastmail.proto import imap as IP
@@ -39,10 +40,15 @@ _MODES = {"smtp": P.Mode.SMTP, "submission": P.Mode.SUBMISSION, "submissions": P
 class StorePolicy:
     """fastmail.proto.smtp.Policy answered from the LMDB index."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, srs_data_dir: Path | None = None) -> None:
         self.store = store
+        self.srs_data_dir = srs_data_dir
 
     def resolve(self, local: str, domain: str) -> tuple[list[int], list[str]] | None:
+        if srs.is_srs(local) and self.srs_data_dir is not None and self.store.is_local_domain(domain):
+            # a reply or bounce to a forward's SRS0 sender goes on to the original sender (fastmail.delivery.srs)
+            original = srs.reverse(srs.key(self.srs_data_dir), local)
+            return ([], [original]) if original else None
         return self.store.resolve(f"{local}@{domain}")
 
     def is_local_domain(self, domain: str) -> bool:
@@ -74,7 +80,7 @@ class Services:
         self.config = cfg
         self.store = store
         self.hostname = cfg.hostname
-        self.policy = StorePolicy(store)
+        self.policy = StorePolicy(store, cfg.data_dir if cfg.delivery_srs else None)
         self.limits = P.Limits(
             max_line_length=cfg.smtp_max_line_length,
             max_recipients=cfg.smtp_max_recipients,

@@ -614,3 +614,39 @@ def test_smarthost_with_auth_over_starttls(tmp_path, dns, rloop, mx_port):
         s.stop()
         s.kill_tree()
         rloop.run(_stop(relay))
+
+
+def test_forwarding_through_an_alias_uses_srs_and_bounces_find_their_way_back(srv, dns, receivers):
+    dns.set("far.test", ("MX", (10, "mx.far.test.")))
+    dns.set("mx.far.test", ("A", "127.0.0.21"))
+    dns.set("origin.test", ("MX", (10, "mx.origin.test.")))
+    dns.set("mx.origin.test", ("A", "127.0.0.22"))
+    far = receivers("127.0.0.21")
+    origin = receivers("127.0.0.22")
+    srv.cli("alias", "add", "fwd@example.org", "friend@far.test", "alice@example.org")
+    try:
+        msg = message("forwarded", "fwd@example.org")
+        send(srv, "orig@origin.test", ["fwd@example.org"], msg)
+        got = far.wait(1)[0]
+        assert strip_trace(got.data) == msg  # the message itself is untouched
+        srs_sender = re.fullmatch(r"MAIL FROM:<(SRS0=[^=]{4}=[A-Z2-7]{2}=origin\.test=orig@example\.org)>.*", got.mail)
+        assert srs_sender, got.mail
+        assert inbox(srv, "alice@example.org")[-1].endswith(msg)  # the local target got it as well
+        # the far side bounces to the SRS address: it reaches the original sender
+        with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as s:
+            s.ehlo("mx.far.test")
+            assert s.mail("")[0] == 250
+            assert s.rcpt(srs_sender.group(1))[0] == 250
+            assert s.data(b"Subject: bounce of forwarded\r\n\r\nsorry\r\n")[0] == 250
+            s.rset()
+            s.mail("")
+            forged = srs_sender.group(1).replace("=origin.test=", "=elsewhere.test=")
+            assert s.rcpt(forged)[0] == 550  # a hash that does not match: no open relay through SRS
+        back = origin.wait(1)[0]
+        assert back.mail.startswith("MAIL FROM:<>") and back.accepted == ["orig@origin.test"]
+        assert b"Subject: bounce of forwarded" in back.data
+        # mail from a local sender is forwarded with its own address (it passes SPF as it is)
+        send(srv, SENDER, ["fwd@example.org"], message("local forward", "fwd@example.org"))
+        assert far.wait(2)[1].mail.startswith(f"MAIL FROM:<{SENDER}>")
+    finally:
+        srv.cli("alias", "del", "fwd@example.org")
