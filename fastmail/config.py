@@ -190,6 +190,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("delivery.retry_base", float, 300.0, "Seconds before the first retry after a temporary failure; doubled after each failed attempt.", _positive),
     Setting("delivery.retry_max", float, 3600.0, "Longest delay between two attempts, in seconds.", _positive),
     Setting("delivery.lifetime", float, 5 * 86400.0, "Seconds a message may stay in the queue; then what is still undelivered is bounced (RFC 5321 4.5.4.1: 4-5 days).", _positive),
+    Setting("delivery.delay_warning", float, 4 * 3600.0, "Seconds after arrival when a sender whose message is still being retried gets one 'delayed' notice (RFC 3464; NOTIFY without DELAY: none); 0: never.", _at_least(0)),
     Setting("delivery.max_connections", int, 100, "Outbound SMTP connections of one delivery process, all destinations together.", _positive),
     Setting("delivery.max_connections_per_domain", int, 10, "Outbound SMTP connections to one destination domain at once.", _positive),
     Setting("delivery.connection_reuse_time", float, 2.0, "Seconds an idle outbound connection stays open for the next message to the same destination.", _at_least(0)),

@@ -29,6 +29,7 @@ class Failure:
     diagnostic: str  # the remote reply ("550 5.1.1 no such user") or our own reason
     remote_mta: str = ""  # the MX host that said it
     last_attempt: float = 0.0
+    retry_until: float = 0.0  # delayed: when the queue gives up (RFC 3464 §2.3.9 Will-Retry-Until)
 
 
 def _header_of(raw: bytes) -> bytes:
@@ -95,7 +96,8 @@ def build(
                   "recipients. The details are below.", ""]
     for f in failures:
         where = f" (host {f.remote_mta})" if f.remote_mta else ""
-        lines.append(f"<{f.recipient}>{where}: {_field(f.diagnostic)}")
+        still = " (still trying)" if f.action == "delayed" else ""
+        lines.append(f"<{f.recipient}>{where}{still}: {_field(f.diagnostic)}")
     lines += ["", f"--{boundary}", "Content-Type: message/delivery-status", ""]
     # RFC 3464 §2.2: per-message fields
     lines.append(f"Reporting-MTA: dns; {hostname}")
@@ -118,6 +120,8 @@ def build(
             lines.append(f"Remote-MTA: dns; {f.remote_mta}")
         lines.append(f"Diagnostic-Code: smtp; {_field(f.diagnostic)}")
         lines.append(f"Last-Attempt-Date: {formatdate(f.last_attempt or now, localtime=False)}")
+        if f.retry_until:
+            lines.append(f"Will-Retry-Until: {formatdate(f.retry_until, localtime=False)}")
     lines.append("")
     head = "\r\n".join(lines).encode("utf-8") + b"\r\n"
     full = (ret or "FULL").upper() != "HDRS" and len(original) <= MAX_FULL

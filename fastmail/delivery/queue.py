@@ -61,6 +61,7 @@ class Policy:
     retry_base: float = 300.0
     retry_max: float = 3600.0
     lifetime: float = 5 * 86400.0
+    delay_warning: float = 0.0  # seconds after arrival for a "delayed" DSN (0: none)
 
     def backoff(self, attempts: int) -> float:
         """Delay after the `attempts`-th failed attempt: base, doubling, capped."""
@@ -114,8 +115,10 @@ def load(store: Store, qid: bytes) -> dict[str, Any] | None:
 
 # -- attempt results ---------------------------------------------------------------------------------------
 
-def _apply(rec: dict[str, Any], up: Update, policy: Policy) -> list[int]:
-    """Apply `up` to `rec` (in place); return the indexes of recipients whose DSN is due now."""
+def _apply(rec: dict[str, Any], up: Update, policy: Policy) -> tuple[list[int], list[int]]:
+    """Apply `up` to `rec` (in place); return the indexes of the recipients failed for good (their DSN is
+    due) and of those delayed long enough for a warning (RFC 3464 Action: delayed, once per recipient)."""
+    delayed: list[int] = []
     for i, res in up.results.items():
         if i >= len(rec["rcpts"]):
             continue
@@ -136,21 +139,34 @@ def _apply(rec: dict[str, Any], up: Update, policy: Policy) -> list[int]:
                          reply=f"{last} (delivery time expired after {policy.lifetime:g} s)")
         elif left:
             rec["next_attempt"] = up.now + policy.backoff(rec["attempts"])
-    return [i for i, r in enumerate(rec["rcpts"]) if r["state"] == "failed"]
+            if policy.delay_warning and up.now - rec["arrived"] >= policy.delay_warning:
+                for i in left:
+                    if not rec["rcpts"][i].get("warned"):
+                        rec["rcpts"][i]["warned"] = True
+                        delayed.append(i)
+    return [i for i, r in enumerate(rec["rcpts"]) if r["state"] == "failed"], delayed
 
 
-def _wants_dsn(rec: dict[str, Any], r: dict[str, Any]) -> bool:
+def _wants_dsn(rec: dict[str, Any], r: dict[str, Any], kind: str = "FAILURE") -> bool:
     if not rec["sender"]:
         return False  # never to <> (RFC 5321 §4.5.5, §6.1): no bounce loops
     notify = (r.get("notify") or "").upper()
-    return not notify or "FAILURE" in notify.split(",")  # RFC 3461 §4.1 (NEVER, SUCCESS/DELAY only: none)
+    return not notify or kind in notify.split(",")  # RFC 3461 §4.1 (NEVER: none)
 
 
-def _failure(r: dict[str, Any]) -> dsn.Failure:
+def _dsn_for(rec: dict[str, Any], failed: list[int], delayed: list[int]) -> list[int]:
+    return ([i for i in failed if _wants_dsn(rec, rec["rcpts"][i])]
+            + [i for i in delayed if _wants_dsn(rec, rec["rcpts"][i], "DELAY")])
+
+
+def _failure(rec: dict[str, Any], r: dict[str, Any], policy: Policy) -> dsn.Failure:
     orcpt = r.get("orcpt")
     original = orcpt if orcpt else (r.get("rcpt") if r.get("rcpt") and r.get("rcpt") != r["to"] else None)
-    return dsn.Failure(recipient=r["to"], original=original, status=r.get("status") or "5.0.0", action="failed",
-                       diagnostic=r.get("reply") or "", remote_mta=r.get("mx", ""), last_attempt=r.get("at", 0.0))
+    delayed = r["state"] in PENDING
+    return dsn.Failure(recipient=r["to"], original=original, status=r.get("status") or "5.0.0",
+                       action="delayed" if delayed else "failed", diagnostic=r.get("reply") or "",
+                       remote_mta=r.get("mx", ""), last_attempt=r.get("at", 0.0),
+                       retry_until=rec["arrived"] + policy.lifetime if delayed else 0.0)
 
 
 def apply(store: Store, updates: list[Update], policy: Policy) -> list[Effect]:
@@ -164,15 +180,15 @@ def apply(store: Store, updates: list[Update], policy: Policy) -> list[Effect]:
         if raw_rec is None:
             continue
         rec = R.loads(raw_rec)
-        failed = _apply(rec, up, policy)
-        dsn_for = [i for i in failed if _wants_dsn(rec, rec["rcpts"][i])]
+        dsn_for = _dsn_for(rec, *_apply(rec, up, policy))
         if dsn_for:
             try:
                 original = store.read_blob(up.qid)
             except StoreError:
                 original = b""
             body = dsn.build(qid=rec["id"], hostname=policy.hostname, sender=rec["sender"], original=original,
-                             failures=[_failure(rec["rcpts"][i]) for i in dsn_for], arrived=rec["arrived"],
+                             failures=[_failure(rec, rec["rcpts"][i], policy) for i in dsn_for],
+                             arrived=rec["arrived"],
                              envid=rec["params"].get("envid"), ret=rec["params"].get("ret"), now=up.now)
             bounces[up.qid] = (body, dsn_for)
     # 2. Their bodies, durable before the transaction that references them.
@@ -210,11 +226,14 @@ def _write(store: Store, txn: lmdb.Transaction, up: Update, policy: Policy,
         return effect  # deleted by an operator meanwhile
     rec = R.loads(raw)
     old_key = None if rec.get("held") else schedule_key(up.qid, rec["next_attempt"])
-    failed = _apply(rec, up, policy)
+    failed, delayed = _apply(rec, up, policy)
     prepared = bounces.get(up.qid)
-    dsn_for = [i for i in failed if _wants_dsn(rec, rec["rcpts"][i])]
+    dsn_for = _dsn_for(rec, failed, delayed)
     if dsn_for and (prepared is None or prepared[1] != dsn_for):
-        failed = []  # the record changed since the bounce was built: leave them failed for the next pass
+        # the record changed since the DSN was built: leave them failed (or unwarned) for the next pass
+        failed = []
+        for i in delayed:
+            rec["rcpts"][i].pop("warned", None)
     elif dsn_for:
         assert prepared is not None
         effect.bounce, effect.dsn_to = _store_bounce(store, txn, rec, prepared[0], loc_of[up.qid],

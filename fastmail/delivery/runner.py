@@ -108,7 +108,8 @@ class Runner:
         self.index = index
         self.processes = processes
         self.hostname = cfg.hostname
-        self.policy = Q.Policy(cfg.hostname, cfg.delivery_retry_base, cfg.delivery_retry_max, cfg.delivery_lifetime)
+        self.policy = Q.Policy(cfg.hostname, cfg.delivery_retry_base, cfg.delivery_retry_max, cfg.delivery_lifetime,
+                               cfg.delivery_delay_warning)
         self.port = int(cfg.delivery_port)
         self.tls_context = client_tls_context() if cfg.delivery_starttls else None
         self.require_tls = {d.lower() for d in cfg.delivery_require_tls_domains}

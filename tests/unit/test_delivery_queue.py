@@ -184,3 +184,27 @@ def test_dsn_keeps_remote_text_on_one_line_and_returns_the_full_message():
     assert block["Diagnostic-Code"] == "smtp; 550 5.1.1 evil Injected: header" and block["Injected"] is None
     assert original.get_content_type() == "message/rfc822"
     assert original.get_payload()[0].get_payload() == "body"  # the CRLF before a boundary is the boundary's
+
+
+@pytest.mark.parametrize("notify,warned", [(None, True), ("DELAY,FAILURE", True), ("FAILURE", False), ("NEVER", False)])
+def test_delay_warning_once_and_only_when_asked_for(store, notify, warned):
+    qid = queued(store, notify=notify)
+    arrived = Q.load(store, qid)["arrived"]
+    policy = Q.Policy("mx.example.org", lifetime=1000, delay_warning=100)
+    deferred = {0: Q.RcptResult("deferred", "451 4.3.0 later", "4.3.0", "mx.remote.test")}
+    (eff,) = Q.apply(store, [Q.Update(qid, deferred, finish=True, now=arrived + 50)], policy)
+    assert eff.bounce is None  # too early
+    (eff,) = Q.apply(store, [Q.Update(qid, deferred, finish=True, now=arrived + 150)], policy)
+    assert bool(eff.bounce) is warned and not eff.removed
+    assert Q.load(store, qid)["rcpts"][0]["state"] == "deferred"  # still being retried
+    (eff,) = Q.apply(store, [Q.Update(qid, deferred, finish=True, now=arrived + 300)], policy)
+    assert eff.bounce is None  # once
+    if warned:
+        (raw,) = inbox(store)
+        b = email.message_from_bytes(raw, policy=email.policy.compat32)
+        assert b["Subject"] == "Delayed Mail (still being retried)"
+        block = b.get_payload()[1].get_payload()[1]
+        assert block["Action"] == "delayed" and block["Status"] == "4.3.0"
+        assert block["Will-Retry-Until"] and block["Diagnostic-Code"] == "smtp; 451 4.3.0 later"
+    else:
+        assert inbox(store) == []
