@@ -61,9 +61,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = _load(args)
     log.setup(args.log_level)
     for key, value, floor in (("smtp.command_timeout", cfg.smtp_command_timeout, 300.0),
-                              ("smtp.data_timeout", cfg.smtp_data_timeout, 180.0)):
+                              ("smtp.data_timeout", cfg.smtp_data_timeout, 180.0),
+                              ("imap.idle_timeout", cfg.imap_idle_timeout, 1800.0)):
         if value < floor:
-            # Allowed (Postfix, too, shortens its timeouts under stress), but below RFC 5321 §4.5.3.2.
+            # Allowed (Postfix, too, shortens its timeouts under stress), but below RFC 5321 §4.5.3.2
+            # (SMTP) or RFC 9051 §5.4 (IMAP autologout: at least 30 minutes).
             log.event("config_below_rfc", level=30, key=key, value=value, rfc_minimum=floor)
     bootstrap(cfg)
 
@@ -257,6 +259,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
             e["state"] = Q.summary_state(e)
         if args.state:
             entries = [e for e in entries if e["state"] == args.state]
+        if args.min_age:
+            entries = [e for e in entries if time.time() - e["arrived"] >= args.min_age]
         if args.domain:
             want = args.domain.lower()
             entries = [e for e in entries if any(Q.domain_of(r["to"]) == want for r in e["rcpts"])]
@@ -388,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = q.add_parser("list", parents=[common, jsonp])
     x.add_argument("--state", choices=["queued", "deferred", "failed", "held"], help="only entries in this state")
     x.add_argument("--domain", help="only entries with a recipient in this domain")
+    x.add_argument("--min-age", type=float, default=0, metavar="SECONDS", help="only entries queued at least this long")
     x.set_defaults(func=cmd_queue)
     x = q.add_parser("show", parents=[common, jsonp])
     x.add_argument("id")

@@ -706,3 +706,28 @@ def test_tls_required_and_limits(tmp_path):
     finally:
         s.stop()
         s.kill_tree()
+
+
+def test_autologout_after_the_idle_timeout(tmp_path):
+    """imap.idle_timeout (1 s here; RFC 9051 §5.4 wants at least 30 min in production): an idle session and
+    one in IDLE both get BYE and are closed."""
+    from .conftest import make_server
+
+    s = make_server(tmp_path, workers=1, extra="[imap]\nidle_timeout = 1.0\n")
+    s.start()
+    try:
+        quiet = RawIMAP(s.ports["imap"])
+        c = RawIMAP(s.ports["imap"])
+        _, done = c.cmd("l", "LOGIN alice@example.org alice-secret")
+        assert done.startswith(b"l OK")
+        c.cmd("s", "SELECT INBOX")
+        c.send(b"i IDLE\r\n")
+        assert c.response() == b"+ idling"
+        for conn in (quiet, c):
+            assert conn.response() == b"* BYE Autologout; idle for too long"
+            with pytest.raises(EOFError):
+                conn.response()
+        assert "config_below_rfc" in s.log.read_text() and "imap.idle_timeout" in s.log.read_text()
+    finally:
+        s.stop()
+        s.kill_tree()
