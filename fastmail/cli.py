@@ -259,6 +259,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
             e["state"] = Q.summary_state(e)
         if args.state:
             entries = [e for e in entries if e["state"] == args.state]
+        if args.min_age:
+            entries = [e for e in entries if time.time() - e["arrived"] >= args.min_age]
         if args.domain:
             want = args.domain.lower()
             entries = [e for e in entries if any(Q.domain_of(r["to"]) == want for r in e["rcpts"])]
@@ -390,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = q.add_parser("list", parents=[common, jsonp])
     x.add_argument("--state", choices=["queued", "deferred", "failed", "held"], help="only entries in this state")
     x.add_argument("--domain", help="only entries with a recipient in this domain")
+    x.add_argument("--min-age", type=float, default=0, metavar="SECONDS", help="only entries queued at least this long")
     x.set_defaults(func=cmd_queue)
     x = q.add_parser("show", parents=[common, jsonp])
     x.add_argument("id")

@@ -24,6 +24,7 @@ or failed leaves the queue and drops its blob reference in that same transaction
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,8 +92,10 @@ def domain_of(address: str) -> str:
 
 # -- reading -----------------------------------------------------------------------------------------------
 
-def due(store: Store, now: float, skip: set[bytes], limit: int = 1000) -> tuple[list[bytes], float | None]:
-    """Queue ids whose attempt is due (not in `skip`), and the time of the next one not yet due."""
+def due(store: Store, now: float, skip: set[bytes], limit: int = 1000,
+        mine: Callable[[bytes], bool] | None = None) -> tuple[list[bytes], float | None]:
+    """Queue ids whose attempt is due (not in `skip`, and `mine` when given), and the time of the next one
+    not yet due (of any owner: an early wake-up costs one read)."""
     out: list[bytes] = []
     horizon = int(now * 1000)
     with store.read() as txn:
@@ -100,7 +103,7 @@ def due(store: Store, now: float, skip: set[bytes], limit: int = 1000) -> tuple[
             at, qid = R.SCHEDULE_KEY.unpack(key)
             if at > horizon:
                 return out, at / 1000
-            if qid not in skip:
+            if qid not in skip and (mine is None or mine(qid)):
                 out.append(qid)
                 if len(out) >= limit:
                     return out, now

@@ -43,6 +43,7 @@ from fastmail.proto import smtp_client as C
 from fastmail.store.store import Store
 
 RELAY = "[relayhost]"  # the one destination when delivery.relayhost is set
+MAX_INFLIGHT = 10_000  # queue entries being tried at once by one process
 
 
 @dataclass
@@ -158,10 +159,12 @@ class Runner:
 
     def scan(self) -> float | None:
         now = time.time()
-        qids, next_due = Q.due(self.store, now, self.inflight)
+        room = MAX_INFLIGHT - len(self.inflight)
+        if room <= 0:
+            return None  # each attempt that ends wakes the loop again
+        qids, next_due = Q.due(self.store, now, self.inflight, min(room, 1000),
+                               lambda q: wake.owner(q, self.processes) == self.index)
         for qid in qids:
-            if wake.owner(qid, self.processes) != self.index:
-                continue
             rec = Q.load(self.store, qid)
             if rec is None or rec.get("held"):
                 continue
@@ -271,7 +274,8 @@ class Runner:
         dest.jobs.append(job)
         if dest.idle:
             dest.arrived.set()
-        elif dest.active < self.cfg.delivery_max_connections_per_domain and dest.active < len(dest.jobs):
+        # a backlog larger than the sessions there are opens more, up to the per-destination limit
+        if dest.active < self.cfg.delivery_max_connections_per_domain and dest.active < len(dest.jobs):
             dest.active += 1
             self._spawn(self._connection(dest))
 

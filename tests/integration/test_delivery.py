@@ -416,6 +416,8 @@ def test_cli_queue_list_hold_release_retry_bounce(srv, dns):
     listed = orjson.loads(srv.cli("queue", "list", "--json", "--domain", "held.test").stdout)
     assert [e["id"] for e in listed] == [qid] and listed[0]["state"] == "deferred"
     assert orjson.loads(srv.cli("queue", "list", "--json", "--domain", "nowhere.test").stdout) == []
+    assert qid not in [e["id"] for e in orjson.loads(srv.cli("queue", "list", "--json", "--min-age", "3600").stdout)]
+    assert qid in [e["id"] for e in orjson.loads(srv.cli("queue", "list", "--json", "--min-age", "0").stdout)]
     held = orjson.loads(srv.cli("queue", "hold", qid, "--json").stdout)
     assert held["held"] is True
     assert [e["id"] for e in orjson.loads(srv.cli("queue", "list", "--json", "--state", "held").stdout)] == [qid]

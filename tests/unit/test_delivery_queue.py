@@ -55,6 +55,16 @@ def test_due_lists_what_is_due_and_when_the_next_one_is(store):
     assert Q.due(store, rec["next_attempt"] - 1, set()) == ([], rec["next_attempt"])
     assert Q.due(store, rec["next_attempt"] + 1, set()) == ([qid], None)
     assert Q.due(store, rec["next_attempt"] + 1, {qid}) == ([], None)
+    assert Q.due(store, rec["next_attempt"] + 1, set(), mine=lambda q: False) == ([], None)  # another's
+
+
+def test_due_respects_the_limit_and_the_owner(store):
+    qids = [queued(store) for _ in range(6)]
+    later = max(Q.load(store, q)["next_attempt"] for q in qids) + 1
+    first, _ = Q.due(store, later, set(), limit=4)
+    assert len(first) == 4
+    mine, _ = Q.due(store, later, set(), mine=lambda q: q in qids[:2])
+    assert sorted(mine) == sorted(qids[:2])
 
 
 def test_deferred_is_rescheduled_with_backoff_then_sent_removes_entry_and_blob(store):
