@@ -15,102 +15,65 @@ selected mailbox changed; sessions not in IDLE catch up at their next command (t
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import os
-import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
 from fastmail import log
 from fastmail.proto import imap as P
 from fastmail.proto import imap_responses as S
+from fastmail.server.session import Session
 from fastmail.store import changes
 
 if TYPE_CHECKING:
     from fastmail.server.worker import Services
 
-_session_ids = itertools.count(1)
 _log = logging.getLogger("fastmail.imap")
 
 
-class IMAPProtocol(asyncio.Protocol):
+class IMAPProtocol(Session):
+    sid_tag = "i"
+
     def __init__(self, services: Services, listener: str, implicit_tls: bool = False) -> None:
-        self.services = services
-        self.listener = listener
-        self.implicit_tls = implicit_tls
-        self.transport: asyncio.Transport | None = None
+        super().__init__(services, listener, implicit_tls)
         self.conn: P.IMAPConnection | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._write_paused = False
-        self._reading_paused = False
         self._drained: asyncio.Future[None] | None = None
-        self.peer = ""
         self.user_id: int | None = None  # counted in services.imap_per_user
-        self.started = time.monotonic()
-        self.sid = f"{os.getpid():x}.i{next(_session_ids):x}"
 
-    # -- asyncio callbacks ----------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def start(self) -> None:
         cfg = self.services.config
-        peer = transport.get_extra_info("peername")
-        ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
-        if ip.startswith("::ffff:"):
-            ip = ip[7:]
-        self.peer = ip
-        services = self.services
+        services, ip = self.services, self.peer
         services.imap_per_ip[ip] = services.imap_per_ip.get(ip, 0) + 1
-        self.services.sessions.add(self)
-        self.services.imap_sessions.add(self)
+        services.imap_sessions.add(self)
         limit = cfg.imap_max_connections_per_ip
         if limit and services.imap_per_ip[ip] > limit:
             log.event("refused", sid=self.sid, listener=self.listener, peer=ip, reason="connections_per_ip")
-            transport.write(S.BYE_TOO_MANY_CONNECTIONS.line())  # type: ignore[attr-defined]
-            transport.close()
+            assert self.transport is not None
+            self.transport.write(S.BYE_TOO_MANY_CONNECTIONS.line())
+            self.transport.close()
             return
         self.conn = P.IMAPConnection(
-            self.services.mailboxes, self.services.imap_limits, peer=ip, tls=self.implicit_tls,
-            tls_available=self.services.tls_context is not None and not self.implicit_tls,
+            services.mailboxes, services.imap_limits, peer=ip, tls=self.implicit_tls,
+            tls_available=services.tls_context is not None and not self.implicit_tls,
             plaintext_loopback=cfg.imap_plaintext_auth_loopback,
         )
         log.event("connect", sid=self.sid, listener=self.listener, peer=ip, tls=int(self.implicit_tls))
         self._pump()
 
-    def data_received(self, data: bytes) -> None:
-        if self.conn is None:
-            return
-        self.conn.receive(data)
-        self._pump()
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+    def finish(self, exc: Exception | None) -> None:
         services = self.services
-        services.sessions.discard(self)
         services.imap_sessions.discard(self)
         _decrement(services.imap_per_ip, self.peer)
         if self.user_id is not None:
             _decrement(services.imap_per_user, self.user_id)
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
+        self.drained()
         conn = self.conn
         log.event("disconnect", sid=self.sid, user=conn.user if conn else None,
                   secs=f"{time.monotonic() - self.started:.3f}")
 
-    def pause_writing(self) -> None:
-        self._write_paused = True
-        self._set_reading()
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
+    def drained(self) -> None:
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
-        self._set_reading()
 
     # -- driving the state machine ----------------------------------------------------------------------
 
@@ -136,49 +99,14 @@ class IMAPProtocol(asyncio.Protocol):
         self._set_reading()
         self._arm_timer()
 
-    def _set_reading(self) -> None:
-        transport, conn = self.transport, self.conn
-        if transport is None or conn is None or transport.is_closing():
-            return
-        want_pause = self._write_paused or conn.waiting
-        if want_pause and not self._reading_paused:
-            transport.pause_reading()
-            self._reading_paused = True
-        elif not want_pause and self._reading_paused:
-            transport.resume_reading()
-            self._reading_paused = False
-
     def _arm_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         conn = self.conn
         if conn is None or conn.closed or conn.waiting:
+            self.deadline = None
             return
         cfg = self.services.config
         partial = conn.buffered and not conn.idling
-        timeout = cfg.imap_command_timeout if partial else cfg.imap_idle_timeout
-        self._timer = asyncio.get_running_loop().call_later(timeout, self._on_timeout)
-
-    def _on_timeout(self) -> None:
-        self._timer = None
-        if self.conn is not None:
-            log.event("timeout", sid=self.sid)
-            self.conn.timed_out()
-            self._pump()
-
-    def _close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-
-    def shutdown(self) -> None:
-        """Server stopping: BYE and close, unless a command is in flight (its answer goes out first)."""
-        if self.conn is not None and not self.conn.waiting:
-            self.conn.shutdown()
-            self._pump()
+        self.deadline = time.monotonic() + (cfg.imap_command_timeout if partial else cfg.imap_idle_timeout)
 
     @property
     def idle(self) -> bool:
@@ -252,23 +180,7 @@ class IMAPProtocol(asyncio.Protocol):
         return True, user_id
 
     async def _starttls(self) -> bool:
-        assert self.transport is not None and self.conn is not None
-        ctx = self.services.tls_context
-        assert ctx is not None
-        loop = asyncio.get_running_loop()
-        self._reading_paused = False
-        try:
-            new = await loop.start_tls(self.transport, self, ctx, server_side=True, ssl_handshake_timeout=30)
-        except (TimeoutError, ssl.SSLError, OSError, ConnectionError) as e:
-            log.event("tls_failed", sid=self.sid, error=type(e).__name__)
-            self._close()
-            return False
-        if new is None:
-            self._close()
-            return False
-        self.transport = new
-        log.event("starttls", sid=self.sid, version=new.get_extra_info("ssl_object").version())
-        return True
+        return await self._upgrade_tls()
 
 
 def _decrement(counts: dict[Any, int], key: Any) -> None:

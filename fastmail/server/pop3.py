@@ -9,125 +9,45 @@ connection ends, however it ends.
 from __future__ import annotations
 
 import asyncio
-import collections
-import itertools
 import logging
-import os
-import ssl
 import time
 from typing import TYPE_CHECKING
 
 from fastmail import log
 from fastmail.proto import pop3 as P
-from fastmail.server import deadlines
+from fastmail.server.session import Session, is_loopback
 from fastmail.store import maildrop
 
 if TYPE_CHECKING:
     from fastmail.server.worker import Services
 
+class POP3Protocol(Session):
+    sid_tag = "p"
 
-_session_ids = itertools.count(1)
-
-LOGIN_FAILURE_WINDOW = 600.0  # seconds over which failed logins from one address are counted
-
-
-class LoginThrottle:
-    """Failed logins per client address in this worker; past the limit, logins are refused without a
-    password check ([SYS/TEMP], RFC 3206) until the window has passed."""
-
-    def __init__(self, limit: int, window: float = LOGIN_FAILURE_WINDOW) -> None:
-        self.limit = limit
-        self.window = window
-        self._failures: dict[str, collections.deque[float]] = {}
-
-    def _recent(self, ip: str, now: float) -> collections.deque[float] | None:
-        q = self._failures.get(ip)
-        if q is not None:
-            while q and q[0] <= now - self.window:
-                q.popleft()
-            if not q:
-                del self._failures[ip]
-                return None
-        return q
-
-    def blocked(self, ip: str) -> bool:
-        q = self._recent(ip, time.monotonic())
-        return self.limit > 0 and q is not None and len(q) >= self.limit
-
-    def failed(self, ip: str) -> None:
-        now = time.monotonic()
-        q = self._recent(ip, now)
-        if q is None:
-            if len(self._failures) > 100_000:  # bounded memory under a spray from many addresses
-                self._failures.clear()
-            q = self._failures[ip] = collections.deque()
-        q.append(now)
-
-
-class POP3Protocol(asyncio.Protocol):
     def __init__(self, services: Services, listener: str, implicit_tls: bool = False) -> None:
-        self.services = services
-        self.listener = listener
-        self.implicit_tls = implicit_tls
-        self.transport: asyncio.Transport | None = None
+        super().__init__(services, listener, implicit_tls)
         self.conn: P.POP3Connection | None = None
-        self.deadline: float | None = None
-        self.peer = ""
         self.user_id: int | None = None
         self.mailbox_id = 0
         self.lock: maildrop.MaildropLock | None = None
-        self._write_paused = False
-        self._reading_paused = False
-        self.started = time.monotonic()
         self.retrieved = 0
-        self.sid = f"{os.getpid():x}.p{next(_session_ids):x}"
 
-    # -- asyncio callbacks ------------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def start(self) -> None:
         cfg = self.services.config
-        peer = transport.get_extra_info("peername")
-        ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"
-        if ip.startswith("::ffff:"):
-            ip = ip[7:]
-        self.peer = ip
-        loopback = ip == "::1" or ip.startswith("127.") or not isinstance(peer, tuple)
         session = P.Session(
-            peer=ip,
+            peer=self.peer,
             tls=self.implicit_tls,
-            plaintext_ok=loopback and cfg.pop3_plaintext_auth_loopback,
+            plaintext_ok=is_loopback(self.peer) and cfg.pop3_plaintext_auth_loopback,
             tls_available=self.services.tls_context is not None and not self.implicit_tls,
         )
         self.conn = P.POP3Connection(session, self.services.hostname, P.Limits(max_errors=cfg.pop3_max_errors))
-        self.services.sessions.add(self)
-        deadlines.sessions.watch(self)
-        log.event("connect", sid=self.sid, listener=self.listener, peer=ip, tls=int(self.implicit_tls))
+        log.event("connect", sid=self.sid, listener=self.listener, peer=self.peer, tls=int(self.implicit_tls))
         self._pump()
 
-    def data_received(self, data: bytes) -> None:
-        if self.conn is not None:
-            self.conn.receive(data)
-            self._pump()
-
-    def eof_received(self) -> bool | None:
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.deadline = None
-        deadlines.sessions.forget(self)
-        self.services.sessions.discard(self)
+    def finish(self, exc: Exception | None) -> None:
         if self.lock is not None:
             self.lock.release()  # a dropped session removes nothing (no UPDATE state) and frees the maildrop
         log.event("disconnect", sid=self.sid, retrieved=self.retrieved, secs=f"{time.monotonic() - self.started:.3f}")
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-        self._set_reading()
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._set_reading()
 
     # -- driving the state machine ------------------------------------------------------------------------
 
@@ -145,7 +65,7 @@ class POP3Protocol(asyncio.Protocol):
             if request is None:
                 break
             if isinstance(request, P.Close):
-                transport.close()
+                self._close()
                 return
             if isinstance(request, P.Fetch):
                 self._fetch(request)  # a read from the page cache: answered at once, in order
@@ -157,29 +77,6 @@ class POP3Protocol(asyncio.Protocol):
             self.deadline = None
         else:
             self.deadline = time.monotonic() + self.services.config.pop3_idle_timeout
-
-    def _set_reading(self) -> None:
-        transport, conn = self.transport, self.conn
-        if transport is None or conn is None or transport.is_closing():
-            return
-        want_pause = self._write_paused or conn.waiting
-        if want_pause and not self._reading_paused:
-            transport.pause_reading()
-            self._reading_paused = True
-        elif not want_pause and self._reading_paused:
-            transport.resume_reading()
-            self._reading_paused = False
-
-    def on_timeout(self) -> None:
-        if self.conn is not None and not self.conn.waiting:
-            log.event("timeout", sid=self.sid)
-            self.conn.timed_out()
-            self._pump()
-
-    def shutdown(self) -> None:
-        if self.conn is not None and not self.conn.waiting:
-            self.conn.shutdown()
-            self._pump()
 
     @property
     def idle(self) -> bool:
@@ -207,35 +104,20 @@ class POP3Protocol(asyncio.Protocol):
                 await self._update(request)
         except Exception:
             logging.getLogger("fastmail.pop3").exception("request %s failed", type(request).__name__)
-            if self.transport is not None:
-                self.transport.close()
+            self._close()
             return
         self._pump()
 
     async def _starttls(self) -> None:
-        assert self.transport is not None and self.conn is not None
-        ctx = self.services.tls_context
-        assert ctx is not None
-        loop = asyncio.get_running_loop()
-        self._reading_paused = False
-        try:
-            new = await loop.start_tls(self.transport, self, ctx, server_side=True, ssl_handshake_timeout=30)
-        except (TimeoutError, ssl.SSLError, OSError, ConnectionError) as e:
-            log.event("tls_failed", sid=self.sid, error=type(e).__name__)
-            self.transport.close()
-            return
-        if new is None:
-            self.transport.close()
-            return
-        self.transport = new
-        self.conn.tls_started()
-        log.event("starttls", sid=self.sid)
+        if await self._upgrade_tls():
+            assert self.conn is not None
+            self.conn.tls_started()
 
     async def _login(self, req: P.Login) -> None:
         conn = self.conn
         assert conn is not None
         services = self.services
-        throttle: LoginThrottle = services.pop3_throttle
+        throttle = services.pop3_throttle
         if throttle.blocked(self.peer):
             log.event("auth", sid=self.sid, user=req.username, mech=req.mechanism, ok=0, throttled=1)
             conn.login_done(P.LoginFailed.THROTTLED)

@@ -9,53 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import itertools
 import logging
-import os
-import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
 from fastmail import log
 from fastmail.proto import smtp as P
-from fastmail.server import deadlines
+from fastmail.server.session import Session
 from fastmail.store.store import Incoming, new_qid
 
 if TYPE_CHECKING:
     from fastmail.server.worker import Services
 
 
-_session_ids = itertools.count(1)
-
-
-class SMTPProtocol(asyncio.Protocol):
+class SMTPProtocol(Session):
     def __init__(self, services: Services, mode: P.Mode, listener: str, implicit_tls: bool = False) -> None:
-        self.services = services
+        super().__init__(services, listener, implicit_tls)
         self.mode = mode
-        self.listener = listener
-        self.implicit_tls = implicit_tls
-        self.transport: asyncio.Transport | None = None
         self.conn: P.SMTPConnection | None = None
-        self.deadline: float | None = None  # time.monotonic(); swept by fastmail.server.deadlines
         self._task: asyncio.Task[None] | None = None
-        self._write_paused = False
-        self._reading_paused = False
-        self._closing = False
-        self.started = time.monotonic()
         self.messages = 0
-        self.sid = f"{os.getpid():x}.{next(_session_ids):x}"  # session id: follows one connection in the log
 
-    # -- asyncio callbacks ----------------------------------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def start(self) -> None:
         cfg = self.services.config
-        peer = transport.get_extra_info("peername")
-        ip = peer[0] if isinstance(peer, tuple) else "127.0.0.1"  # unix socket: local
-        if ip.startswith("::ffff:"):
-            ip = ip[7:]
-        session = P.Session(peer=ip, mode=self.mode, tls=self.implicit_tls)
-        session.trusted = self.services.is_trusted(ip)
+        session = P.Session(peer=self.peer, mode=self.mode, tls=self.implicit_tls)
+        session.trusted = self.services.is_trusted(self.peer)
         self.conn = P.SMTPConnection(
             session,
             self.services.policy,
@@ -65,40 +43,16 @@ class SMTPProtocol(asyncio.Protocol):
             auth_without_tls=cfg.smtp_auth_plaintext_without_tls,
             sender_login_match=cfg.smtp_sender_login_match,
         )
-        self.services.sessions.add(self)
-        deadlines.sessions.watch(self)
-        log.event("connect", sid=self.sid, listener=self.listener, peer=ip, tls=int(self.implicit_tls))
+        log.event("connect", sid=self.sid, listener=self.listener, peer=self.peer, tls=int(self.implicit_tls))
         self._pump()
 
-    def data_received(self, data: bytes) -> None:
+    def finish(self, exc: Exception | None) -> None:
         conn = self.conn
-        if conn is None:
-            return
-        conn.receive(data)
-        self._pump()
-
-    def eof_received(self) -> bool | None:
-        return None  # close our side too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.deadline = None
-        deadlines.sessions.forget(self)
-        self.services.sessions.discard(self)
-        conn = self.conn
-        if conn is not None and not conn.closed:
+        if conn is not None and not conn.closed and conn.in_data:
             # Abrupt disconnect: whatever was in flight without a reply is simply not accepted.
-            if conn.in_data:
-                log.event("disconnect_in_data", level=logging.WARNING, sid=self.sid)
+            log.event("disconnect_in_data", level=logging.WARNING, sid=self.sid)
         log.event("disconnect", sid=self.sid, messages=self.messages,
                   secs=f"{time.monotonic() - self.started:.3f}")
-
-    def pause_writing(self) -> None:
-        self._write_paused = True
-        self._set_reading()
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._set_reading()
 
     # -- driving the state machine ----------------------------------------------------------------------
 
@@ -118,18 +72,6 @@ class SMTPProtocol(asyncio.Protocol):
         self._set_reading()
         self._arm_timer()
 
-    def _set_reading(self) -> None:
-        transport, conn = self.transport, self.conn
-        if transport is None or conn is None or transport.is_closing():
-            return
-        want_pause = self._write_paused or conn.waiting
-        if want_pause and not self._reading_paused:
-            transport.pause_reading()
-            self._reading_paused = True
-        elif not want_pause and self._reading_paused:
-            transport.resume_reading()
-            self._reading_paused = False
-
     def _arm_timer(self) -> None:
         conn = self.conn
         if conn is None or conn.closed or conn.waiting:
@@ -137,23 +79,6 @@ class SMTPProtocol(asyncio.Protocol):
             return
         cfg = self.services.config
         self.deadline = time.monotonic() + (cfg.smtp_data_timeout if conn.in_data else cfg.smtp_command_timeout)
-
-    def on_timeout(self) -> None:
-        if self.conn is not None and not self.conn.waiting:
-            log.event("timeout", sid=self.sid)
-            self.conn.timed_out()
-            self._pump()
-
-    def _close(self) -> None:
-        self.deadline = None
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-
-    def shutdown(self) -> None:
-        """Server stopping: 421 and close, unless a delivery is in flight (its reply must go out first)."""
-        if self.conn is not None and not self.conn.waiting:
-            self.conn.shutdown()
-            self._pump()
 
     @property
     def idle(self) -> bool:
@@ -177,23 +102,9 @@ class SMTPProtocol(asyncio.Protocol):
         self._pump()
 
     async def _starttls(self) -> None:
-        assert self.transport is not None and self.conn is not None
-        ctx = self.services.tls_context
-        assert ctx is not None
-        loop = asyncio.get_running_loop()
-        self._reading_paused = False
-        try:
-            new = await loop.start_tls(self.transport, self, ctx, server_side=True, ssl_handshake_timeout=30)
-        except (TimeoutError, ssl.SSLError, OSError, ConnectionError) as e:
-            log.event("tls_failed", sid=self.sid, error=type(e).__name__)
-            self._close()
-            return
-        if new is None:
-            self._close()
-            return
-        self.transport = new
-        self.conn.tls_started()
-        log.event("starttls", sid=self.sid, version=new.get_extra_info("ssl_object").version())
+        if await self._upgrade_tls():
+            assert self.conn is not None
+            self.conn.tls_started()
 
     async def _authenticate(self, req: P.Authenticate) -> None:
         conn = self.conn

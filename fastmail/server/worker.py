@@ -28,7 +28,8 @@ from fastmail.proto import imap as IP
 from fastmail.proto import smtp as P
 from fastmail.server.commit import Committer
 from fastmail.server.imap import IMAPProtocol, watch_changes
-from fastmail.server.pop3 import LoginThrottle, POP3Protocol
+from fastmail.server.pop3 import POP3Protocol
+from fastmail.server.session import LoginThrottle
 from fastmail.server.smtp import SMTPProtocol
 from fastmail.store import mime
 from fastmail.store.mailboxes import Mailboxes

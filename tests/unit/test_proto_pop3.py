@@ -229,7 +229,7 @@ def test_top_of_edge_cases() -> None:
 
 
 def test_login_throttle_window() -> None:
-    from fastmail.server.pop3 import LoginThrottle
+    from fastmail.server.session import LoginThrottle
 
     t = LoginThrottle(limit=2, window=3600)
     assert not t.blocked("10.0.0.1")

@@ -1,0 +1,197 @@
+"""What the SMTP, IMAP and POP3 protocol classes share: the transport plumbing around a sans-IO machine.
+
+A subclass sets `self.conn` (the protocol's state machine, with `.waiting`, `.closed`, `.timed_out()` and
+`.shutdown()`) in `start()`, drives it in `_pump()`, and releases what it holds in `finish()`.  This base
+keeps the rest the same for all three:
+
+- the client's address (`peer`, IPv4-mapped IPv6 unwrapped; a unix socket is local);
+- membership in the worker's `sessions` (graceful stop) and in the timeout sweep (fastmail.server.deadlines:
+  a subclass sets `deadline`, the sweep calls `on_timeout()`);
+- back-pressure: reading is paused while the machine waits for a request to be answered or while the
+  client does not read what we write (`pause_writing`), and resumed when both are over;
+- the TLS upgrade (STARTTLS / STLS) on the same protocol object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import os
+import ssl
+import time
+from typing import TYPE_CHECKING, Any
+
+from fastmail import log
+from fastmail.server import deadlines
+
+if TYPE_CHECKING:
+    from fastmail.server.worker import Services
+
+_session_ids = itertools.count(1)
+
+
+LOGIN_FAILURE_WINDOW = 600.0  # seconds over which failed logins from one address are counted
+
+
+class LoginThrottle:
+    """Failed logins per client address in this worker (IMAP and POP3 each keep one); past the limit,
+    logins are refused without a password check until the window has passed."""
+
+    def __init__(self, limit: int, window: float = LOGIN_FAILURE_WINDOW) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, collections.deque[float]] = {}
+
+    def _recent(self, ip: str, now: float) -> collections.deque[float] | None:
+        q = self._failures.get(ip)
+        if q is not None:
+            while q and q[0] <= now - self.window:
+                q.popleft()
+            if not q:
+                del self._failures[ip]
+                return None
+        return q
+
+    def blocked(self, ip: str) -> bool:
+        q = self._recent(ip, time.monotonic())
+        return self.limit > 0 and q is not None and len(q) >= self.limit
+
+    def failed(self, ip: str) -> None:
+        now = time.monotonic()
+        q = self._recent(ip, now)
+        if q is None:
+            if len(self._failures) > 100_000:  # bounded memory under a spray from many addresses
+                self._failures.clear()
+            q = self._failures[ip] = collections.deque()
+        q.append(now)
+
+
+def peer_address(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    if not isinstance(peer, tuple):
+        return "127.0.0.1"  # a unix socket: local
+    ip = str(peer[0])
+    return ip[7:] if ip.startswith("::ffff:") else ip
+
+
+def is_loopback(ip: str) -> bool:
+    return ip == "::1" or ip.startswith("127.")
+
+
+class Session(asyncio.Protocol):
+    sid_tag = ""  # one letter after the pid in session ids: "" SMTP, "i" IMAP, "p" POP3
+
+    def __init__(self, services: Services, listener: str, implicit_tls: bool = False) -> None:
+        self.services = services
+        self.listener = listener
+        self.implicit_tls = implicit_tls
+        self.transport: asyncio.Transport | None = None
+        self.conn: Any = None
+        self.deadline: float | None = None  # time.monotonic(); swept by fastmail.server.deadlines
+        self.peer = ""
+        self._write_paused = False
+        self._reading_paused = False
+        self.started = time.monotonic()
+        self.sid = f"{os.getpid():x}.{self.sid_tag}{next(_session_ids):x}"  # follows one connection in the log
+
+    # -- for subclasses ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """The connection is up and registered: build `self.conn`, log, and pump the greeting."""
+        raise NotImplementedError
+
+    def finish(self, exc: Exception | None) -> None:
+        """The connection is gone and unregistered: release what the session holds, log."""
+
+    def _pump(self) -> None:
+        raise NotImplementedError
+
+    def drained(self) -> None:
+        """The client read what was waiting in our send buffer."""
+
+    # -- asyncio callbacks ------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = peer_address(transport)
+        self.services.sessions.add(self)
+        deadlines.sessions.watch(self)
+        self.start()
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.receive(data)
+            self._pump()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.deadline = None
+        deadlines.sessions.forget(self)
+        self.services.sessions.discard(self)
+        self.finish(exc)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._set_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self.drained()
+        self._set_reading()
+
+    # -- shared behaviour -------------------------------------------------------------------------------
+
+    def _set_reading(self) -> None:
+        transport, conn = self.transport, self.conn
+        if transport is None or conn is None or transport.is_closing():
+            return
+        want_pause = self._write_paused or conn.waiting
+        if want_pause and not self._reading_paused:
+            transport.pause_reading()
+            self._reading_paused = True
+        elif not want_pause and self._reading_paused:
+            transport.resume_reading()
+            self._reading_paused = False
+
+    def on_timeout(self) -> None:
+        conn = self.conn
+        if conn is not None and not conn.waiting and not conn.closed:
+            log.event("timeout", sid=self.sid)
+            conn.timed_out()
+            self._pump()
+
+    def shutdown(self) -> None:
+        """Server stopping: say so and close, unless a request is in flight (its answer goes out first)."""
+        conn = self.conn
+        if conn is not None and not conn.waiting:
+            conn.shutdown()
+            self._pump()
+
+    def _close(self) -> None:
+        self.deadline = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    async def _upgrade_tls(self) -> bool:
+        """STARTTLS / STLS: the same protocol object continues over TLS.  False (and closed) on failure."""
+        assert self.transport is not None
+        ctx = self.services.tls_context
+        assert ctx is not None
+        loop = asyncio.get_running_loop()
+        self._reading_paused = False  # start_tls takes over reading
+        try:
+            new = await loop.start_tls(self.transport, self, ctx, server_side=True, ssl_handshake_timeout=30)
+        except (TimeoutError, ssl.SSLError, OSError, ConnectionError) as e:
+            log.event("tls_failed", sid=self.sid, error=type(e).__name__)
+            self._close()
+            return False
+        if new is None:
+            self._close()
+            return False
+        self.transport = new  # type: ignore[assignment]
+        log.event("starttls", sid=self.sid, version=new.get_extra_info("ssl_object").version())
+        return True
