@@ -76,6 +76,7 @@ max_message_size = 1048576
         return res
 
     def start(self) -> None:
+        offset = self.log.stat().st_size if self.log.exists() else 0  # a restart appends to the same log
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen(
                 fastmail_cmd("serve", "-c", str(self.config)), stdout=logf, stderr=subprocess.STDOUT,
@@ -85,12 +86,19 @@ max_message_size = 1048576
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.ports["smtp"]), timeout=2) as s:
-                    if s.recv(100).startswith(b"220"):
-                        return
-            except OSError:
-                time.sleep(0.1)
+            # Ready when the master has seen every worker ready (they have dropped privileges and serve),
+            # not merely when one answers: tests count on every worker.
+            with open(self.log, "rb") as f:
+                f.seek(offset)
+                started = f.read().decode(errors="replace")
+            if started.count("event=worker_ready kind=worker ") >= self.workers:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.ports["smtp"]), timeout=2) as s:
+                        if s.recv(100).startswith(b"220"):
+                            return
+                except OSError:
+                    pass
+            time.sleep(0.1)
         raise AssertionError(f"server did not start:\n{self.log.read_text()}")
 
     def stop(self) -> int | None:
