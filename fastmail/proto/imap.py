@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from enum import Enum, auto
 from typing import Any
 
+from fastmail._core import fetch as core_fetch
 from fastmail._core import imap as core
 from fastmail.proto import imap_responses as S
 from fastmail.proto.imap_fetch import (
@@ -723,9 +724,26 @@ class IMAPConnection(MailboxCommands):
                 seen_set = {m.uid for m in changed if changedsince is None or m.modseq > changedsince}
         loader = Batch(self.boxes, needs_meta(items), needs_body(items))
         fetcher = Fetcher(items, loader.body, loader.meta, uid, changedsince is not None)
+        # The common item lists straight from the encoded records (fastmail._core.fetch); a batch it
+        # cannot render (an older record or no stored wire form) goes the general way below.
+        order = None if seen_set else core_fetch.item_order(fetcher.items)
+        wires = order is not None and any(c in core_fetch.WIRE_ITEMS for c in order)
+        since = -1 if changedsince is None else changedsince
         issued = False
         for start in range(0, len(uids), BATCH):
             want = uids[start: start + BATCH]
+            if order is not None:
+                pairs, wire_values = self.boxes.raw_records(view.id, want, wires)
+                done = core_fetch.render_batch(pairs, wire_values, want, view.uids, order, since)
+                if done is not None:
+                    data, found = done
+                    if found < len(want):
+                        issued = True
+                    if data:
+                        self._write(data)
+                    if self._outlen >= self.limits.flush_bytes:
+                        yield Flush()
+                    continue
             chunk = view.messages(want)  # current flags; the expunged are missing
             if len(chunk) < len(want):
                 issued = True

@@ -18,6 +18,7 @@ from typing import Any
 
 import lmdb
 
+from fastmail._core.fetch import record_blob
 from fastmail.store import changes
 from fastmail.store import records as R
 from fastmail.store.store import Store
@@ -156,6 +157,40 @@ class Mailboxes:
                 if value is not None:
                     out[uid] = parse_record(key, value)
         return out
+
+    def raw_records(self, mailbox_id: int, uids: list[int], wires: bool) -> tuple[list[tuple[bytes, bytes]], list[bytes | None] | None]:
+        """The message records (key, value) of the mailbox from uids[0] to uids[-1] (ascending), still
+        encoded, read in one transaction, and with `wires` the stored wire form of each one's blob (None
+        where there is none).  A dense run of UIDs (a FETCH 1:*) is one cursor walk over its key range,
+        which may include UIDs not asked for; a sparse one is a get per UID.  For fastmail._core.fetch."""
+        pairs: list[tuple[bytes, bytes]] = []
+        out_wires: list[bytes | None] | None = None
+        if not uids:
+            return pairs, ([] if wires else None)
+        db = self.db["msgs"]
+        with self.store.read() as txn:
+            if uids[-1] - uids[0] < 2 * len(uids):
+                hi = R.msg_key(mailbox_id, uids[-1])
+                cur = txn.cursor(db=db)
+                if cur.set_range(R.msg_key(mailbox_id, uids[0])):
+                    for k, v in cur:
+                        if bytes(k) > hi:  # bytes already (buffers=False): no copy
+                            break
+                        pairs.append((k, v))
+            else:
+                for uid in uids:
+                    key = R.msg_key(mailbox_id, uid)
+                    value = txn.get(key, db=db)
+                    if value is not None:
+                        pairs.append((key, value))
+            if wires:
+                wdb = self.db["msgwire"]
+                get = txn.get
+                out_wires = []
+                for _k, v in pairs:
+                    blob = record_blob(v)
+                    out_wires.append(get(blob, db=wdb) if blob is not None else None)
+        return pairs, out_wires
 
     def snapshot(self, mailbox_id: int) -> tuple[dict[str, Any], list[Message]] | None:
         """The mailbox record and its messages, read in one transaction (consistent with each other)."""

@@ -54,6 +54,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from fastmail._core import fetch as _fetch
 from fastmail._core import mime as _m
 
 VERSION = 1
@@ -398,6 +399,12 @@ def render(value: Any) -> bytes:
     a leading run of lists (the bodies of a multipart, the addresses of an address list) is written with no
     separator, as RFC 3501's 1*body and 1*address require."""
     return _m.render(value)
+
+
+def wire(meta: dict[str, Any]) -> bytes:
+    """The stored wire form (the `msgwire` database) of an analyze() result: its ENVELOPE, BODY and
+    BODYSTRUCTURE rendered once, at delivery, so that FETCH copies them (fastmail._core.fetch)."""
+    return _fetch.wire_value(render(meta["envelope"]), render(meta["body"]), render(meta["bodystructure"]))
 
 
 # --- sections (RFC 3501 §6.4.5) ------------------------------------------------------------------------

@@ -33,6 +33,7 @@ DBS = (
     "msgs",  # mailbox id | uid -> [v, blob id, size, internaldate, flags, modseq]
     "blobs",  # blob id -> BLOB
     "msgmeta",  # blob id -> {"v", "envelope", "body", "bodystructure", "parts"}
+    "msgwire",  # blob id -> ENVELOPE, BODY, BODYSTRUCTURE as IMAP bytes (fastmail._core.fetch.wire_value)
     "usage",  # user id -> USAGE
     "queue",  # queue id -> {"v", ...envelope, per-recipient state}
     "schedule",  # SCHEDULE_KEY -> b""

@@ -20,7 +20,7 @@ from typing import Any
 
 import lmdb
 
-from fastmail.store import changes
+from fastmail.store import changes, mime
 from fastmail.store import records as R
 from fastmail.store.segments import Segments, fsync_dir
 
@@ -358,6 +358,7 @@ class Store:
             return None
         txn.delete(blob_id, db=self.db["blobs"])
         txn.delete(blob_id, db=self.db["msgmeta"])
+        txn.delete(blob_id, db=self.db["msgwire"])
         return R.BLOB.pack(seg, off, length, 0)[:24]
 
     def list_users(self) -> list[dict[str, Any]]:
@@ -566,6 +567,12 @@ class Store:
             txn.put(item.qid, R.BLOB.pack(seg, off, length, refs), db=db["blobs"])
             if item.meta is not None:
                 txn.put(item.qid, R.dumps(item.meta), db=db["msgmeta"])
+                try:
+                    wire = mime.wire(item.meta)
+                except Exception:  # pragma: no cover - never lose a message over it; FETCH renders the meta
+                    pass
+                else:
+                    txn.put(item.qid, wire, db=db["msgwire"])
         return outcome
 
     # -- reading ---------------------------------------------------------------------------------------

@@ -1,0 +1,358 @@
+"""FETCH responses for the common item lists, a batch at a time: message records in, response bytes out.
+
+The items a mail client asks for when it syncs a mailbox (RFC 9051 §6.4.5, §7.5.2) -- UID, FLAGS,
+INTERNALDATE, RFC822.SIZE, MODSEQ (RFC 7162) and ENVELOPE, BODY, BODYSTRUCTURE -- come straight from the
+stored records: the message record (the JSON list of fastmail.store.records.message_record, read as
+bytes) and, for the last three, the wire form rendered at delivery (fastmail.store.mime.wire).  Nothing
+is decoded into Python objects; each response line is written into one buffer.
+
+`render_batch()` returns None when a record is not in the layout it knows (another version, an escape it
+does not handle, a date outside years 0-9999, a missing wire form): the caller then renders that batch
+the general way (fastmail.proto.imap_fetch.Fetcher), which gives the same bytes.
+
+One source, two builds (Cython pure-Python mode, typed by fetch.pxd): `s` and `o` are the bytes and
+bytearray objects in the pure twin and pointers to their data when compiled.  No asyncio, no store.
+"""
+
+from __future__ import annotations
+
+import cython
+
+if cython.compiled:
+    from cython.cimports.cpython.bytes import PyBytes_FromStringAndSize
+    from cython.cimports.libc.string import memcpy
+
+# Item codes of the `order` argument (one byte each, in the client's order).
+UID = 1
+FLAGS = 2
+INTERNALDATE = 3
+RFC822_SIZE = 4
+MODSEQ = 5
+ENVELOPE = 6
+BODY = 7
+BODYSTRUCTURE = 8
+CODES = {"UID": UID, "FLAGS": FLAGS, "INTERNALDATE": INTERNALDATE, "RFC822.SIZE": RFC822_SIZE, "MODSEQ": MODSEQ,
+         "ENVELOPE": ENVELOPE, "BODY": BODY, "BODYSTRUCTURE": BODYSTRUCTURE}
+WIRE_ITEMS = frozenset({ENVELOPE, BODY, BODYSTRUCTURE})
+
+WIRE_VERSION = 1  # first byte of a wire value: version, then U32 BE lengths of ENVELOPE and BODY, then
+# the three rendered values (ENVELOPE, BODY, BODYSTRUCTURE) back to back
+
+_MONTHS = b"JanFebMarAprMayJunJulAugSepOctNovDec"
+_RECORD_HEAD = b'[1,"'  # a version-1 message record: [1,"<blob hex>",size,date,[flags],modseq]
+_LINE = 32  # "* <seq> FETCH (" and ")\r\n"
+_ITEM = 48  # an item's name, number or date, and its separator
+
+
+def wire_value(envelope: bytes, body: bytes, bodystructure: bytes) -> bytes:
+    """The stored wire form of a message's ENVELOPE, BODY and BODYSTRUCTURE (rendered IMAP values)."""
+    return (bytes((WIRE_VERSION,)) + len(envelope).to_bytes(4, "big") + len(body).to_bytes(4, "big")
+            + envelope + body + bodystructure)
+
+
+def item_order(items: list) -> bytes | None:
+    """The codes of a FETCH item list (upper-cased str items), or None when one is not handled here."""
+    out = bytearray()
+    for item in items:
+        if type(item) is not str or item not in CODES:
+            return None
+        out.append(CODES[item])
+    return bytes(out)
+
+
+def record_blob(value: bytes) -> bytes | None:
+    """The blob id of a version-1 message record, or None for another layout."""
+    s = value
+    n = len(value)
+    if n < 6 or value[:4] != _RECORD_HEAD:
+        return None
+    j = 4
+    while j < n and s[j] != 34:
+        j += 1
+    if j >= n or (j - 4) % 2:
+        return None
+    try:
+        return bytes.fromhex(value[4:j].decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _copy(out: bytearray, pos, data: bytes, a, b) -> int:
+    """data[a:b] into out at pos; the position after it."""
+    if cython.compiled:
+        o: cython.p_uchar = cython.cast(bytearray, out)
+        s: cython.p_const_uchar = cython.cast(bytes, data)
+        memcpy(o + pos, s + a, b - a)  # type: ignore[name-defined]  # noqa: F821
+    else:
+        out[pos: pos + b - a] = data[a:b]
+    return pos + b - a
+
+
+def _digits(out: bytearray, pos, value) -> int:
+    """The decimal digits of value (>= 0) at pos; the position after them."""
+    o = out
+    k = 0
+    v = value
+    while True:
+        k += 1
+        v //= 10
+        if v == 0:
+            break
+    end = pos + k
+    v = value
+    while k > 0:
+        k -= 1
+        o[pos + k] = 48 + v % 10
+        v //= 10
+    return end
+
+
+def _two(out: bytearray, pos, value) -> int:
+    o = out
+    o[pos] = 48 + value // 10
+    o[pos + 1] = 48 + value % 10
+    return pos + 2
+
+
+def _number(value: bytes, j, n) -> tuple:
+    """The non-negative integer at value[j:] ended by "," or "]": (value, index of the end), or (-1, j)."""
+    s = value
+    v = 0
+    k = j
+    while k < n and 48 <= s[k] <= 57 and k - j < 18:
+        v = v * 10 + (s[k] - 48)
+        k += 1
+    if k == j or k >= n or (s[k] != 44 and s[k] != 93):
+        return -1, j
+    return v, k
+
+
+def _date(out: bytearray, pos, seconds) -> int:
+    """date-time (RFC 9051 §9) of epoch seconds in UTC, quoted: "17-Jul-1996 02:44:25 +0000"; -1 for a
+    year outside 0-9999.  Days to civil date: H. Hinnant's algorithm (proleptic Gregorian, as gmtime)."""
+    o = out
+    days = seconds // 86400
+    secs = seconds - days * 86400
+    z = days + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    year = yoe + era * 400
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    if month <= 2:
+        year += 1
+    if year < 0 or year > 9999:
+        return -1
+    o[pos] = 34
+    pos = _two(out, pos + 1, day)
+    o[pos] = 45
+    m = (month - 1) * 3
+    o[pos + 1] = _MONTHS[m]
+    o[pos + 2] = _MONTHS[m + 1]
+    o[pos + 3] = _MONTHS[m + 2]
+    o[pos + 4] = 45
+    pos = _two(out, pos + 5, year // 100)
+    pos = _two(out, pos, year % 100)
+    o[pos] = 32
+    pos = _two(out, pos + 1, secs // 3600)
+    o[pos] = 58
+    pos = _two(out, pos + 1, secs // 60 % 60)
+    o[pos] = 58
+    pos = _two(out, pos + 1, secs % 60)
+    return _copy(out, pos, b' +0000"', 0, 7)
+
+
+def render_batch(pairs: list, wires, want: list, view, order: bytes, changedsince) -> tuple[bytes, int] | None:
+    """FETCH responses for the messages of `pairs` that are in `want`.
+
+    pairs: (key, value) of message records of one mailbox (key: mailbox id U64 BE + uid U32 BE), ascending;
+    wires: the wire value of each pair's blob (same positions) when `order` has ENVELOPE/BODY/BODYSTRUCTURE,
+    else None; want: the UIDs asked for (ascending); view: the session's UIDs (ascending, index + 1 is the
+    sequence number; every wanted UID is in it); order: item codes; changedsince: only records with a
+    greater MODSEQ are rendered (-1: all).  Returns (response bytes, how many wanted UIDs have a record),
+    or None when a record or wire value is not in a layout handled here."""
+    npairs = len(pairs)
+    nwant = len(want)
+    nview = len(view)
+    norder = len(order)
+    nflags = 0
+    nwire = 0
+    for k in range(norder):
+        if order[k] == 2:  # FLAGS
+            nflags += 1
+        elif order[k] >= 6:  # ENVELOPE, BODY, BODYSTRUCTURE
+            nwire += 1
+    if nwire and wires is None:
+        return None
+    # Room for every line: the fixed part, 48 bytes an item for its name, a number or a date and the
+    # separator, and the flags (shorter than the record) and the wire values (shorter than the stored one)
+    # as many times as they are asked for.
+    cap = 0
+    for i in range(npairs):
+        cap += _LINE + norder * _ITEM + nflags * len(pairs[i][1])
+        if nwire:
+            w = wires[i]
+            if w is None:
+                return None
+            cap += nwire * len(w)
+    out = bytearray(cap)
+    o = out
+    pos = 0
+    wi = 0
+    vi = 0
+    found = 0
+    for i in range(npairs):
+        key = pairs[i][0]
+        value = pairs[i][1]
+        if len(key) != 12:
+            return None
+        s = key
+        uid = (s[8] << 24) | (s[9] << 16) | (s[10] << 8) | s[11]
+        wu = want[wi] if wi < nwant else 0
+        while wi < nwant and wu < uid:
+            wi += 1
+            if wi < nwant:
+                wu = want[wi]
+        if wi >= nwant:
+            break
+        if wu != uid:
+            continue
+        found += 1
+        while vi < nview and view[vi] < uid:
+            vi += 1
+        if vi >= nview or view[vi] != uid:
+            return None
+        # the record: [1,"<hex>",size,date,[flags],modseq]
+        s = value
+        n = len(value)
+        if n < 16 or s[0] != 91 or s[1] != 49 or s[2] != 44 or s[3] != 34:
+            return None
+        j = 4
+        while j < n and s[j] != 34:
+            j += 1
+        j += 1
+        if j >= n or s[j] != 44:
+            return None
+        size, j = _number(value, j + 1, n)
+        if size < 0 or s[j] != 44:
+            return None
+        date, j = _number(value, j + 1, n)
+        if date < 0 or s[j] != 44 or j + 2 >= n or s[j + 1] != 91:
+            return None
+        flags_at = j + 2
+        j = flags_at
+        while j < n and s[j] != 93:  # strings up to the "]" ending the list; checked again when copied
+            if s[j] == 34:
+                j += 1
+                while j < n and s[j] != 34:
+                    j += 2 if s[j] == 92 else 1
+            j += 1
+        flags_end = j
+        if j + 1 >= n or s[j + 1] != 44:
+            return None
+        modseq, j = _number(value, j + 2, n)
+        if modseq < 0 or s[j] != 93 or j + 1 != n:
+            return None
+        if changedsince >= 0 and modseq <= changedsince:
+            continue
+        pos = _copy(out, pos, b"* ", 0, 2)
+        pos = _digits(out, pos, vi + 1)
+        pos = _copy(out, pos, b" FETCH (", 0, 8)
+        for k in range(norder):
+            if k:
+                o[pos] = 32
+                pos += 1
+            code = order[k]
+            if code == 1:  # UID
+                pos = _copy(out, pos, b"UID ", 0, 4)
+                pos = _digits(out, pos, uid)
+            elif code == 2:  # FLAGS
+                pos = _copy(out, pos, b"FLAGS (", 0, 7)
+                pos = _flags(out, pos, value, flags_at, flags_end)
+                if pos < 0:
+                    return None
+                o[pos] = 41
+                pos += 1
+            elif code == 3:  # INTERNALDATE
+                pos = _copy(out, pos, b"INTERNALDATE ", 0, 13)
+                pos = _date(out, pos, date)
+                if pos < 0:
+                    return None
+            elif code == 4:  # RFC822_SIZE
+                pos = _copy(out, pos, b"RFC822.SIZE ", 0, 12)
+                pos = _digits(out, pos, size)
+            elif code == 5:  # MODSEQ
+                pos = _copy(out, pos, b"MODSEQ (", 0, 8)
+                pos = _digits(out, pos, modseq)
+                o[pos] = 41
+                pos += 1
+            else:
+                if wires is None:
+                    return None
+                pos = _wire(out, pos, wires[i], code)
+                if pos < 0:
+                    return None
+        pos = _copy(out, pos, b")\r\n", 0, 3)
+    if cython.compiled:
+        return PyBytes_FromStringAndSize(cython.cast(cython.p_char, o), pos), found  # type: ignore[name-defined]  # noqa: F821
+    return bytes(out[:pos]), found
+
+
+def _flags(out: bytearray, pos, value: bytes, a, b) -> int:
+    """The flags of a record's JSON list value[a:b] ('"\\\\Seen","$x"') as an IMAP list body ('\\Seen $x'),
+    or -1 for anything but plain strings with "\\\\" escapes."""
+    s = value
+    o = out
+    j = a
+    first = True
+    while j < b:
+        if s[j] != 34:
+            return -1
+        if not first:
+            o[pos] = 32
+            pos += 1
+        first = False
+        j += 1
+        while j < b and s[j] != 34:
+            c = s[j]
+            if c == 92:
+                if j + 1 >= b or s[j + 1] != 92:
+                    return -1
+                j += 1
+            o[pos] = c
+            pos += 1
+            j += 1
+        if j >= b:
+            return -1
+        j += 1
+        if j < b:
+            if s[j] != 44:
+                return -1
+            j += 1
+            if j >= b:
+                return -1
+    return pos
+
+
+def _wire(out: bytearray, pos, wire: bytes, code) -> int:
+    """The label and rendered value of ENVELOPE, BODY or BODYSTRUCTURE from a wire value; -1 when it is
+    not a version this module reads."""
+    s = wire
+    n = len(wire)
+    if n < 9 or s[0] != 1:
+        return -1
+    le = (s[1] << 24) | (s[2] << 16) | (s[3] << 8) | s[4]
+    lb = (s[5] << 24) | (s[6] << 16) | (s[7] << 8) | s[8]
+    if 9 + le + lb > n:
+        return -1
+    if code == 6:  # ENVELOPE
+        pos = _copy(out, pos, b"ENVELOPE ", 0, 9)
+        return _copy(out, pos, wire, 9, 9 + le)
+    if code == 7:  # BODY
+        pos = _copy(out, pos, b"BODY ", 0, 5)
+        return _copy(out, pos, wire, 9 + le, 9 + le + lb)
+    pos = _copy(out, pos, b"BODYSTRUCTURE ", 0, 14)
+    return _copy(out, pos, wire, 9 + le + lb, n)
