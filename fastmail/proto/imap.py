@@ -130,6 +130,12 @@ class IMAPConnection(MailboxCommands):
         self._outlen = 0
         return out
 
+    def take_output_parts(self) -> list[bytes]:
+        """The output as the buffers it was made of (for writelines: a fetched message is not copied)."""
+        out, self._out = self._out, []
+        self._outlen = 0
+        return out
+
     @property
     def waiting(self) -> bool:
         """A request is outstanding with the driver: do not read more input."""
@@ -752,10 +758,12 @@ class IMAPConnection(MailboxCommands):
             loader.load(chunk)
             for m in chunk:
                 try:
-                    self._write(fetcher.render(view.seq(m.uid), m, m.uid in seen_set))
+                    parts = fetcher.render_parts(view.seq(m.uid), m, m.uid in seen_set)
                 except StoreError:
                     issued = True  # expunged by another session and its bytes released
                     continue
+                for part in parts:
+                    self._write(part)
                 if self._outlen >= self.limits.flush_bytes:
                     yield Flush()
         if issued:

@@ -77,7 +77,10 @@ def needs_body(items: list[Any]) -> bool:
 
 
 def needs_meta(items: list[Any]) -> bool:
-    return any(type(i) is not str or i in ("ENVELOPE", "BODY", "BODYSTRUCTURE") for i in items)
+    """An item needs the index entry: ENVELOPE, BODY, BODYSTRUCTURE, or a section other than the whole
+    message (BODY[] and BINARY[] are the stored bytes as they are)."""
+    return any(i in ("ENVELOPE", "BODY", "BODYSTRUCTURE") if type(i) is str else bool(i.section)
+               for i in items)
 
 
 def internaldate(seconds: int) -> bytes:
@@ -110,10 +113,6 @@ def parse_date_time(value: bytes) -> int | None:
 
 def flag_list(flags: list[str]) -> bytes:
     return b"(" + " ".join(flags).encode() + b")"
-
-
-def literal(data: bytes) -> bytes:
-    return b"{%d}\r\n" % len(data) + data
 
 
 def _bs_node(bs: list, part: tuple) -> list | None:
@@ -210,46 +209,70 @@ class Fetcher:
         self._meta = meta
 
     def render(self, seq: int, msg: Message, flags_changed: bool = False) -> bytes:
-        """"* seq FETCH (...)\\r\\n" for one message.  flags_changed: \\Seen was just set by this fetch,
+        """"* seq FETCH (...)\r\n" for one message.  flags_changed: \\Seen was just set by this fetch,
         so FLAGS goes in even when not asked (RFC 9051 §6.4.5)."""
+        return b"".join(self.render_parts(seq, msg, flags_changed))
+
+    def render_parts(self, seq: int, msg: Message, flags_changed: bool = False) -> list[bytes]:
+        """render() as the pieces it is made of: the message bytes of a literal are a piece of their own,
+        not copied (BODY[] is the stored message object itself)."""
         loaded = _Loaded(msg, self._body, self._meta)
         items = self.items
         if flags_changed and "FLAGS" not in items:
             items = items + ["FLAGS"]
-        parts = []
-        for item in items:
+        out: list[bytes] = []
+        text = [b"* %d FETCH (" % seq]  # small pieces, joined before each literal's data
+        for k, item in enumerate(items):
+            if k:
+                text.append(b" ")
             if type(item) is not str:
-                parts.append(self._section(item, loaded.raw(), loaded.meta()))
+                head, data = self._section(item, loaded)
+                text.append(head)
+                if data is not None:
+                    out.append(b"".join(text))
+                    out.append(data)
+                    text = []
             elif item == "FLAGS":
-                parts.append(b"FLAGS " + flag_list(msg.flags))
+                text.append(b"FLAGS " + flag_list(msg.flags))
             elif item == "UID":
-                parts.append(b"UID %d" % msg.uid)
+                text.append(b"UID %d" % msg.uid)
             elif item == "INTERNALDATE":
-                parts.append(b"INTERNALDATE " + internaldate(msg.internaldate))
+                text.append(b"INTERNALDATE " + internaldate(msg.internaldate))
             elif item == "RFC822.SIZE":
-                parts.append(b"RFC822.SIZE %d" % msg.size)
+                text.append(b"RFC822.SIZE %d" % msg.size)
             elif item == "MODSEQ":
-                parts.append(b"MODSEQ (%d)" % msg.modseq)
+                text.append(b"MODSEQ (%d)" % msg.modseq)
             elif item in _META_KEYS:
-                parts.append(item.encode() + b" " + mime.render(loaded.meta()[_META_KEYS[item]]))
-            elif item == "RFC822":
-                parts.append(b"RFC822 " + literal(loaded.raw()))
-            elif item == "RFC822.HEADER":
-                parts.append(b"RFC822.HEADER " + literal(loaded.raw()[: loaded.meta()["parts"][1]]))
-            else:  # RFC822.TEXT
-                parts.append(b"RFC822.TEXT " + literal(loaded.raw()[loaded.meta()["parts"][1]:]))
-        return b"* %d FETCH (" % seq + b" ".join(parts) + b")\r\n"
+                text.append(item.encode() + b" " + mime.render(loaded.meta()[_META_KEYS[item]]))
+            else:
+                raw = loaded.raw()
+                if item == "RFC822":
+                    data = raw
+                elif item == "RFC822.HEADER":
+                    data = raw[: loaded.meta()["parts"][1]]
+                else:  # RFC822.TEXT
+                    data = raw[loaded.meta()["parts"][1]:]
+                text.append(item.encode() + b" {%d}\r\n" % len(data))
+                out.append(b"".join(text))
+                out.append(data)
+                text = []
+        text.append(b")\r\n")
+        out.append(b"".join(text))
+        return out
 
-    def _section(self, att: Any, raw: bytes, meta: dict[str, Any]) -> bytes:
+    def _section(self, att: Any, loaded: _Loaded) -> tuple[bytes, bytes | None]:
+        """BODY[...] / BINARY[...] / BINARY.SIZE[...]: (its label and the literal's "{n}\r\n" or "NIL",
+        the literal's data or None)."""
         name = att.name
+        raw = loaded.raw()
         if name == "BINARY.SIZE":
-            data = binary_section(raw, meta, att.part)
-            return b"BINARY.SIZE[%s] " % att.section.encode() + (b"NIL" if data is None else b"%d" % len(data))
+            data = raw if not att.part else binary_section(raw, loaded.meta(), att.part)
+            return b"BINARY.SIZE[%s] " % att.section.encode() + (b"NIL" if data is None else b"%d" % len(data)), None
         if name.startswith("BINARY"):
-            data = binary_section(raw, meta, att.part)
+            data = raw if not att.part else binary_section(raw, loaded.meta(), att.part)
             label = b"BINARY[" + att.section.encode() + b"]"
         else:
-            data = mime.section_bytes(raw, meta["parts"], att.section)
+            data = raw if not att.section else mime.section_bytes(raw, loaded.meta()["parts"], att.section)
             label = b"BODY[" + att.section.encode() + b"]"
         if att.partial is not None:
             start, count = att.partial
@@ -257,10 +280,10 @@ class Fetcher:
             if data is not None:
                 data = data[start: start + count]
         if data is None:
-            return label + b" NIL"
+            return label + b" NIL", None
         if name.startswith("BINARY") and b"\0" in data:
-            return label + b" ~{%d}\r\n" % len(data) + data
-        return label + b" " + literal(data)
+            return label + b" ~{%d}\r\n" % len(data), data
+        return label + b" {%d}\r\n" % len(data), data
 
 
 BATCH = 256  # messages whose index entries and locations are read in one transaction

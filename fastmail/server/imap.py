@@ -83,9 +83,11 @@ class IMAPProtocol(Session):
             if conn is None or transport is None or transport.is_closing():
                 return
             request = conn.next_request()
-            out = conn.take_output()
-            if out:
-                transport.write(out)
+            out = conn.take_output_parts()
+            if len(out) == 1:
+                transport.write(out[0])
+            elif out:
+                transport.writelines(out)  # fetched messages go out without being joined (copied)
             if request is None:
                 break
             if isinstance(request, P.Close):
