@@ -24,14 +24,14 @@ cdef (long long, Py_ssize_t) _number(bytes value, Py_ssize_t j, Py_ssize_t n)
                day='long long', month='long long', m=Py_ssize_t)
 cdef Py_ssize_t _date(bytearray out, Py_ssize_t pos, long long seconds)
 
-@cython.locals(npairs=Py_ssize_t, nwant=Py_ssize_t, nview=Py_ssize_t, norder=Py_ssize_t, nflags=Py_ssize_t,
+@cython.locals(nwant=Py_ssize_t, nview=Py_ssize_t, norder=Py_ssize_t, nflags=Py_ssize_t,
                nwire=Py_ssize_t, cap=Py_ssize_t, out=bytearray, o='unsigned char*', pos=Py_ssize_t,
-               wi=Py_ssize_t, vi=Py_ssize_t, found=Py_ssize_t, i=Py_ssize_t, k=Py_ssize_t, key=bytes, value=bytes,
+               wi=Py_ssize_t, vi=Py_ssize_t, found=Py_ssize_t, k=Py_ssize_t, key=bytes, value=bytes,
                s='const unsigned char*', n=Py_ssize_t, j=Py_ssize_t, uid='long long', size='long long',
                date='long long', modseq='long long', flags_at=Py_ssize_t, flags_end=Py_ssize_t, code=int,
-               w=bytes, wu='long long')
-cpdef object render_batch(list pairs, object wires, list want, const unsigned int[:] view, bytes order,
-                        long long changedsince)
+               w=bytes, wu='long long', last='long long', prefix=bytes, need=Py_ssize_t, blob=bytes, got=object)
+cpdef object render_batch(object pairs, object wire_get, list want, const unsigned int[:] view, bytes order,
+                          long long changedsince)
 
 @cython.locals(s='const unsigned char*', o='unsigned char*', j=Py_ssize_t, first=bint, c=int)
 cdef Py_ssize_t _flags(bytearray out, Py_ssize_t pos, bytes value, Py_ssize_t a, Py_ssize_t b)

@@ -165,16 +165,16 @@ def _date(out: bytearray, pos, seconds) -> int:
     return _copy(out, pos, b' +0000"', 0, 7)
 
 
-def render_batch(pairs: list, wires, want: list, view, order: bytes, changedsince) -> tuple[bytes, int] | None:
+def render_batch(pairs, wire_get, want: list, view, order: bytes, changedsince) -> tuple[bytes, int] | None:
     """FETCH responses for the messages of `pairs` that are in `want`.
 
-    pairs: (key, value) of message records of one mailbox (key: mailbox id U64 BE + uid U32 BE), ascending;
-    wires: the wire value of each pair's blob (same positions) when `order` has ENVELOPE/BODY/BODYSTRUCTURE,
-    else None; want: the UIDs asked for (ascending); view: the session's UIDs (ascending, index + 1 is the
-    sequence number; every wanted UID is in it); order: item codes; changedsince: only records with a
-    greater MODSEQ are rendered (-1: all).  Returns (response bytes, how many wanted UIDs have a record),
-    or None when a record or wire value is not in a layout handled here."""
-    npairs = len(pairs)
+    pairs: an iterable of (key, value), message records of one mailbox in key order (key: mailbox id U64 BE
+    + uid U32 BE; a cursor placed on want[0]'s key will do: the walk stops after want[-1] or at another
+    mailbox); wire_get: blob id -> stored wire value or None, when `order` has ENVELOPE/BODY/BODYSTRUCTURE
+    (else None); want: the UIDs asked for (ascending, not empty); view: the session's UIDs (ascending, index
+    + 1 is the sequence number; every wanted UID is in it); order: item codes; changedsince: only records
+    with a greater MODSEQ are rendered (-1: all).  Returns (response bytes, how many wanted UIDs have a
+    record), or None when a record or wire value is not in a layout handled here."""
     nwant = len(want)
     nview = len(view)
     norder = len(order)
@@ -185,39 +185,35 @@ def render_batch(pairs: list, wires, want: list, view, order: bytes, changedsinc
             nflags += 1
         elif order[k] >= 6:  # ENVELOPE, BODY, BODYSTRUCTURE
             nwire += 1
-    if nwire and wires is None:
+    if nwire and wire_get is None or not nwant:
         return None
-    # Room for every line: the fixed part, 48 bytes an item for its name, a number or a date and the
-    # separator, and the flags (shorter than the record) and the wire values (shorter than the stored one)
-    # as many times as they are asked for.
-    cap = 0
-    for i in range(npairs):
-        cap += _LINE + norder * _ITEM + nflags * len(pairs[i][1])
-        if nwire:
-            w = wires[i]
-            if w is None:
-                return None
-            cap += nwire * len(w)
+    last = want[nwant - 1]
+    prefix = b""
+    w = b""
+    cap = 4096
     out = bytearray(cap)
     o = out
     pos = 0
     wi = 0
     vi = 0
     found = 0
-    for i in range(npairs):
-        key = pairs[i][0]
-        value = pairs[i][1]
+    for pair in pairs:
+        key = pair[0]
+        value = pair[1]
         if len(key) != 12:
             return None
+        if not prefix:
+            prefix = key[:8]
+        elif key[:8] != prefix:
+            break
         s = key
         uid = (s[8] << 24) | (s[9] << 16) | (s[10] << 8) | s[11]
-        wu = want[wi] if wi < nwant else 0
-        while wi < nwant and wu < uid:
-            wi += 1
-            if wi < nwant:
-                wu = want[wi]
-        if wi >= nwant:
+        if uid > last:
             break
+        wu = want[wi]
+        while wu < uid:
+            wi += 1
+            wu = want[wi]
         if wu != uid:
             continue
         found += 1
@@ -225,6 +221,20 @@ def render_batch(pairs: list, wires, want: list, view, order: bytes, changedsinc
             vi += 1
         if vi >= nview or view[vi] != uid:
             return None
+        if nwire:
+            blob = record_blob(value)
+            got = wire_get(blob) if blob is not None else None
+            if got is None:
+                return None
+            w = got
+        # Room for the line: the fixed part, 48 bytes an item for its name, a number or a date and the
+        # separator, the flags (shorter than the record) and the wire values (shorter than the stored one)
+        # as many times as they are asked for.
+        need = _LINE + norder * _ITEM + nflags * len(value) + (nwire * len(w) if nwire else 0)
+        if pos + need > cap:
+            cap = 2 * (pos + need)
+            out += bytearray(cap - len(out))
+            o = out
         # the record: [1,"<hex>",size,date,[flags],modseq]
         s = value
         n = len(value)
@@ -290,9 +300,7 @@ def render_batch(pairs: list, wires, want: list, view, order: bytes, changedsinc
                 o[pos] = 41
                 pos += 1
             else:
-                if wires is None:
-                    return None
-                pos = _wire(out, pos, wires[i], code)
+                pos = _wire(out, pos, w, code)
                 if pos < 0:
                     return None
         pos = _copy(out, pos, b")\r\n", 0, 3)

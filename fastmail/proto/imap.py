@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from enum import Enum, auto
+from functools import partial
 from typing import Any
 
 from fastmail._core import fetch as core_fetch
@@ -739,8 +740,8 @@ class IMAPConnection(MailboxCommands):
         for start in range(0, len(uids), BATCH):
             want = uids[start: start + BATCH]
             if order is not None:
-                pairs, wire_values = self.boxes.raw_records(view.id, want, wires)
-                done = core_fetch.render_batch(pairs, wire_values, want, view.uids, order, since)
+                render = partial(core_fetch.render_batch, want=want, view=view.uids, order=order, changedsince=since)
+                done = self.boxes.render_records(view.id, want, wires, render)
                 if done is not None:
                     data, found = done
                     if found < len(want):

@@ -13,15 +13,18 @@ its OK shares the durable commit of deliveries (ARCHITECTURE §3).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import lmdb
 
-from fastmail._core.fetch import record_blob
 from fastmail.store import changes
 from fastmail.store import records as R
 from fastmail.store.store import Store
+
+T = TypeVar("T")
 
 DELIMITER = "/"
 MAX_NAME = 1000  # bytes of a mailbox name (UTF-8)
@@ -95,6 +98,14 @@ def _parents(name: str) -> list[str]:
     return [DELIMITER.join(levels[:i]) for i in range(1, len(levels))]
 
 
+def _gets(txn: lmdb.Transaction, db: Any, mailbox_id: int, uids: list[int]) -> Iterator[tuple[bytes, bytes]]:
+    for uid in uids:
+        key = R.msg_key(mailbox_id, uid)
+        value = txn.get(key, db=db)
+        if value is not None:
+            yield key, bytes(value)  # bytes already (buffers=False): no copy
+
+
 def parse_record(key: bytes, value: bytes) -> Message:
     v, blob, size, date, flags, modseq = R.loads(value)
     return Message(R.MSG_KEY.unpack(key)[1], bytes.fromhex(blob), size, date, flags, modseq)
@@ -158,39 +169,21 @@ class Mailboxes:
                     out[uid] = parse_record(key, value)
         return out
 
-    def raw_records(self, mailbox_id: int, uids: list[int], wires: bool) -> tuple[list[tuple[bytes, bytes]], list[bytes | None] | None]:
-        """The message records (key, value) of the mailbox from uids[0] to uids[-1] (ascending), still
-        encoded, read in one transaction, and with `wires` the stored wire form of each one's blob (None
-        where there is none).  A dense run of UIDs (a FETCH 1:*) is one cursor walk over its key range,
-        which may include UIDs not asked for; a sparse one is a get per UID.  For fastmail._core.fetch."""
-        pairs: list[tuple[bytes, bytes]] = []
-        out_wires: list[bytes | None] | None = None
-        if not uids:
-            return pairs, ([] if wires else None)
+    def render_records(self, mailbox_id: int, uids: list[int], wires: bool, render: Callable[[Iterable[tuple[bytes, bytes]], Callable[[bytes], bytes | None] | None], T]) -> T:
+        """render(pairs, wire_get) inside one read transaction: pairs iterates the message records (key,
+        value) of the mailbox from uids[0] on, still encoded (a cursor walk when the UIDs are dense, as for
+        a FETCH 1:*: render stops it after uids[-1]; a get per UID for a sparse set); with `wires`,
+        wire_get(blob id) is the stored wire form or None.  For fastmail._core.fetch.render_batch."""
         db = self.db["msgs"]
         with self.store.read() as txn:
-            if uids[-1] - uids[0] < 2 * len(uids):
-                hi = R.msg_key(mailbox_id, uids[-1])
+            pairs: Iterable[tuple[bytes, bytes]]
+            if uids and uids[-1] - uids[0] < 2 * len(uids):
                 cur = txn.cursor(db=db)
-                if cur.set_range(R.msg_key(mailbox_id, uids[0])):
-                    for k, v in cur:
-                        if bytes(k) > hi:  # bytes already (buffers=False): no copy
-                            break
-                        pairs.append((k, v))
+                pairs = cur.iternext() if cur.set_range(R.msg_key(mailbox_id, uids[0])) else ()  # type: ignore[assignment]
             else:
-                for uid in uids:
-                    key = R.msg_key(mailbox_id, uid)
-                    value = txn.get(key, db=db)
-                    if value is not None:
-                        pairs.append((key, value))
-            if wires:
-                wdb = self.db["msgwire"]
-                get = txn.get
-                out_wires = []
-                for _k, v in pairs:
-                    blob = record_blob(v)
-                    out_wires.append(get(blob, db=wdb) if blob is not None else None)
-        return pairs, out_wires
+                pairs = _gets(txn, db, mailbox_id, uids)
+            wire_get = partial(txn.get, db=self.db["msgwire"]) if wires else None
+            return render(pairs, wire_get)
 
     def snapshot(self, mailbox_id: int) -> tuple[dict[str, Any], list[Message]] | None:
         """The mailbox record and its messages, read in one transaction (consistent with each other)."""

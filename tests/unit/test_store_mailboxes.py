@@ -282,7 +282,7 @@ def test_changes_since_reads_only_what_changed(store, boxes):
         assert changes.since(txn, store.db, other, 0) == []
 
 
-def test_raw_records_and_wire_forms(store, boxes):
+def test_render_records_and_wire_forms(store, boxes):
     """FETCH's fast path reads the encoded records (a cursor walk for a dense UID run, gets for a sparse one)
     and the wire form stored at delivery, which goes away with the blob's last reference."""
     from fastmail.store import mime
@@ -291,17 +291,21 @@ def test_raw_records_and_wire_forms(store, boxes):
     mid = boxes.get(u, "INBOX")["id"]
     for _ in range(6):
         deliver(store, u, meta=mime.analyze(RAW))
-    boxes.expunge(mid, [])  # nothing flagged: nothing goes
-    pairs, wires = boxes.raw_records(mid, [2, 3, 4], True)
-    assert [R.MSG_KEY.unpack(k)[1] for k, _ in pairs] == [2, 3, 4]
-    assert wires == [mime.wire(mime.analyze(RAW))] * 3
-    pairs, wires = boxes.raw_records(mid, [1, 6], False)  # sparse: one get each
-    assert [R.MSG_KEY.unpack(k)[1] for k, _ in pairs] == [1, 6] and wires is None
-    assert boxes.raw_records(mid, [], True) == ([], [])
+
+    def seen(uids, wires):
+        def render(pairs, wire_get):
+            out = []
+            for k, v in pairs:
+                out.append((R.MSG_KEY.unpack(k)[1], wire_get(R.parse_message_record(v)["blob"]) if wire_get else None))
+            return out
+        return boxes.render_records(mid, uids, wires, render)
+
+    wire = mime.wire(mime.analyze(RAW))
+    assert seen([2, 3, 4], True)[:3] == [(2, wire), (3, wire), (4, wire)]  # a walk from 2 on
+    assert seen([1, 6], False) == [(1, None), (6, None)]  # sparse: one get each
     blob = boxes.records(mid, [5])[5].blob
     boxes.store_flags(mid, [5], "+", ["\\Deleted"])
     assert boxes.expunge(mid) == [5]
     with store.read() as txn:
         assert txn.get(blob, db=store.db["msgwire"]) is None
-    pairs, wires = boxes.raw_records(mid, [4, 5, 6], True)
-    assert [R.MSG_KEY.unpack(k)[1] for k, _ in pairs] == [4, 6] and len(wires) == 2
+    assert [uid for uid, _ in seen([4, 5, 6], True)] == [4, 6]
