@@ -45,7 +45,8 @@ class _NXDomain(Exception):
     pass
 
 
-_TYPES = {"MX": pycares.QUERY_TYPE_MX, "A": pycares.QUERY_TYPE_A, "AAAA": pycares.QUERY_TYPE_AAAA}
+_TYPES = {"MX": pycares.QUERY_TYPE_MX, "A": pycares.QUERY_TYPE_A, "AAAA": pycares.QUERY_TYPE_AAAA,
+          "TXT": pycares.QUERY_TYPE_TXT}
 MAX_CACHE = 10_000
 
 
@@ -111,6 +112,14 @@ class Resolver:
             if host not in hosts:
                 hosts.append(host)
         return hosts
+
+    async def txt(self, name: str) -> list[bytes]:
+        """The TXT records of `name` ([] when none or no such name).  Raises DNSTemporary."""
+        try:
+            records = await self._query(name, "TXT")
+        except (_NoData, _NXDomain):
+            return []
+        return [r.data.data if isinstance(r.data.data, bytes) else str(r.data.data).encode() for r in records]
 
     async def addresses(self, host: str) -> list[str]:
         """IPv6 then IPv4 addresses of `host` ([] when it has none).  Raises DNSTemporary when neither

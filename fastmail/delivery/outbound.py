@@ -97,6 +97,7 @@ class Session:
         self.ip = ip
         self.scale = timeout_scale
         self.tls_version = ""
+        self.sts = ""  # the MTA-STS mode the session was opened under ("" when none)
         self.extensions: dict[str, str] = {}
         self.messages = 0
 

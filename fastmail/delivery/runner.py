@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import ssl
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -36,6 +37,7 @@ from fastmail.config import Config, split_hostport
 from fastmail.delivery import queue as Q
 from fastmail.delivery import srs, wake
 from fastmail.delivery.dns import DNSError, DNSPermanent, Resolver
+from fastmail.delivery.mtasts import STS
 from fastmail.delivery.outbound import Session, SessionError, client_tls_context, open_session
 from fastmail.master.errors import BootError
 from fastmail.master.worker import WorkerContext, install_worker_signals, start_heartbeat
@@ -128,12 +130,18 @@ class Runner:
         self.relay = split_hostport(cfg.delivery_relayhost, 25) if cfg.delivery_relayhost else None
         self.relay_auth = (cfg.delivery_relayhost_user, relay_password or "") if cfg.delivery_relayhost_user else None
         self.srs_key = srs.key(cfg.data_dir) if cfg.delivery_srs else None
+        # Authenticated TLS (MTA-STS policy fetches, MX hosts under an enforced policy)
+        self.verified_tls = ssl.create_default_context(cafile=cfg.delivery_tls_ca_file or None)
+        self.verified_tls.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.sts: STS | None = None
 
     # -- the loop -------------------------------------------------------------------------------------------
 
     async def run(self, stopped: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         self.resolver = Resolver(self.cfg.delivery_resolver, timeout=self.cfg.delivery_dns_timeout)
+        if self.cfg.delivery_mta_sts:
+            self.sts = STS(self.resolver, self.verified_tls, self.cfg.delivery_mta_sts_port)
         self.connections = asyncio.Semaphore(self.cfg.delivery_max_connections)
         sock = wake.bind(self.cfg.data_dir, self.index)
 
@@ -328,7 +336,8 @@ class Runner:
                 state = "sent" if reply.ok else "failed" if reply.permanent else "deferred"
                 results[i] = Q.RcptResult(state, str(reply), reply.status(), session.host)
                 log.event("delivery", qid=job.qid.hex(), rcpt=rcpt.address, mx=session.host, ip=session.ip,
-                          tls=session.tls_version or "none", result=state, reply=str(reply), attempt=job.attempt)
+                          tls=session.tls_version or "none", sts=session.sts or None, result=state,
+                          reply=str(reply), attempt=job.attempt)
             if not job.done.done():
                 job.done.set_result(results)
 
@@ -356,6 +365,19 @@ class Runner:
         else:
             hosts = await self.resolver.route(domain)
         require = domain in self.require_tls or auth is not None
+        context = self.tls_context
+        sts = await self.sts.policy(domain) if self.sts is not None and domain != RELAY else None
+        if sts is not None and sts.mode in ("enforce", "testing"):
+            outside = [h for h in hosts if not sts.allows(h)]
+            if outside:
+                log.event("mta_sts_mismatch", domain=domain, mode=sts.mode, mx=",".join(outside))
+            if sts.mode == "enforce":
+                # RFC 8461 §5: only listed MX hosts, STARTTLS required, the certificate valid for the MX name
+                hosts = [h for h in hosts if sts.allows(h)]
+                if not hosts:
+                    raise SessionError(C.local_reply(451, "4.7.5", f"no MX of {domain} matches its MTA-STS policy"))
+                require = True
+                context = self.verified_tls
         last: SessionError | None = None
         dns_errors: list[DNSError] = []
         for host in hosts:
@@ -366,14 +388,16 @@ class Runner:
                 continue
             for ip in addresses:
                 for tls in (True, False):
-                    ctx = self.tls_context if tls else None
+                    ctx = context if tls else None
                     if ctx is None and tls and not require:
                         continue
                     try:
-                        return await open_session(host, ip, port, hostname=self.hostname, tls_context=ctx,
-                                                  require_tls=require, auth=auth,
-                                                  connect_timeout=self.cfg.delivery_connect_timeout,
-                                                  timeout_scale=self.timeout_scale)
+                        session = await open_session(host, ip, port, hostname=self.hostname, tls_context=ctx,
+                                                     require_tls=require, auth=auth,
+                                                     connect_timeout=self.cfg.delivery_connect_timeout,
+                                                     timeout_scale=self.timeout_scale)
+                        session.sts = sts.mode if sts is not None else ""
+                        return session
                     except SessionError as e:
                         last = e
                         log.event("connect_failed", domain=domain, mx=host, ip=ip, reply=str(e.reply))

@@ -1,7 +1,7 @@
 """A real DNS server on 127.0.0.1 for the delivery tests (dnslib, UDP and TCP, in a thread of the test).
 
 `zone` maps a lower-case name to its records: ("MX", (preference, "host.")), ("A", "127.0.0.2"),
-("AAAA", "::1"), ("CNAME", "target."); a name listed in `servfail` answers SERVFAIL, a name absent
+("AAAA", "::1"), ("CNAME", "target."), ("TXT", "v=STSv1; id=1"); a name listed in `servfail` answers SERVFAIL, a name absent
 from the zone NXDOMAIN, a present name without records of the asked type NOERROR with no answer (NODATA).
 Every question asked is appended to `asked`.  The zone may be changed while the server runs.
 """
@@ -12,10 +12,10 @@ import socket
 import threading
 from typing import Any
 
-from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, A
+from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, TXT, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
-_RDATA = {"MX": lambda v: MX(v[1], v[0]), "A": A, "AAAA": AAAA, "CNAME": CNAME}
+_RDATA = {"MX": lambda v: MX(v[1], v[0]), "A": A, "AAAA": AAAA, "CNAME": CNAME, "TXT": TXT}
 
 
 class _Resolver(BaseResolver):  # type: ignore[misc]

@@ -50,6 +50,7 @@ class Loop:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0.2)  # closing TLS transports need a few loop iterations to let go of their sockets
 
 
 def ok(*_: Any) -> str:
@@ -211,3 +212,44 @@ class Receiver:
             else:
                 writer.write(b"502 5.5.2 not implemented\r\n")
             await writer.drain()
+
+
+class PolicyServer:
+    """An HTTPS server for MTA-STS policies: GET /.well-known/mta-sts.txt answers `policies[Host]` (404 when
+    absent); `fetches` counts the requests."""
+
+    def __init__(self, loop: Loop, host: str, port: int, tls: ssl.SSLContext) -> None:
+        self.loop = loop
+        self.host = host
+        self.port = port
+        self.tls = tls
+        self.policies: dict[str, str] = {}
+        self.fetches: list[str] = []
+        self.server: asyncio.AbstractServer | None = None
+
+    def start(self) -> PolicyServer:
+        self.server = self.loop.run(asyncio.start_server(self._serve, self.host, self.port, ssl=self.tls))
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            host = next((v.strip() for k, _, v in (line.partition(":") for line in lines[1:]) if k.lower() == "host"), "")
+            self.fetches.append(host)
+            body = self.policies.get(host)
+            if lines[0].split()[1] != "/.well-known/mta-sts.txt" or body is None:
+                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            else:
+                data = body.encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                             b"Connection: close\r\n\r\n%s" % (len(data), data))
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()

@@ -26,7 +26,8 @@ from fastmail.tlsfiles import ensure_self_signed
 from .conftest import Server, free_port, make_server
 from .dnsserver import LocalDNS
 from .postfix import Postfix
-from .receivers import Loop, Receiver
+from .receivers import Loop, PolicyServer, Receiver
+from .tlsca import TestCA
 
 pytestmark = pytest.mark.integration
 
@@ -61,8 +62,34 @@ def mx_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory, dns: LocalDNS, mx_port: int) -> Iterator[Server]:
-    s = make_server(tmp_path_factory.mktemp("delivery"), workers=1, extra=config(dns, mx_port))
+def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    return TestCA(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def sts_port() -> int:
+    return free_port()
+
+
+STS_DOMAINS = ("sts.test", "stsbad.test", "stsother.test")
+
+
+@pytest.fixture(scope="module")
+def policies(rloop: Loop, ca: TestCA, sts_port: int, dns: LocalDNS) -> Iterator[PolicyServer]:
+    """MTA-STS policy hosts mta-sts.<domain> of STS_DOMAINS, all on 127.0.0.24 (one certificate from the CA)."""
+    server = PolicyServer(rloop, "127.0.0.24", sts_port, ca.server_context(*(f"mta-sts.{d}" for d in STS_DOMAINS)))
+    for d in STS_DOMAINS:
+        dns.set(f"mta-sts.{d}", ("A", "127.0.0.24"))
+    server.start()
+    yield server
+    rloop.run(_stop(server))
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory, dns: LocalDNS, mx_port: int, ca: TestCA,
+        sts_port: int) -> Iterator[Server]:
+    s = make_server(tmp_path_factory.mktemp("delivery"), workers=1,
+                    extra=config(dns, mx_port, tls_ca_file=str(ca.path), mta_sts_port=sts_port))
     s.start()
     yield s
     s.stop()
@@ -83,7 +110,7 @@ def receivers(rloop: Loop, mx_port: int) -> Iterator[Callable[..., Receiver]]:
         rloop.run(_stop(r))
 
 
-async def _stop(r: Receiver) -> None:
+async def _stop(r: Receiver | PolicyServer) -> None:
     r.stop()
 
 
@@ -652,3 +679,64 @@ def test_forwarding_through_an_alias_uses_srs_and_bounces_find_their_way_back(sr
         assert far.wait(2)[1].mail.startswith(f"MAIL FROM:<{SENDER}>")
     finally:
         srv.cli("alias", "del", "fwd@example.org")
+
+
+# -- MTA-STS (RFC 8461) -----------------------------------------------------------------------------------
+
+
+def sts_policy(mode: str, *mx: str) -> str:
+    return "version: STSv1\r\nmode: " + mode + "\r\n" + "".join(f"mx: {m}\r\n" for m in mx) + "max_age: 86400\r\n"
+
+
+def test_mta_sts_enforce_delivers_over_authenticated_tls(srv, dns, receivers, policies, ca):
+    dns.set("sts.test", ("MX", (10, "mx1.sts.test.")))
+    dns.set("mx1.sts.test", ("A", "127.0.0.25"))
+    dns.set("_mta-sts.sts.test", ("TXT", "v=STSv1; id=2026120101"))
+    policies.policies["mta-sts.sts.test"] = sts_policy("enforce", "*.sts.test")
+    rx = receivers("127.0.0.25", tls=ca.server_context("mx1.sts.test"))
+    msg = message("sts enforced", "yan@sts.test")
+    send(srv, SENDER, ["yan@sts.test"], msg)
+    assert strip_trace(rx.wait(1)[0].data) == msg
+    sent = wait_for(lambda: [x for x in log_lines(srv, "delivery") if x.get("rcpt") == "yan@sts.test"])
+    assert sent[0]["sts"] == "enforce" and sent[0]["tls"] in ("TLSv1.2", "TLSv1.3")
+    assert policies.fetches.count("mta-sts.sts.test") == 1
+    # the policy is cached (same id): a second message fetches nothing
+    send(srv, SENDER, ["yan@sts.test"], message("sts again", "yan@sts.test"))
+    rx.wait(2)
+    assert policies.fetches.count("mta-sts.sts.test") == 1
+
+
+def test_mta_sts_enforce_refuses_a_certificate_that_does_not_verify(srv, dns, receivers, policies, tmp_path):
+    dns.set("stsbad.test", ("MX", (10, "mx.stsbad.test.")))
+    dns.set("mx.stsbad.test", ("A", "127.0.0.26"))
+    dns.set("_mta-sts.stsbad.test", ("TXT", "v=STSv1; id=1"))
+    policies.policies["mta-sts.stsbad.test"] = sts_policy("enforce", "mx.stsbad.test")
+    ensure_self_signed(tmp_path / "c.pem", tmp_path / "k.pem", "mx.stsbad.test")  # not from the CA
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
+    rx = receivers("127.0.0.26", tls=ctx)
+    send(srv, SENDER, ["zed@stsbad.test"], message("sts bad cert", "zed@stsbad.test"))
+    entry = wait_for(lambda: [e for e in entries_for(srv, "zed@stsbad.test") if e["attempts"] >= 1])[0]
+    r = entry["rcpts"][0]
+    assert r["state"] == "deferred" and r["status"] == "4.7.5" and "certificate verify failed" in r["reply"]
+    assert rx.connections == 1 and not any(line.startswith("MAIL") for line in rx.transcript)  # no plain retry
+    assert not bounces_in_inbox(srv, SENDER, "zed@stsbad.test")
+    srv.cli("queue", "delete", entry["id"])
+
+
+def test_mta_sts_enforce_skips_mx_hosts_outside_the_policy(srv, dns, receivers, policies, ca):
+    dns.set("stsother.test", ("MX", (10, "rogue.elsewhere.test.")))
+    dns.set("rogue.elsewhere.test", ("A", "127.0.0.27"))
+    dns.set("_mta-sts.stsother.test", ("TXT", "v=STSv1; id=abc"))
+    policies.policies["mta-sts.stsother.test"] = sts_policy("enforce", "mx.stsother.test")
+    rogue = receivers("127.0.0.27", tls=ca.server_context("rogue.elsewhere.test"))
+    send(srv, SENDER, ["ada@stsother.test"], message("sts rogue mx", "ada@stsother.test"))
+    entry = wait_for(lambda: [e for e in entries_for(srv, "ada@stsother.test") if e["attempts"] >= 1])[0]
+    assert entry["rcpts"][0]["state"] == "deferred" and entry["rcpts"][0]["status"] == "4.7.5"
+    assert rogue.connections == 0
+    # a policy in testing mode only reports: the message goes (opportunistic TLS)
+    dns.set("_mta-sts.stsother.test", ("TXT", "v=STSv1; id=abd"))
+    policies.policies["mta-sts.stsother.test"] = sts_policy("testing", "mx.stsother.test")
+    rogue.wait(1)  # at the next retry
+    assert wait_for(lambda: [x for x in log_lines(srv, "mta_sts_mismatch") if x.get("domain") == "stsother.test"
+                             and x.get("mode") == "testing"])
