@@ -57,8 +57,14 @@ class FastmailImapTarget(ImapTarget):
                              capture_output=True, text=True, cwd=ROOT, timeout=60)
         return res.stdout.split() if res.returncode == 0 else ["smtp", "submission", "submissions", "lmtp"]
 
+    # The IDLE op logs in thousands of sessions of one user from one address: the per-worker limits
+    # (imap.max_sessions_per_user 100, imap.max_connections_per_ip 200 by default) are opened, as the Dovecot
+    # target opens mail_max_userip_connections; --fastmail-set overrides them.
+    OPEN_LIMITS = ("imap.max_sessions_per_user=0", "imap.max_connections_per_ip=0")
+
     def _config_text(self, data_dir: Path | str, ports: dict[str, int]) -> str:
-        sections = _toml_settings(self.extra)
+        given = {s.partition("=")[0].strip() for s in self.extra}
+        sections = _toml_settings([s for s in self.OPEN_LIMITS if s.partition("=")[0] not in given] + self.extra)
         listen = sections.pop("listen", [])
         server = sections.pop("server", [])
         text = f"""\
