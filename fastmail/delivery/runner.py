@@ -46,6 +46,7 @@ from fastmail.store.store import Store
 
 RELAY = "[relayhost]"  # the one destination when delivery.relayhost is set
 MAX_INFLIGHT = 10_000  # queue entries being tried at once by one process
+ERROR_COOLDOWN = 60.0  # seconds an entry whose attempt hit an internal error waits
 
 
 @dataclass
@@ -119,6 +120,7 @@ class Runner:
         self.resolver: Resolver | None = None
         self.committer = ResultCommitter(store, self.policy)
         self.inflight: set[bytes] = set()
+        self.cooldown: dict[bytes, float] = {}  # queue id -> not before (after an internal error)
         self.dests: dict[str, Destination] = {}
         self.connections: asyncio.Semaphore | None = None
         self.wakeup = asyncio.Event()
@@ -170,8 +172,14 @@ class Runner:
         room = MAX_INFLIGHT - len(self.inflight)
         if room <= 0:
             return None  # each attempt that ends wakes the loop again
-        qids, next_due = Q.due(self.store, now, self.inflight, min(room, 1000),
+        if self.cooldown:
+            self.cooldown = {q: t for q, t in self.cooldown.items() if t > now}
+        skip = self.inflight | set(self.cooldown) if self.cooldown else self.inflight
+        qids, next_due = Q.due(self.store, now, skip, min(room, 1000),
                                lambda q: wake.owner(q, self.processes) == self.index)
+        if self.cooldown:
+            soonest = min(self.cooldown.values())
+            next_due = soonest if next_due is None else min(next_due, soonest)
         for qid in qids:
             rec = Q.load(self.store, qid)
             if rec is None or rec.get("held"):
@@ -203,7 +211,10 @@ class Runner:
         try:
             await self._attempt(qid, rec)
         except Exception as e:
-            log.event("attempt_error", level=logging.ERROR, qid=qid.hex(), error=repr(e))
+            # e.g. the queue write failed: leave the entry alone for a while rather than try it (and perhaps
+            # deliver it again) in a tight loop
+            self.cooldown[qid] = time.time() + ERROR_COOLDOWN
+            log.event("attempt_error", level=logging.ERROR, qid=qid.hex(), error=repr(e), retry_in=ERROR_COOLDOWN)
         finally:
             self.inflight.discard(qid)
             self.wakeup.set()  # look at the schedule again: this entry's next attempt, a new bounce

@@ -1,0 +1,50 @@
+"""fastmail.delivery.runner.Runner.scan on a real store: what it starts, what it leaves (in flight, cooling
+down after an internal error, another process's share, held)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fastmail import config
+from fastmail.delivery import queue as Q
+from fastmail.delivery import wake
+from fastmail.delivery.runner import Runner
+from fastmail.store.store import Incoming, Store, new_qid
+
+
+def _queued(store: Store) -> bytes:
+    item = Incoming(qid=new_qid(), raw=b"Subject: x\r\n\r\nx\r\n", sender="a@example.org", local=[],
+                    remote=[{"to": "b@remote.test", "rcpt": "b@remote.test", "notify": None, "orcpt": None}])
+    store.commit_batch([item])
+    return item.qid
+
+
+def test_scan_starts_only_what_is_due_and_free(tmp_path):
+    cfg = config.load(None, {"server.data_dir": str(tmp_path), "delivery.processes": 2})
+    store = Store(cfg.data_dir, map_size=1 << 24)
+    try:
+        qids = [_queued(store) for _ in range(40)]
+        runner = Runner(cfg, store, index=0, processes=2)
+        started: list[bytes] = []
+
+        async def fake_attempt(qid: bytes, rec: dict) -> None:
+            started.append(qid)
+
+        runner.attempt = fake_attempt  # type: ignore[method-assign]
+        mine = [q for q in qids if wake.owner(q, 2) == 0]
+        busy, cooling, held = mine[0], mine[1], mine[2]
+        runner.inflight.add(busy)
+        runner.cooldown[cooling] = time.time() + 60
+        Q.hold(store, held.hex())
+
+        async def main() -> float | None:
+            next_due = runner.scan()
+            await asyncio.sleep(0)
+            return next_due
+
+        next_due = asyncio.run(main())
+        assert sorted(started) == sorted(set(mine) - {busy, cooling, held})
+        assert next_due is not None and next_due == runner.cooldown[cooling]  # it wakes when the cooldown ends
+    finally:
+        store.close()
