@@ -1,5 +1,5 @@
-"""The outbound SMTP client, sans-IO (RFC 5321; 1870 SIZE, 2920 PIPELINING, 3207 STARTTLS, 3461 DSN,
-6152 8BITMIME, 6531 SMTPUTF8, 2034/3463 enhanced status codes).
+"""The outbound SMTP client, sans-IO (RFC 5321; 1870 SIZE, 2920 PIPELINING, 3030 CHUNKING, 3207 STARTTLS,
+3461 DSN, 4954 AUTH, 6152 8BITMIME, 6531 SMTPUTF8, 2034/3463 enhanced status codes).
 
 Bytes in with `receive(data)`, commands out with `take_output()`; every input method returns the events it
 caused, for the driver (fastmail.delivery.outbound) to act on:
@@ -126,8 +126,9 @@ class Client:
     temporary failure (per-domain policy)."""
 
     def __init__(self, hostname: str, tls: bool = True, require_tls: bool = False,
-                 auth: tuple[str, str] | None = None) -> None:
+                 auth: tuple[str, str] | None = None, chunking: bool = True) -> None:
         self.hostname = hostname
+        self.chunking = chunking  # BDAT when the server offers CHUNKING (RFC 3030)
         self.want_tls = tls
         self.auth = auth  # (user, password) for a smarthost: AUTH PLAIN or LOGIN, only over TLS (RFC 4954 §4)
         self.authenticated = False
@@ -167,7 +168,7 @@ class Client:
             return TIMEOUT_GREETING
         if self.phase is Phase.TRANSACTION and self._expect:
             return {"MAIL": TIMEOUT_MAIL, "RCPT": TIMEOUT_RCPT, "DATA": TIMEOUT_DATA,
-                    "END": TIMEOUT_DATA_END}.get(self._expect[0][0], TIMEOUT_OTHER)
+                    "END": TIMEOUT_DATA_END, "BDAT": TIMEOUT_DATA_END}.get(self._expect[0][0], TIMEOUT_OTHER)
         return TIMEOUT_OTHER
 
     def receive(self, data: bytes) -> list[Event]:
@@ -227,12 +228,17 @@ class Client:
         self._rcpt_replies = [None] * n
         self._results = [None] * n
         body = msg.body if msg.body.endswith(b"\r\n") or not msg.body else msg.body + b"\r\n"
-        self._body = core_data.dot_stuff(body) + core_data.END_MARK
         self.phase = Phase.TRANSACTION
         cmds: list[tuple[str, int, bytes]] = [("MAIL", 0, self._mail_from(msg))]
         cmds += [("RCPT", i, self._rcpt_to(r)) for i, r in enumerate(msg.rcpts)]
-        cmds.append(("DATA", 0, b"DATA\r\n"))
-        if "PIPELINING" in ext:  # RFC 2920 §3.1: MAIL, RCPTs and DATA in one go, DATA last
+        if self.chunking and "CHUNKING" in ext:
+            # RFC 3030 §2: the message in one BDAT ... LAST chunk: no dot-stuffing, no end mark to scan for
+            self._body = b""
+            cmds.append(("BDAT", 0, b"BDAT %d LAST\r\n" % len(body) + body))
+        else:
+            self._body = core_data.dot_stuff(body) + core_data.END_MARK
+            cmds.append(("DATA", 0, b"DATA\r\n"))
+        if "PIPELINING" in ext:  # RFC 2920 §3.1 / RFC 3030 §4.2: MAIL, RCPTs and DATA (or BDAT) in one go
             for kind, i, line in cmds:
                 self._expect.append((kind, i))
                 self._out.append(line)
@@ -289,9 +295,9 @@ class Client:
         """Without PIPELINING: send the next command, skipping what the replies so far made pointless."""
         while self._queue and not self._expect:
             kind, i, line = self._queue.popleft()
-            if kind in ("RCPT", "DATA") and self._mail_reply is not None and not self._mail_reply.ok:
+            if kind in ("RCPT", "DATA", "BDAT") and self._mail_reply is not None and not self._mail_reply.ok:
                 continue
-            if kind == "DATA" and not any(r is not None and r.ok for r in self._rcpt_replies):
+            if kind in ("DATA", "BDAT") and not any(r is not None and r.ok for r in self._rcpt_replies):
                 continue
             self._expect.append((kind, i))
             self._out.append(line)
@@ -451,11 +457,15 @@ class Client:
                 self._results[k] = reply
             self._end_without_data()
             return []
-        elif kind == "END":
+        elif kind in ("END", "BDAT"):
+            mail_ok = self._mail_reply is not None and self._mail_reply.ok
             for k, r in enumerate(self._rcpt_replies):
-                if r is not None and r.ok:
+                if mail_ok and r is not None and r.ok:
                     self._results[k] = reply
-            return self._finish()
+            if reply.ok or kind == "END":
+                return self._finish()
+            self._end_without_data()  # a refused (or pointless, pipelined) BDAT: RSET before the next one
+            return []
         elif kind == "IGNORE":
             self._end_without_data()
             return []

@@ -202,6 +202,20 @@ class Receiver:
                 writer.write(b"this is not TLS\r\n" * 20)
                 await writer.drain()
                 return
+            elif verb == "BDAT":  # RFC 3030: one chunk, LAST, is all this receiver takes
+                size = int(text.split()[1])
+                body = await reader.readexactly(size)
+                if not accepted:
+                    writer.write(b"554 5.5.1 no valid recipients\r\n")
+                else:
+                    with self.lock:
+                        self.transactions += 1
+                        attempt = self.transactions
+                    reply = self.data(attempt)
+                    if reply.startswith("2"):
+                        with self.lock:
+                            self.messages.append(Received(mail, rcpts, bytes(body), accepted))
+                    writer.write(reply.encode() + b"\r\n")
             elif verb == "RSET":
                 mail, rcpts, accepted = "", [], []
                 writer.write(b"250 2.0.0 ok\r\n")

@@ -270,6 +270,18 @@ def test_connection_reuse_for_several_messages_to_one_destination(srv, dns, rece
     assert sum(1 for line in rx.transcript if line.startswith("MAIL")) == 3
 
 
+def test_chunking_when_offered(srv, dns, receivers):
+    dns.set("bdat.test", ("MX", (10, "mx.bdat.test.")))
+    dns.set("mx.bdat.test", ("A", "127.0.0.28"))
+    rx = receivers("127.0.0.28", ehlo=("PIPELINING", "CHUNKING", "8BITMIME"))
+    msg = message("chunked", "bea@bdat.test")
+    send(srv, SENDER, ["bea@bdat.test"], msg)
+    got = rx.wait(1)[0]
+    assert strip_trace(got.data) == msg  # sent as it is: no dot-stuffing in a BDAT chunk
+    assert any(line.startswith(f"BDAT {len(got.data)} LAST") for line in rx.transcript)
+    assert "DATA" not in rx.transcript
+
+
 # -- temporary failures -----------------------------------------------------------------------------------
 
 
@@ -578,6 +590,8 @@ def test_delivery_to_a_real_postfix_over_starttls(srv, dns, mx_port):
             assert b"Received: from client.test" in stored  # our own trace field went along
             # STARTTLS was offered and used: Postfix notes the TLS version in its Received field
             assert re.search(rb"\(using TLSv1\.[23] with cipher", stored), stored[:600]
+        # Postfix offers CHUNKING: the message went as one BDAT (smtpd's per-session command counts say so)
+        assert wait_for(lambda: re.search(r"disconnect from .* bdat=1 ", pf.log()), why=pf.log()[-1500:])
         wait_for(lambda: not entries_for(srv, "rcpt@pf.test"), why="queue entry removed")
         lines = wait_for(lambda: [x for x in log_lines(srv, "delivery") if x.get("mx") == "mx.pf.test"][1:] and
                          [x for x in log_lines(srv, "delivery") if x.get("mx") == "mx.pf.test"])

@@ -294,3 +294,40 @@ def test_smarthost_credentials_never_in_plain_text():
     (failed,) = c.receive(b"250-relay\r\n250 AUTH PLAIN\r\n")
     assert isinstance(failed, C.Failed) and failed.reply.enhanced == "4.7.4"
     assert b"AUTH" not in c.take_output()
+
+
+def test_chunking_sends_the_message_in_one_bdat_last_without_dot_stuffing():
+    c = ready(b"250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n")
+    body = b"Subject: x\r\n\r\n.dot\r\n"
+    c.send(msg("b@x.test", "c@x.test", body=body))
+    assert c.take_output() == (b"MAIL FROM:<a@here.test>\r\nRCPT TO:<b@x.test>\r\nRCPT TO:<c@x.test>\r\n"
+                               + b"BDAT %d LAST\r\n" % len(body) + body)
+    assert c.timeout == C.TIMEOUT_MAIL
+    done, again = c.receive(b"250 ok\r\n250 ok\r\n550 5.1.1 no\r\n250 2.0.0 stored\r\n")
+    assert [str(r) for r in done.results] == ["250 2.0.0 stored", "550 5.1.1 no"] and isinstance(again, C.Ready)
+
+
+def test_chunking_refused_or_without_recipients_ends_with_rset():
+    c = ready(b"250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n")
+    c.send(msg("b@x.test"))
+    c.take_output()
+    assert c.receive(b"250 ok\r\n550 5.1.1 no\r\n503 5.5.1 no valid recipients\r\n") == []
+    assert c.take_output() == b"RSET\r\n"
+    (done, _) = c.receive(b"250 ok\r\n")
+    assert [r.code for r in done.results] == [550]
+    c.send(msg("b@x.test"))
+    c.take_output()
+    c.receive(b"250 ok\r\n250 ok\r\n452 4.3.1 out of space\r\n")
+    assert c.take_output() == b"RSET\r\n"
+    (done, _) = c.receive(b"250 ok\r\n")
+    assert [str(r) for r in done.results] == ["452 4.3.1 out of space"]
+    # without PIPELINING: one command at a time, BDAT only once a recipient is accepted
+    c = ready(b"250-mx\r\n250 CHUNKING\r\n")
+    c.send(msg("b@x.test", body=b"x\r\n"))
+    assert c.take_output() == b"MAIL FROM:<a@here.test>\r\n"
+    c.receive(b"250 ok\r\n")
+    assert c.take_output() == b"RCPT TO:<b@x.test>\r\n"
+    c.receive(b"250 ok\r\n")
+    assert c.take_output() == b"BDAT 3 LAST\r\nx\r\n"
+    (done, _) = c.receive(b"250 ok\r\n")
+    assert [r.code for r in done.results] == [250]
