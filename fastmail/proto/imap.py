@@ -22,6 +22,7 @@ import binascii
 import inspect
 import ipaddress
 import re
+from array import array
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from enum import Enum, auto
@@ -666,12 +667,13 @@ class IMAPConnection(MailboxCommands):
         pred = parser.parse()
         if parser.modseq:
             self.condstore = True
-        matched: list[tuple[int, Message]] = yield Call(run_search, (view.id, list(view.uids), pred, self.boxes,
-                                                                          parser.needs_meta, parser.needs_body))
-        numbers = [m.uid if uid else seq for seq, m in matched]
-        modseq = max((m.modseq for _, m in matched), default=0) if parser.modseq else None
+        matched: list[tuple[int, int, int]] = yield Call(run_search, (
+            view.id, array("I", view.uids), pred, self.boxes, parser.needs_meta, parser.needs_body,
+            parser.envelope_tests))
+        numbers = [u if uid else seq for seq, u, _ in matched]
+        modseq = max((ms for _, _, ms in matched), default=0) if parser.modseq else None
         if opts is not None and "SAVE" in opts:
-            self.saved = [m.uid for _, m in matched]
+            self.saved = [u for _, u, _ in matched]
             opts = opts - {"SAVE"}
             if not opts:
                 return S.OK

@@ -14,10 +14,13 @@ import binascii
 import calendar
 import email.utils
 import re
+from array import array
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from fastmail._core import imap as core
+from fastmail._core import search as core_search
 from fastmail.proto.imap_fetch import BATCH, Batch, decode_cte
 from fastmail.store import mime
 from fastmail.store.mailboxes import Mailboxes, Message
@@ -212,6 +215,9 @@ class Parser:
         self.modseq = False  # a MODSEQ key was used: the response carries (MODSEQ n)
         self.needs_meta = False  # some key reads the index entry (envelope, section map)
         self.needs_body = False  # some key reads the message bytes
+        # (envelope index, casefolded needle) of each top-level key while all of them are SUBJECT / FROM /
+        # TO / CC / BCC (None once another key comes): such a search runs on the stored ENVELOPE bytes
+        self.envelope_tests: list[tuple[int, str]] | None = []
 
     def parse(self) -> Pred:
         if self.i < len(self.args) and type(self.args[self.i]) is str and self.args[self.i].upper() == "CHARSET":
@@ -223,7 +229,15 @@ class Parser:
             self.i += 2
         preds = []
         while self.i < len(self.args):
+            tok = self.args[self.i]
             preds.append(self.key())
+            if self.envelope_tests is not None:
+                k = tok.upper() if type(tok) is str else ""
+                if k in _HEADER_KEYS:
+                    needle = _string(self.args[self.i - 1])
+                    self.envelope_tests.append((_ENVELOPE_INDEX[_HEADER_KEYS[k]], needle.casefold()))
+                else:
+                    self.envelope_tests = None
         if not preds:
             raise SYNTAX("Missing search key")
         return _all(preds)
@@ -353,6 +367,19 @@ def _address_text(addrs: Any) -> str:
     return ", ".join(out)
 
 
+def envelope_match(env: list[Any], index: int, folded: str) -> bool:
+    """Whether envelope field `index` (1 subject, 2 from, 5 to, 6 cc, 7 bcc) holds the casefolded needle
+    (fastmail._core.search decides the plain-ASCII cases the same way from the stored bytes)."""
+    return _field_match(env[index], index, folded)
+
+
+def _field_match(value: Any, index: int, folded: str) -> bool:
+    if value is None:
+        return False
+    text = decode_words(value) if index == 1 else _address_text(value)
+    return folded in text.casefold()
+
+
 def _envelope_pred(field: str, needle: str) -> Pred:
     """SUBJECT / FROM / TO / CC / BCC: a case-insensitive substring of the field as the envelope holds it
     (RFC 2047 decoded), without reading the message."""
@@ -360,12 +387,7 @@ def _envelope_pred(field: str, needle: str) -> Pred:
     index = _ENVELOPE_INDEX[field]
 
     def pred(it: Item) -> bool:
-        env = it.meta().get("envelope") or [None] * 10
-        value = env[index]
-        if value is None:
-            return False
-        text = decode_words(value) if index == 1 else _address_text(value)
-        return folded in text.casefold()
+        return envelope_match(it.meta().get("envelope") or [None] * 10, index, folded)
 
     return pred
 
@@ -441,15 +463,32 @@ def esearch(tag: bytes, uid: bool, opts: set[str], numbers: list[int], modseq: i
     return b" ".join(out) + b"\r\n"
 
 
-def run_search(mailbox_id: int, uids: list[int], pred: Pred, boxes: Mailboxes, meta: bool,
-               body: bool) -> list[tuple[int, Message]]:
+def run_search(mailbox_id: int, uids: list[int] | array[int], pred: Pred, boxes: Mailboxes, meta: bool,
+               body: bool, envelope_tests: list[tuple[int, str]] | None = None) -> list[tuple[int, int, int]]:
     """Evaluate a search predicate over the session's messages, `uids` being its view in sequence order
-    (run off the loop: it may read bodies).  Messages expunged meanwhile do not match."""
+    (run off the loop: it may read bodies): the (sequence number, uid, modseq) of those that match.
+    Messages expunged meanwhile do not match.  With `envelope_tests` (the predicate is exactly these
+    SUBJECT/FROM/TO/CC/BCC tests, Parser.envelope_tests), a batch is answered from the stored ENVELOPE
+    bytes (fastmail._core.search); a batch with a message stored without them goes the general way."""
     loader = Batch(boxes, meta, body)
-    out: list[tuple[int, Message]] = []
+    out: list[tuple[int, int, int]] = []
+    tests = [(i, n.encode("utf-8", "surrogatepass")) for i, n in envelope_tests] if envelope_tests else None
+    view = uids if isinstance(uids, array) else array("I", uids)
     for start in range(0, len(uids), BATCH):
-        found = boxes.records(mailbox_id, uids[start: start + BATCH])
-        chunk = [(seq, found[u]) for seq, u in enumerate(uids[start: start + BATCH], start + 1) if u in found]
+        want = list(uids[start: start + BATCH])
+        if tests is not None:
+            done = boxes.render_records(mailbox_id, want, True, partial(
+                core_search.search_batch, want=want, view=view, tests=tests))
+            if done is not None:
+                hits, unsure, _ = done
+                assert envelope_tests is not None
+                hits.extend((seq, uid, modseq) for seq, uid, modseq, values in unsure
+                            if all(_field_match(v, i, n) for v, (i, n) in zip(values, envelope_tests, strict=True)))
+                hits.sort()
+                out.extend(hits)
+                continue
+        found = boxes.records(mailbox_id, want)
+        chunk = [(seq, found[u]) for seq, u in enumerate(want, start + 1) if u in found]
         loader.load([m for _, m in chunk])
-        out.extend((seq, m) for seq, m in chunk if pred(Item(m, seq, loader.safe_body, loader.meta)))
+        out.extend((seq, m.uid, m.modseq) for seq, m in chunk if pred(Item(m, seq, loader.safe_body, loader.meta)))
     return out

@@ -223,6 +223,48 @@ def test_search_return_save_and_dollar(store, user):
     assert d.cmd(f"g SEARCH MODSEQ {top}") == [b"* SEARCH 4 (MODSEQ %d)" % top, b"g OK Completed"]
 
 
+SEARCH_MESSAGES = [
+    b"From: Alice <alice@example.org>\r\nTo: bob@example.org\r\nSubject: Kumquatrix report\r\n\r\nx\r\n",
+    b"From: =?utf-8?q?J=C3=B6rg?= <j@example.org>\r\nCc: Team: a@x.test, b@x.test;\r\n"
+    b"Subject: =?UTF-8?B?S3VtcXVhdHJpeA==?= news\r\n\r\nx\r\n",
+    b"From: carol@example.org\r\nTo: \"Bob, Jr.\" <BOB@example.org>\r\nSubject: caf\xc3\xa9 kumQUATrix\r\n\r\nx\r\n",
+    b"To: dave@example.org\r\n\r\nno subject, no from\r\n",
+    b"From: eve@example.org\r\nBcc: bob@example.org\r\nSubject: other \"quoted\" \\ thing\r\n\r\nx\r\n",
+]
+SEARCHES = [
+    "SUBJECT kumquatrix", "CHARSET UTF-8 SUBJECT Kumquatrix", "SUBJECT \"caf\xc3\xa9\"", "FROM \"j\xc3\xb6rg\"", "FROM alice",
+    "TO bob", "TO \"bob, jr\"", "CC team", "CC x.test", "BCC BOB", "SUBJECT \"\\\"quoted\\\"\"", "SUBJECT \"\"",
+    "FROM \"\"", "FROM example SUBJECT report", "TO bob SUBJECT other", "SUBJECT news FROM \"<j@\"",
+    "RETURN (COUNT) SUBJECT kumquatrix", "SUBJECT kumquatrix FLAGGED", "OR SUBJECT news TO dave",
+]
+
+
+def test_search_envelope_keys_with_and_without_stored_wire_forms(store, user):
+    """SUBJECT/FROM/TO/CC/BCC answered from the stored ENVELOPE bytes (fastmail._core.search) give what
+    the index entries give: messages stored before the wire forms existed (none in `msgwire`) and a
+    mailbox with some of each answer alike."""
+    for raw in SEARCH_MESSAGES * 3:
+        deliver(store, user, raw)
+    d = session(store, user)
+    d.cmd("s SELECT INBOX")
+    d.cmd("f STORE 2:4 +FLAGS (\\Flagged)")
+    d.cmd("x STORE 5 +FLAGS (\\Deleted)")
+    d.cmd("y EXPUNGE")  # a hole in the UIDs
+    with_wires = [d.cmd(f"t{i} SEARCH {q}".encode("latin-1")) for i, q in enumerate(SEARCHES)]
+    assert with_wires[0] == [b"* SEARCH 1 2 3 5 6 7 10 11 12", b"t0 OK Completed"]
+    assert with_wires[11] == [b"* SEARCH 1 2 3 5 6 7 9 10 11 12 14", b"t11 OK Completed"]  # NIL matches nothing
+    assert with_wires[12] == with_wires[11][:1] + [b"t12 OK Completed"]
+    assert with_wires[10] == [b"* SEARCH 9 14", b"t10 OK Completed"]
+    assert with_wires[5] == [b"* SEARCH 1 3 5 7 10 12", b"t5 OK Completed"]
+    db = store.db["msgwire"]
+    blobs = [m.blob for m in Mailboxes(store).messages(Mailboxes(store).get(user, "INBOX")["id"])]
+    for drop in (blobs[::2], blobs):  # some, then all, stored without the wire forms
+        with store.env.begin(write=True) as txn:
+            for blob in drop:
+                txn.delete(blob, db=db)
+        assert [d.cmd(f"t{i} SEARCH {q}".encode("latin-1")) for i, q in enumerate(SEARCHES)] == with_wires
+
+
 def test_quota(store, user):
     d = session(store, user)
     assert d.cmd("a GETQUOTAROOT INBOX") == [b'* QUOTAROOT "INBOX"', b"a OK Completed"]  # no quota set
