@@ -809,15 +809,32 @@ class IMAPConnection(MailboxCommands):
         view.update(changed)
         if not silent or unchangedsince is not None:
             done = {m.uid for m in changed}
-            show = [u for u in live if u not in refused and (not silent or u in done)]
-            for m in view.messages(show):
-                self._write(view.fetch_flags(m, uid, self.condstore))
+            gone = set(refused)
+            show = [u for u in live if u not in gone and (not silent or u in done)]
+            self._flags_fetches(view, show, uid)
         if refused:
             nums = refused if uid else [view.seq(u) for u in refused]
             return S.MODIFIED.with_code("MODIFIED " + compress(nums))
         if len(live) < len(uids):
             return S.SOME_EXPUNGED
         return S.OK
+
+    def _flags_fetches(self, view: View, uids: list[int], uid: bool) -> None:
+        """The untagged "* n FETCH ([UID u ]FLAGS (...)[ MODSEQ (m)])" of the current records of `uids`
+        (ascending): rendered by the core from the encoded records, a batch at a time; a batch it
+        cannot render goes through View.fetch_flags (the same bytes)."""
+        order = bytes(([core_fetch.UID] if uid else []) + [core_fetch.FLAGS]
+                      + ([core_fetch.MODSEQ] if self.condstore else []))
+        for start in range(0, len(uids), BATCH):
+            want = uids[start: start + BATCH]
+            render = partial(core_fetch.render_batch, want=want, view=view.uids, order=order, changedsince=-1)
+            done = self.boxes.render_records(view.id, want, False, render)
+            if done is not None:
+                if done[0]:
+                    self._write(done[0])
+                continue
+            for m in view.messages(want):
+                self._write(view.fetch_flags(m, uid, self.condstore))
 
     def cmd_copy(self, cmd: core.Command) -> Generator[Any, Any, Status]:
         view = self.view

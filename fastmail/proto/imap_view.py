@@ -61,7 +61,7 @@ class View:
         exists.  "*" is the last message; on an empty mailbox a set with "*" is empty."""
         uids = self.uids
         n = len(uids)
-        out: set[int] = set()
+        spans: list[tuple[int, int]] = []  # index ranges into uids
         for lo, hi in ranges:
             if uid:
                 top = uids[-1] if uids else 0
@@ -71,7 +71,7 @@ class View:
                     a, b = b, a
                 if b == 0:
                     continue
-                out.update(uids[bisect.bisect_left(uids, a): bisect.bisect_right(uids, b)])
+                spans.append((bisect.bisect_left(uids, a), bisect.bisect_right(uids, b)))
             else:
                 if hi == core.STAR and n == 0:
                     continue
@@ -81,8 +81,20 @@ class View:
                     a, b = b, a
                 if b > n or a < 1:
                     raise core.IMAPSyntaxError("Invalid message sequence number")
-                out.update(uids[a - 1: b])
-        return sorted(out)
+                spans.append((a - 1, b))
+        # Disjoint spans in order (1:*, 1:100,200:300 ...): slices of the ascending view, no set or sort.
+        spans.sort()
+        if all(spans[k][1] <= spans[k + 1][0] for k in range(len(spans) - 1)):
+            if len(spans) == 1:
+                return uids[spans[0][0]: spans[0][1]].tolist()
+            out: list[int] = []
+            for i, j in spans:
+                out.extend(uids[i:j])
+            return out
+        merged: set[int] = set()
+        for i, j in spans:
+            merged.update(uids[i:j])
+        return sorted(merged)
 
     # -- updates -----------------------------------------------------------------------------------------
 

@@ -444,33 +444,42 @@ class Mailboxes:
             rec = R.loads(raw)
             changed: list[Message] = []
             refused: list[int] = []
+            msgs = self.db["msgs"]
+            get, put, key_of, loads, dumps = txn.get, txn.put, R.MSG_KEY.pack, R.loads, R.dumps
+            modseq = rec["modseq"]
             for uid in uids:
-                key = R.msg_key(mailbox_id, uid)
-                value = txn.get(key, db=self.db["msgs"])
+                key = key_of(mailbox_id, uid)
+                value = get(key, db=msgs)
                 if value is None:
                     continue  # expunged meanwhile
-                msg = parse_record(key, value)
-                if unchangedsince is not None and msg.modseq > unchangedsince:
+                # the record as its JSON list (no Message unless it changes): [v, blob hex, size, date, flags, modseq]
+                v, blob, size, date, old, old_modseq = fields = loads(value)
+                if unchangedsince is not None and old_modseq > unchangedsince:
                     refused.append(uid)
                     continue
                 if mode == "+":
-                    new = msg.flags + [f for f in want if f not in msg.flags]
+                    add = [f for f in want if f not in old]
+                    if not add:
+                        continue
+                    new = old + add
                 elif mode == "-":
-                    new = [f for f in msg.flags if f not in want]
+                    new = [f for f in old if f not in want]
+                    if len(new) == len(old):
+                        continue
                 else:
                     new = want
-                if set(new) == set(msg.flags):
-                    continue
-                if (SEEN in new) != (SEEN in msg.flags):
+                    if set(new) == set(old):
+                        continue
+                if (SEEN in new) != (SEEN in old):
                     rec["unseen"] += -1 if SEEN in new else 1
-                rec["modseq"] += 1
-                changes.note(txn, self.db, mailbox_id, uid, rec["modseq"], msg.modseq)
-                msg.flags = new
-                msg.modseq = rec["modseq"]
-                txn.put(key, R.message_record(msg.blob, msg.size, msg.internaldate, new, msg.modseq),
-                        db=self.db["msgs"])
-                changed.append(msg)
+                modseq += 1
+                changes.note(txn, self.db, mailbox_id, uid, modseq, old_modseq)
+                fields[4] = new
+                fields[5] = modseq
+                put(key, dumps(fields), db=msgs)  # message_record()'s bytes: the same list, re-encoded
+                changed.append(Message(uid, bytes.fromhex(blob), size, date, new, modseq))
             if changed:
+                rec["modseq"] = modseq
                 txn.put(mkey, R.dumps(rec), db=self.db["mbox"])
                 changes.record(txn, self.db, mailbox_id)
             return changed, refused

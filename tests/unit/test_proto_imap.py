@@ -186,6 +186,40 @@ def test_store_modes_keywords_and_bad_flags(store, user):
     assert b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label1)" in out
 
 
+def test_store_responses_over_many_messages(store, user):
+    """STORE's untagged FETCH responses (rendered by the core from the records, in batches) are those of
+    View.fetch_flags: with UID, with MODSEQ once CONDSTORE is on, only the changed ones for .SILENT with
+    UNCHANGEDSINCE, none for the refused; flags of every kind."""
+    for _ in range(600):
+        deliver(store, user)
+    d = session(store, user)
+    d.cmd("s SELECT INBOX")
+    d.cmd("k STORE 5:9 +FLAGS ($Work \\Flagged)")
+    out = d.cmd("a STORE 1:* +FLAGS (\\Seen)")
+    assert len(out) == 601 and out[-1] == b"a OK Completed"
+    assert out[0] == b"* 1 FETCH (FLAGS (\\Seen))" and out[599] == b"* 600 FETCH (FLAGS (\\Seen))"
+    assert out[6] == b"* 7 FETCH (FLAGS ($Work \\Flagged \\Seen))"
+    boxes = Mailboxes(store)
+    mid = boxes.get(user, "INBOX")["id"]
+    msgs = {m.uid: m for m in boxes.messages(mid)}
+    out = d.cmd("b UID STORE 3:300 -FLAGS ($Work)")
+    assert out[:3] == [b"* 3 FETCH (UID 3 FLAGS (\\Seen))", b"* 4 FETCH (UID 4 FLAGS (\\Seen))",
+                       b"* 5 FETCH (UID 5 FLAGS (\\Flagged \\Seen))"] and len(out) == 299
+    d.cmd("e ENABLE CONDSTORE")
+    top = boxes.get(user, "INBOX")["modseq"]
+    msgs = {m.uid: m for m in boxes.messages(mid)}
+    out = d.cmd(f"c STORE 1:10 (UNCHANGEDSINCE {msgs[5].modseq}) +FLAGS.SILENT (\\Answered)")
+    changed = [u for u in range(1, 11) if msgs[u].modseq <= msgs[5].modseq]
+    refused = [u for u in range(1, 11) if msgs[u].modseq > msgs[5].modseq]
+    assert refused and changed
+    assert out[:-1] == [b"* %d FETCH (FLAGS (%s) MODSEQ (%d))" % (
+        u, " ".join(msgs[u].flags + ["\\Answered"]).encode(), top + k + 1) for k, u in enumerate(changed)]
+    assert out[-1].startswith(b"c OK [MODIFIED ")
+    out = d.cmd("f UID STORE 1,2 FLAGS (\\Draft)")
+    assert out[:2] == [b"* 1 FETCH (UID 1 FLAGS (\\Draft) MODSEQ (%d))" % (top + len(changed) + 1),
+                       b"* 2 FETCH (UID 2 FLAGS (\\Draft) MODSEQ (%d))" % (top + len(changed) + 2)]
+
+
 def test_append_rules(store, user):
     d = session(store, user)
     assert d.cmd('a APPEND Nope {3+}\r\nabc') == [b"a NO [TRYCREATE] No such mailbox"]
