@@ -162,6 +162,16 @@ class View:
 
     def update(self, messages: list[Message]) -> None:
         """Messages this session just changed (STORE, implicit \\Seen): sync() does not announce these
-        mod-sequences back to it."""
+        mod-sequences back to it.  When they took exactly the mod-sequences right after the view's (one
+        transaction, nothing else changed the mailbox since the view's last sync), the view is at the
+        newest of them already: the next sync() reads no changes at all, instead of every message of a
+        STORE 1:* again."""
+        if not messages:
+            return
+        top = self.modseq + len(messages)
+        if messages[0].modseq == self.modseq + 1 and messages[-1].modseq == top and not self.mine and all(
+                m.modseq == self.modseq + k for k, m in enumerate(messages, 1)):
+            self.modseq = top
+            return
         for m in messages:
             self.mine[m.uid] = m.modseq

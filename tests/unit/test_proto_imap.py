@@ -127,6 +127,34 @@ def test_expunge_is_held_back_during_fetch_store_search(store, user):
     assert b.cmd("n NOOP") == [b"* 2 FETCH (UID 3 FLAGS (\\Seen))", b"n OK Completed"]
 
 
+def test_own_store_needs_no_change_scan(store, user, monkeypatch):
+    """After its own STORE took the mod-sequences right after its view's, a session's next sync reads no
+    changes (no scan of a STORE 1:*'s messages again); anything else in between still goes the usual way."""
+    for _ in range(5):
+        deliver(store, user)
+    a = session(store, user)
+    b = session(store, user)
+    a.cmd("s ENABLE CONDSTORE")
+    a.cmd("s SELECT INBOX")
+    b.cmd("s SELECT INBOX")
+    scans = []
+    real = Mailboxes.changes_since
+    monkeypatch.setattr(Mailboxes, "changes_since", lambda self, *args: scans.append(args) or real(self, *args))
+    top = Mailboxes(store).get(user, "INBOX")["modseq"]
+    out = a.cmd("a STORE 1:* +FLAGS (\\Seen)")
+    assert out[-1] == b"a OK Completed" and len(out) == 6 and scans == []
+    assert a.cmd("n NOOP") == [b"n OK Completed"] and scans == []
+    assert a.cmd("f FETCH 5 (MODSEQ)") == [b"* 5 FETCH (MODSEQ (%d))" % (top + 5), b"f OK Completed"]
+    # another session's change, then ours: both seen, the other's announced
+    b.cmd("b STORE 2 +FLAGS.SILENT (\\Flagged)")
+    scans.clear()  # b's own sync read a's changes
+    assert a.cmd("c STORE 3 +FLAGS.SILENT (\\Answered)") == [
+        b"* 2 FETCH (UID 2 FLAGS (\\Seen \\Flagged) MODSEQ (%d))" % (top + 6), b"c OK Completed"]
+    assert a.cmd("m NOOP") == [b"m OK Completed"] and len(scans) == 1
+    assert a.cmd("d STORE 4 +FLAGS.SILENT (\\Draft)") == [b"d OK Completed"]
+    assert a.cmd("o NOOP") == [b"o OK Completed"] and len(scans) == 1
+
+
 def test_qresync_sessions_get_vanished(store, user):
     for _ in range(3):
         deliver(store, user)
