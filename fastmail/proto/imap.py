@@ -67,6 +67,9 @@ class Limits:
     max_literal_preauth: int = 8 * 1024  # any literal before login
     max_bad: int = 20  # BAD responses before the session is closed
     flush_bytes: int = 256 * 1024  # FETCH output buffered before a Flush request
+    # FETCH output rendered by the core (a batch of 256 messages) handed to the transport once it is this
+    # large, so that the client reads and parses one batch while the next renders
+    stream_bytes: int = 16 * 1024
 
 
 class _ReadLine:
@@ -750,7 +753,7 @@ class IMAPConnection(MailboxCommands):
                         issued = True
                     if data:
                         self._write(data)
-                    if self._outlen >= self.limits.flush_bytes:
+                    if self._outlen >= self.limits.stream_bytes:
                         yield Flush()
                     continue
             chunk = view.messages(want)  # current flags; the expunged are missing
