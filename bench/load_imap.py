@@ -658,44 +658,59 @@ async def run(args: argparse.Namespace, targets: list[ImapTarget], base: Path, m
           f"{mb['size_p90']:,} B, max {mb['size_max']:,} B), seed {args.seed}, kinds {mb['kinds']}; "
           f"expected hits {mb['expected_hits']}", flush=True)
     ctx = Ctx(args, box)
-    warm: dict[str, dict[str, Any]] = {}
+
+    def describe(t: ImapTarget, seeded: dict[str, Any], w: dict[str, Any]) -> str:
+        return (f"# {t.name}: port {t.port}, seeded by {t.seed_method} in {seeded['start_and_seed_s']} s; "
+                f"first SELECT {w['first_select_s']} s, first fetch flags {w['first_fetch_flags_s']} s, "
+                f"first bodies {w['first_fetch_bodies_s']} s; answers {w['answers']}")
+
+    return await drive(args, ctx, targets, base, box.messages, warm_up, run_op, round_line, describe)
+
+
+async def drive(args: argparse.Namespace, ctx: Any, targets: list[Any], base: Path, messages: list[mailgen.Message],
+                warm: Callable[[Any, Any], Awaitable[dict[str, Any]]],
+                run_one: Callable[[Any, Any, Any, int], Awaitable[dict[str, Any]]],
+                line: Callable[[dict[str, Any]], str],
+                describe: Callable[[Any, dict[str, Any], dict[str, Any]], str]) -> dict[str, Any]:
+    """Shared by the IMAP and POP3 benchmarks: start and seed every target, warm it up (verifying the
+    answers), then the rounds — every op against every target in turn (A B A B), a disturbed op run again
+    up to args.retries times — and stop every target that started, whatever happened."""
+    warmed: dict[str, dict[str, Any]] = {}
     rounds: list[dict[str, Any]] = []
     disturbed: list[dict[str, Any]] = []
-    started: list[ImapTarget] = []
+    started: list[Any] = []
     stops: dict[str, Any] = {}
     try:
         for t in targets:
             t1 = time.perf_counter()
-            t.start(base / t.name, box.messages, args.seed)
+            t.start(base / t.name, messages, args.seed)
             started.append(t)
             seeded: dict[str, Any] = {"method": t.seed_method}
-            if t.seed_method not in ("maildir-files",):
-                seeded.update(await t.seed(box.messages, args.seed))
+            if t.seed_method != "maildir-files":
+                seeded.update(await t.seed(messages, args.seed))
             seeded["start_and_seed_s"] = round(time.perf_counter() - t1, 1)
-            w = await warm_up(ctx, t)
+            w = await warm(ctx, t)
             w["seed"] = seeded
-            warm[t.name] = w
-            print(f"# {t.name}: port {t.port}, seeded by {t.seed_method} in {seeded['start_and_seed_s']} s; "
-                  f"first SELECT {w['first_select_s']} s, first fetch flags {w['first_fetch_flags_s']} s, "
-                  f"first bodies {w['first_fetch_bodies_s']} s; answers {w['answers']}"
-                  + (f"; PROBLEMS: {w['problems']}" if w["problems"] else "; verified"), flush=True)
+            warmed[t.name] = w
+            print(describe(t, seeded, w) + (f"; PROBLEMS: {w['problems']}" if w["problems"] else "; verified"),
+                  flush=True)
         for rnd in range(1, args.rounds + 1):
             for spec in args.ops:
                 for t in targets:  # interleaved: A B A B
                     for attempt in range(args.retries + 1):
-                        r = await run_op(ctx, spec, t, rnd)
+                        r = await run_one(ctx, spec, t, rnd)
                         r["attempt"] = attempt
                         share = r["meter"].get("disturbed_share", 0)
                         if share <= args.max_elsewhere or attempt == args.retries:
                             break
-                        print(round_line(r) + f"  -- disturbed ({share:.0%} elsewhere or stolen): run again", flush=True)
+                        print(line(r) + f"  -- disturbed ({share:.0%} elsewhere or stolen): run again", flush=True)
                         disturbed.append(r)
                     rounds.append(r)
-                    print(round_line(r), flush=True)
+                    print(line(r), flush=True)
     finally:
         for t in started:
             stops[t.name] = t.stop()
-    return {"warm_up": warm, "rounds": rounds, "disturbed_rounds": disturbed, "stops": stops}
+    return {"warm_up": warmed, "rounds": rounds, "disturbed_rounds": disturbed, "stops": stops}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ from typing import Any
 
 from bench.imap import mailgen
 from bench.imap.target import PASSWORD, USER
-from bench.load_imap import Mailbox, Meter, _terminate, raise_fd_limit
+from bench.load_imap import Mailbox, Meter, _terminate, drive, raise_fd_limit
 from bench.pop3.client import Client, Pop3Error, retr_all
 from bench.pop3.target import DovecotPop3Target, FastmailPop3Target, parallel_users
 from bench.smtp.report import git_info, machine_info, markdown
@@ -365,45 +365,13 @@ def make_target(name: str, args: argparse.Namespace, users: dict[str, list[mailg
 
 
 async def run(args: argparse.Namespace, targets: list[Target], ctx: Ctx, base: Path) -> dict[str, Any]:
-    warm: dict[str, dict[str, Any]] = {}
-    rounds: list[dict[str, Any]] = []
-    disturbed: list[dict[str, Any]] = []
-    started: list[Target] = []
-    stops: dict[str, Any] = {}
-    try:
-        for t in targets:
-            t1 = time.perf_counter()
-            t.start(base / t.name, ctx.box.messages, args.seed)
-            started.append(t)
-            seeded: dict[str, Any] = {"method": t.seed_method}
-            if t.seed_method != "maildir-files":
-                seeded.update(await t.seed(ctx.box.messages, args.seed))
-            seeded["start_and_seed_s"] = round(time.perf_counter() - t1, 1)
-            w = await warm_up(ctx, t)
-            w["seed"] = seeded
-            warm[t.name] = w
-            print(f"# {t.name}: POP3 port {t.pop3_port}, seeded by {t.seed_method} in {seeded['start_and_seed_s']} s; "
-                  f"first login+STAT+UIDL {w['first_login_stat_uidl_s']} s, first RETR of all {w['first_retr_all_s']} s, "
-                  f"parallel users first pass {w['parallel_users_first_s']} s; UIDL e.g. {w['uidl_example']}; "
-                  f"answers {w['answers']}" + (f"; PROBLEMS: {w['problems']}" if w["problems"] else "; verified"),
-                  flush=True)
-        for rnd in range(1, args.rounds + 1):
-            for spec in args.ops:
-                for t in targets:  # interleaved: A B A B
-                    for attempt in range(args.retries + 1):
-                        r = await run_op(ctx, spec, t, rnd)
-                        r["attempt"] = attempt
-                        share = r["meter"].get("disturbed_share", 0)
-                        if share <= args.max_elsewhere or attempt == args.retries:
-                            break
-                        print(round_line(r) + f"  -- disturbed ({share:.0%} elsewhere or stolen): run again", flush=True)
-                        disturbed.append(r)
-                    rounds.append(r)
-                    print(round_line(r), flush=True)
-    finally:
-        for t in started:
-            stops[t.name] = t.stop()
-    return {"warm_up": warm, "rounds": rounds, "disturbed_rounds": disturbed, "stops": stops}
+    def describe(t: Target, seeded: dict[str, Any], w: dict[str, Any]) -> str:
+        return (f"# {t.name}: POP3 port {t.pop3_port}, seeded by {t.seed_method} in {seeded['start_and_seed_s']} s; "
+                f"first login+STAT+UIDL {w['first_login_stat_uidl_s']} s, first RETR of all {w['first_retr_all_s']} s, "
+                f"parallel users first pass {w['parallel_users_first_s']} s; UIDL e.g. {w['uidl_example']}; "
+                f"answers {w['answers']}")
+
+    return await drive(args, ctx, targets, base, ctx.box.messages, warm_up, run_op, round_line, describe)
 
 
 def main(argv: list[str] | None = None) -> int:
