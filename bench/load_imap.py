@@ -603,14 +603,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dovecot-password", choices=("argon2id", "plain"), default="argon2id",
                    help="Dovecot's passdb scheme: the same argon2id hash parameters as fastmail's (default), "
                         "or {PLAIN}")
-    p.add_argument("--max-elsewhere", type=float, default=0.10,
-                   help="an op during which other processes and steal took more than this share of the machine's "
-                        "CPU is run again (default: 0.10)")
-    p.add_argument("--retries", type=int, default=2, help="reruns of a disturbed op (default: 2)")
-    p.add_argument("--timeout", type=float, default=900.0, help="limit on each op, seconds (default: 900)")
-    p.add_argument("--tmpdir", type=Path, default=None, help="where the targets' directories go")
-    p.add_argument("--keep", action="store_true", help="keep the targets' directories: data, configs, logs")
-    p.add_argument("--output", type=Path, default=None, help="JSON file (default: bench/results/imap-STAMP.json)")
+    add_run_options(p, "imap")
     a = p.parse_args(argv)
     q = a.quick
     a.messages = a.messages if a.messages is not None else 1000 if q else 10_000
@@ -618,15 +611,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.logins = a.logins if a.logins is not None else 20 if q else 200
     a.appends_1 = a.appends_1 if a.appends_1 is not None else 200 if q else 2000
     a.appends_20 = a.appends_20 if a.appends_20 is not None else 1000 if q else 10_000
-    a.targets = [t.strip() for t in a.target.split(",") if t.strip()]
-    if not a.targets or any(t not in TARGETS for t in a.targets):
-        p.error(f"unknown target in {a.target}; choose from {','.join(TARGETS)}")
-    a.ops = OPS if a.op == "all" else [OPS_BY_KEY[k] for k in a.op.split(",") if k in OPS_BY_KEY]
-    if not a.ops or (a.op != "all" and len(a.ops) != len(a.op.split(","))):
-        p.error(f"unknown op in {a.op}; choose from {','.join(OPS_BY_KEY)}")
+    pick_targets_and_ops(p, a, list(TARGETS), OPS, OPS_BY_KEY)
     if a.rounds < 1 or a.messages < 1 or a.idle < 0 or a.appends_20 < 20 or a.repeat < 1 or a.logins < 1:
         p.error("--rounds, --messages, --repeat, --logins must be at least 1, --appends-20 at least 20")
     return a
+
+
+def add_run_options(p: argparse.ArgumentParser, kind: str) -> None:
+    """The options every load driver of bench/imap (IMAP, POP3) takes for running and recording."""
+    p.add_argument("--max-elsewhere", type=float, default=0.10,
+                   help="an op during which other processes and steal took more than this share of the machine's "
+                        "CPU is run again (default: 0.10)")
+    p.add_argument("--retries", type=int, default=2, help="reruns of a disturbed op (default: 2)")
+    p.add_argument("--timeout", type=float, default=900.0, help="limit on each op, seconds (default: 900)")
+    p.add_argument("--tmpdir", type=Path, default=None, help="where the targets' directories go")
+    p.add_argument("--keep", action="store_true", help="keep the targets' directories: data, configs, logs")
+    p.add_argument("--output", type=Path, default=None, help=f"JSON file (default: bench/results/{kind}-STAMP.json)")
+
+
+def pick_targets_and_ops(p: argparse.ArgumentParser, a: argparse.Namespace, targets: list[str], ops: list[Any],
+                         by_key: dict[str, Any]) -> None:
+    """a.target / a.op ("x,y" or "all") -> a.targets and a.ops, or a usage error naming what is unknown."""
+    a.targets = [t.strip() for t in a.target.split(",") if t.strip()]
+    if not a.targets or any(t not in targets for t in a.targets):
+        p.error(f"unknown target in {a.target}; choose from {','.join(targets)}")
+    a.ops = ops if a.op == "all" else [by_key[k] for k in a.op.split(",") if k in by_key]
+    if not a.ops or (a.op != "all" and len(a.ops) != len(a.op.split(","))):
+        p.error(f"unknown op in {a.op}; choose from {','.join(by_key)}")
 
 
 def make_target(name: str, args: argparse.Namespace) -> ImapTarget:

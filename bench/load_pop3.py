@@ -33,7 +33,15 @@ from typing import Any
 
 from bench.imap import mailgen
 from bench.imap.target import PASSWORD, USER
-from bench.load_imap import Mailbox, Meter, _terminate, drive, raise_fd_limit
+from bench.load_imap import (
+    Mailbox,
+    Meter,
+    _terminate,
+    add_run_options,
+    drive,
+    pick_targets_and_ops,
+    raise_fd_limit,
+)
 from bench.pop3.client import Client, Pop3Error, retr_all
 from bench.pop3.target import DovecotPop3Target, FastmailPop3Target, parallel_users
 from bench.smtp.report import git_info, machine_info, markdown
@@ -334,25 +342,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="an extra fastmail setting, e.g. --fastmail-set 'pop3.max_errors=50' (repeatable)")
     p.add_argument("--dovecot-password", choices=("argon2id", "plain"), default="argon2id",
                    help="Dovecot's passdb scheme: fastmail's argon2id parameters (default), or {PLAIN}")
-    p.add_argument("--max-elsewhere", type=float, default=0.10,
-                   help="an op during which other processes and steal took more than this share of the machine's "
-                        "CPU is run again (default: 0.10)")
-    p.add_argument("--retries", type=int, default=2, help="reruns of a disturbed op (default: 2)")
-    p.add_argument("--timeout", type=float, default=900.0, help="limit on each op, seconds (default: 900)")
-    p.add_argument("--tmpdir", type=Path, default=None, help="where the targets' directories go")
-    p.add_argument("--keep", action="store_true", help="keep the targets' directories: data, configs, logs")
-    p.add_argument("--output", type=Path, default=None, help="JSON file (default: bench/results/pop3-STAMP.json)")
+    add_run_options(p, "pop3")
     a = p.parse_args(argv)
     q = a.quick
     a.messages = a.messages if a.messages is not None else 1000 if q else 10_000
     a.user_messages = a.user_messages if a.user_messages is not None else 100 if q else 1000
     a.logins = a.logins if a.logins is not None else 10 if q else 50
-    a.targets = [t.strip() for t in a.target.split(",") if t.strip()]
-    if not a.targets or any(t not in TARGETS for t in a.targets):
-        p.error(f"unknown target in {a.target}; choose from {','.join(TARGETS)}")
-    a.ops = OPS if a.op == "all" else [OPS_BY_KEY[k] for k in a.op.split(",") if k in OPS_BY_KEY]
-    if not a.ops or (a.op != "all" and len(a.ops) != len(a.op.split(","))):
-        p.error(f"unknown op in {a.op}; choose from {','.join(OPS_BY_KEY)}")
+    pick_targets_and_ops(p, a, list(TARGETS), OPS, OPS_BY_KEY)
     if min(a.rounds, a.messages, a.users, a.user_messages, a.logins) < 1 or a.pipeline < 0 or a.users > 99:
         p.error("--rounds, --messages, --users (at most 99), --user-messages, --logins must be at least 1")
     return a
