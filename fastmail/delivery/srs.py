@@ -34,18 +34,36 @@ def key(data_dir: str | os.PathLike[str]) -> bytes:
     cached = _keys.get(str(path))
     if cached is not None:
         return cached
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, secrets.token_hex(32).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    if not path.exists():
+        _create_key(path)
     value = bytes.fromhex(path.read_text().strip())
     if len(value) < 16:
         raise ValueError(f"{path}: key too short")
     _keys[str(path)] = value
     return value
+
+
+def _create_key(path: Path) -> None:
+    """Write a fresh key to a private temp file, make it durable, then publish it with link(): a process
+    racing us (two delivery processes boot together) sees either no key or the whole key, never an empty
+    file, and the first link wins."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, secrets.token_hex(32).encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+    dfd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def _day(now: float | None = None) -> int:

@@ -617,7 +617,8 @@ def test_two_delivery_processes_share_the_queue(tmp_path, dns, rloop, mx_port):
             [x for x in log_lines(s, "delivery") if x.get("rcpt", "").endswith("@shared.test")]) == 24)
         by_pid = {x["pid"] for x in log_lines(s, "delivery") if x.get("rcpt", "").endswith("@shared.test")}
         starts = {x["pid"] for x in log_lines(s, "worker_start") if x.get("kind") == "delivery"}
-        assert len(starts) == 2 and by_pid == starts  # each process delivered its share (24 random ids)
+        exits = [x for x in log_lines(s, "worker_exit") if x.get("kind") == "delivery"]
+        assert len(starts) == 2 and by_pid == starts, exits  # each process delivered its share (24 random ids)
     finally:
         s.stop()
         s.kill_tree()

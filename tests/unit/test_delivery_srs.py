@@ -31,3 +31,39 @@ def test_key_made_once_and_kept(tmp_path):
     srs._keys.clear()
     assert srs.key(tmp_path) == k1 and len(k1) == 32
     assert oct((tmp_path / "srs.key").stat().st_mode & 0o777) == "0o600"
+
+
+def _key_in_child(path: str, go, out) -> None:
+    import os
+    import time
+
+    write = os.write
+
+    def slow_write(fd: int, data: bytes) -> int:  # widen the window between creating and filling the file
+        time.sleep(0.05)
+        return write(fd, data)
+
+    os.write = slow_write  # this child's copy of the module only
+    go.wait()
+    out.put(srs.key(path).hex())
+
+
+def test_processes_racing_to_make_the_key_all_read_the_same_whole_key(tmp_path):
+    """Two delivery processes boot together: none may read a half-written key (it once saw an empty file)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(3):
+        d = tmp_path / str(round_)
+        d.mkdir()
+        go, out = ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_key_in_child, args=(str(d), go, out)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        go.set()
+        for p in procs:
+            p.join(30)
+        assert [p.exitcode for p in procs] == [0] * 6
+        keys = {out.get(timeout=5) for _ in procs}
+        assert len(keys) == 1 and len(bytes.fromhex(keys.pop())) == 32
+        assert [x.name for x in d.iterdir()] == ["srs.key"]  # no temp file left behind
