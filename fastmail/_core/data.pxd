@@ -32,6 +32,9 @@ cdef class DataDecoder:
 
     cpdef bytes getvalue(self)
 
+@cython.locals(n=Py_ssize_t, k=Py_ssize_t)
+cdef Py_ssize_t _find_nl_dot(bytes body, Py_ssize_t start)
+
 cpdef bytes dot_stuff(bytes body)
 
 @cython.locals(i=Py_ssize_t, start=Py_ssize_t, lead=bint)

@@ -225,7 +225,7 @@ def dot_stuff(body: bytes) -> bytes:
     however it splits lines, can read a stuffed body as ending early.  The caller makes `body` end in
     CRLF and appends END_MARK.
     """
-    if body.find(b"\n.") >= 0:
+    if _find_nl_dot(body, 0) >= 0:
         body = body.replace(b"\n.", b"\n..")
     if body[:1] == b".":
         body = b"." + body
@@ -235,11 +235,33 @@ def dot_stuff(body: bytes) -> bytes:
 MAX_STUFF_PARTS = 256  # past this many stuffed lines, one copy is cheaper than that many buffers
 
 
+def _find_nl_dot(body: bytes, start: cython.Py_ssize_t) -> cython.Py_ssize_t:
+    """body.find(b"\\n.", start).  Compiled: memchr for the ".", then a look at the byte before it.  A
+    "." is rarer than a line end in text and absent from base64, where this runs at memchr's speed;
+    bytes.find of the two-byte needle stops at every LF (about 1 GB/s on text, a third of a RETR's CPU)."""
+    if cython.compiled:
+        s: cython.p_const_char = body
+        n: cython.Py_ssize_t = len(body)
+        k: cython.Py_ssize_t = start + 1
+        while k < n:
+            q: cython.p_const_char = cython.cast(
+                cython.p_const_char, memchr(s + k, 46, n - k)  # type: ignore[name-defined]  # noqa: F821
+            )
+            if q == cython.NULL:
+                return -1
+            k = q - s
+            if s[k - 1] == 10:
+                return k - 1
+            k += 1
+        return -1
+    return body.find(b"\n.", start)
+
+
 def dot_stuff_parts(body: bytes) -> list:
     """dot_stuff(body) as a list of buffers (bytes and memoryview slices of `body`) whose concatenation
     is the stuffed body, without copying `body`: for writing a large message with writelines.  A body
     with very many lines starting with "." comes back as one stuffed copy instead."""
-    i: cython.Py_ssize_t = body.find(b"\n.")
+    i: cython.Py_ssize_t = _find_nl_dot(body, 0)
     lead = body[:1] == b"."
     if i < 0 and not lead:
         return [body]
@@ -252,7 +274,7 @@ def dot_stuff_parts(body: bytes) -> list:
         parts.append(view[start:i + 1])
         parts.append(b".")
         start = i + 1
-        i = body.find(b"\n.", i + 2)
+        i = _find_nl_dot(body, i + 2)
     parts.append(view[start:])
     return parts
 

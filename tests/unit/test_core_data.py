@@ -11,6 +11,8 @@ import random
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fastmail._core import is_compiled, variants
 
@@ -216,3 +218,14 @@ def test_dot_stuff_parts_is_dot_stuff_without_copies(data, body):
     assert len(parts) <= data.MAX_STUFF_PARTS + 1
     if body.count(b"\n.") < 100:  # few stuffed lines: the body's bytes are shared, not copied
         assert all(type(p) is memoryview or len(p) <= 1 or p is body for p in parts)
+
+
+@given(st.binary(max_size=300) | st.lists(st.sampled_from([b"\r\n", b"\n", b".", b"a", b"\r", b".\r\n"]),
+                                           max_size=120).map(b"".join))
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_dot_stuff_matches_the_rule_on_any_bytes(data, body):
+    """Every "." at the start of the body or after any LF gets one more "." — whatever the compiled scan
+    (memchr for "." and a look back) or the pure one (bytes.find) does."""
+    expected = (b"." if body[:1] == b"." else b"") + body.replace(b"\n.", b"\n..")
+    assert data.dot_stuff(body) == expected
+    assert b"".join(data.dot_stuff_parts(body)) == expected
