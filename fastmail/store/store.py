@@ -63,29 +63,31 @@ class Outcome:
 
 
 class _Gate:
-    """Transactions may run in two threads of a worker; resizing the map needs none open in this process."""
+    """Transactions may run in two threads of a worker; resizing the map needs none open in this process.
+    enter/leave take a plain lock (a read transaction is a few microseconds: a Condition's RLock and a
+    notify on every leave were most of it); only a resize waits on the condition."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._active = 0
         self._resizing = False
 
-    @contextmanager
-    def use(self) -> Iterator[None]:
-        with self._cond:
+    def enter(self) -> None:
+        with self._lock:
             while self._resizing:
                 self._cond.wait()
             self._active += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._active -= 1
-                self._cond.notify_all()
+
+    def leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+            if self._resizing:
+                self._cond.notify_all()  # exclusive() waits for the last one out
 
     @contextmanager
     def exclusive(self) -> Iterator[None]:
-        with self._cond:
+        with self._lock:
             while self._resizing:
                 self._cond.wait()
             self._resizing = True
@@ -94,9 +96,47 @@ class _Gate:
         try:
             yield
         finally:
-            with self._cond:
+            with self._lock:
                 self._resizing = False
                 self._cond.notify_all()
+
+
+class _Txn:
+    """`with store.read() as txn` / `store.write()`: a transaction inside the gate; a write one commits
+    when the block ends without an exception.  A class, not a generator context manager: reads are hot."""
+
+    __slots__ = ("_store", "_write", "_txn")
+
+    def __init__(self, store: Store, write: bool) -> None:
+        self._store = store
+        self._write = write
+
+    def __enter__(self) -> lmdb.Transaction:
+        store = self._store
+        gate = store._gate
+        for _ in range(8):
+            gate.enter()
+            try:
+                self._txn = store.env.begin(write=self._write, buffers=False)
+                return self._txn
+            except lmdb.MapResizedError:
+                gate.leave()  # another process grew the map: adopt its size, outside the gate, and retry
+            except BaseException:
+                gate.leave()
+                raise
+            store._adopt_map_size()
+        raise StoreError("LMDB map size keeps changing")
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        txn = self._txn
+        del self._txn
+        try:
+            if kind is None and self._write:
+                txn.commit()  # a failed commit aborts the transaction itself (LMDB) and raises
+            else:
+                txn.abort()
+        finally:
+            self._store._gate.leave()
 
 
 def _now_ms() -> int:
@@ -142,33 +182,11 @@ class Store:
     # -- transactions ----------------------------------------------------------------------------------
 
     def read(self) -> contextlib.AbstractContextManager[lmdb.Transaction]:
-        return self._txn(write=False)
+        return _Txn(self, False)
 
     def write(self) -> contextlib.AbstractContextManager[lmdb.Transaction]:
         """A write transaction, committed on success; a full map raises MapFullError (see _writing)."""
-        return self._txn(write=True)
-
-    @contextmanager
-    def _txn(self, write: bool) -> Iterator[lmdb.Transaction]:
-        for _ in range(8):
-            with self._gate.use():
-                try:
-                    txn = self.env.begin(write=write, buffers=False)
-                except lmdb.MapResizedError:
-                    pass  # another process grew the map: adopt its size, outside the gate, and retry
-                else:
-                    try:
-                        yield txn
-                    except BaseException:
-                        txn.abort()
-                        raise
-                    if write:
-                        txn.commit()
-                    else:
-                        txn.abort()
-                    return
-            self._adopt_map_size()
-        raise StoreError("LMDB map size keeps changing")
+        return _Txn(self, True)
 
     def _adopt_map_size(self) -> None:
         # Another process grew the map: adopt its size (LMDB: set_mapsize(0)).
@@ -622,11 +640,17 @@ class Store:
         return self.segments.read(loc)
 
     def read_message(self, mailbox_id: int, uid: int) -> bytes | None:
+        """The message's bytes, or None when it is not in the mailbox: record and blob location are read
+        in one transaction (a RETR's whole index cost)."""
         with self.read() as txn:
             raw = txn.get(R.msg_key(mailbox_id, uid), db=self.db["msgs"])
-        if raw is None:
-            return None
-        return self.read_blob(R.parse_message_record(raw)["blob"])
+            if raw is None:
+                return None
+            blob = R.parse_message_record(raw)["blob"]
+            loc = txn.get(blob, db=self.db["blobs"])
+        if loc is None:
+            raise StoreError(f"no blob {blob.hex()}")
+        return self.segments.read(loc[:24])
 
     def message_meta(self, blob_id: bytes) -> dict[str, Any] | None:
         with self.read() as txn:
