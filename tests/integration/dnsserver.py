@@ -1,9 +1,12 @@
 """A real DNS server on 127.0.0.1 for the delivery tests (dnslib, UDP and TCP, in a thread of the test).
 
 `zone` maps a lower-case name to its records: ("MX", (preference, "host.")), ("A", "127.0.0.2"),
-("AAAA", "::1"), ("CNAME", "target."), ("TXT", "v=STSv1; id=1"); a name listed in `servfail` answers SERVFAIL, a name absent
-from the zone NXDOMAIN, a present name without records of the asked type NOERROR with no answer (NODATA).
-Every question asked is appended to `asked`.  The zone may be changed while the server runs.
+("AAAA", "::1"), ("CNAME", "target."), ("TXT", "v=STSv1; id=1"), ("PTR", "host."); a TXT value may also be a
+list of strings (bytes or str: one record of several character-strings), and ("SPF", value) is the same as a
+TXT record but of the obsolete type SPF (99).  A name listed in `servfail` answers SERVFAIL, a name absent from
+the zone NXDOMAIN, a present name without records of the asked type NOERROR with no answer (NODATA); a name
+listed in `timeout` answers only the types it has records of and leaves every other question unanswered (the
+client times out).  Every question asked is appended to `asked`.  The zone may be changed while the server runs.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ import socket
 import threading
 from typing import Any
 
-from dnslib import AAAA, CNAME, MX, QTYPE, RCODE, RR, TXT, A
+from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, TXT, A
+from dnslib.dns import DNSError
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
-_RDATA = {"MX": lambda v: MX(v[1], v[0]), "A": A, "AAAA": AAAA, "CNAME": CNAME, "TXT": TXT}
+_RDATA = {"MX": lambda v: MX(v[1], v[0]), "A": A, "AAAA": AAAA, "CNAME": CNAME, "TXT": TXT, "PTR": PTR, "SPF": TXT}
 
 
 class _Resolver(BaseResolver):  # type: ignore[misc]
@@ -24,13 +28,16 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
 
     def resolve(self, request: Any, handler: Any) -> Any:
         reply = request.reply()
-        qname = str(request.q.qname).lower().rstrip(".")
+        # the labels as sent (str() of a DNSLabel would escape spaces and other unprintable bytes)
+        qname = ".".join(label.decode("latin-1") for label in request.q.qname.label).lower()
         qtype = QTYPE[request.q.qtype]
         with self.owner.lock:
             self.owner.asked.append((qname, qtype))
             if qname in self.owner.servfail:
                 reply.header.rcode = RCODE.SERVFAIL
                 return reply
+            if qname in self.owner.timeout and not any(t == qtype for t, _ in self.owner.zone.get(qname, ())):
+                raise DNSError(f"no answer for {qname}/{qtype}")  # dnslib's handler then sends nothing
             name = qname
             for _ in range(8):  # follow CNAMEs inside the zone, like a recursive server would
                 records = self.owner.zone.get(name)
@@ -54,6 +61,7 @@ class LocalDNS:
     def __init__(self, ttl: int = 0) -> None:
         self.zone: dict[str, list[tuple[str, Any]]] = {}
         self.servfail: set[str] = set()
+        self.timeout: set[str] = set()
         self.asked: list[tuple[str, str]] = []
         self.ttl = ttl
         self.lock = threading.Lock()
