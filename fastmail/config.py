@@ -205,6 +205,40 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("delivery.relayhost", str, "", "Smarthost: send all outbound mail to HOST[:PORT] ('[v6]:PORT') instead of the recipients' MX (port 25 by default); empty: MX routing.", _relayhost),
     Setting("delivery.relayhost_user", str, "", "User name for AUTH at the smarthost (then STARTTLS is required: credentials never go in plain text)."),
     Setting("delivery.relayhost_password_file", str, "", "File holding the smarthost password (read before privileges are dropped)."),
+    # checks of incoming mail (issue #7): on the SMTP listener only, never for submission, LMTP or trusted networks
+    Setting("checks.enabled", bool, False, "Check mail received on the SMTP listener: SPF, DKIM, DMARC, ARC, FCrDNS and the DNSBL zones; results go in one Authentication-Results header."),
+    Setting("checks.resolver", str, "", "DNS server for the checks, ADDRESS[:PORT]; empty: delivery.resolver (or the system resolver).", _nameserver),
+    Setting("checks.dns_timeout", float, 5.0, "Seconds to wait for one DNS answer of a check.", _positive),
+    Setting("checks.timeout", float, 20.0, "Seconds all checks of one message may take together; what has not answered by then is temperror.", _positive),
+    Setting("checks.fail_open", bool, True, "A check that cannot answer (DNS temperror, timeout): accept the message with the temperror recorded; false: 451 4.7.0 (the sender retries)."),
+    Setting("checks.authserv_id", str, "", "The authserv-id of our Authentication-Results header (default: server.hostname); incoming A-R headers claiming it are removed."),
+    Setting("checks.dmarc_enforce", bool, True, "Honour DMARC policies: p=reject gets 550 5.7.1, p=quarantine goes to the Junk folder; false: only record the result."),
+    Setting("checks.spf_reject", bool, False, "Refuse SPF 'fail' with 550 5.7.23 (otherwise it only counts towards DMARC and the header)."),
+    Setting("checks.fcrdns", str, "tag", "Forward-confirmed reverse DNS of the client: 'tag' (recorded), 'junk' (failures go to Junk), 'reject' (550 5.7.25) or 'off'.", _one_of("tag", "junk", "reject", "off")),
+    Setting("checks.dnsbl", list, [], "DNS block list zones for the client address (e.g. zen.spamhaus.org): a listed client gets 554 5.7.1."),
+    Setting("checks.dnswl", list, [], "DNS allow list zones: a listed client skips the DNSBL, greylisting and the spam filter's reject."),
+    Setting("greylist.enabled", bool, False, "Greylisting: the first message of an unknown (client /24, sender, recipient) triplet gets 451 4.7.1 at RCPT."),
+    Setting("greylist.delay", float, 300.0, "Seconds before a retry of a greylisted triplet is accepted.", _at_least(0)),
+    Setting("greylist.expire", float, 4 * 3600.0, "Seconds a greylisted triplet waits for its retry before it is forgotten.", _positive),
+    Setting("greylist.auto_whitelist", int, 5, "Messages accepted after greylisting before a client network is no longer greylisted; 0: never.", _at_least(0)),
+    Setting("greylist.whitelist", list, [], "Client networks (CIDR) never greylisted.", _networks),
+    Setting("rspamd.url", str, "", "rspamd's normal worker, e.g. http://127.0.0.1:11333 (its /checkv2 protocol); empty: no spam filter."),
+    Setting("rspamd.timeout", float, 15.0, "Seconds to wait for rspamd's verdict.", _positive),
+    Setting("rspamd.fail_open", bool, True, "rspamd unreachable or slow: accept unfiltered; false: 451 4.7.0."),
+    Setting("rspamd.learn", bool, False, "Moving a message into / out of Junk over IMAP teaches rspamd spam / ham (its controller, rspamd.controller_url)."),
+    Setting("rspamd.controller_url", str, "", "rspamd's controller worker for learning, e.g. http://127.0.0.1:11334."),
+    Setting("rspamd.password", str, "", "The controller's password (Password header), if it has one."),
+    Setting("spam.reject_score", float, 15.0, "A spam score at or above this: 550 5.7.1 at DATA (nothing stored)."),
+    Setting("spam.junk_score", float, 6.0, "A spam score at or above this: delivered to the Junk folder with X-Spam-* headers."),
+    Setting("spam.junk_folder", str, "Junk", "Folder that gets junk mail (created with \\Junk when missing)."),
+    Setting("clamav.address", str, "", "clamd: unix:/PATH or HOST:PORT (INSTREAM); empty: no virus scan."),
+    Setting("clamav.timeout", float, 30.0, "Seconds to wait for clamd's verdict.", _positive),
+    Setting("clamav.fail_open", bool, False, "clamd unreachable or slow: accept unscanned; false (default): 451 4.7.0."),
+    Setting("dkim.sign", bool, True, "Sign mail from authenticated senders with the From domain's keys in dkim.key_dir (ed25519 and rsa-sha256), when it has any."),
+    Setting("dkim.key_dir", str, "", "Folder of DKIM private keys, DOMAIN/SELECTOR.pem (`fastmail dkim keygen`); empty: DATA_DIR/dkim."),
+    Setting("ratelimit.connections_per_ip", int, 0, "Connections one client address may open per minute on SMTP/submission (more get 421 4.7.0); 0: no limit.", _at_least(0)),
+    Setting("ratelimit.messages_per_ip", int, 0, "Messages one client address may send per hour over SMTP (more get 451 4.7.1); 0: no limit.", _at_least(0)),
+    Setting("ratelimit.messages_per_user", int, 0, "Messages one authenticated user may submit per hour (more get 451 4.7.1); 0: no limit.", _at_least(0)),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}
@@ -274,6 +308,14 @@ class Config:
                 address = parse_listen(item)
                 specs.append(ListenerSpec(name if i == 0 else f"{name}#{i}", address))
         return specs
+
+    @property
+    def dkim_keys(self) -> Path:
+        return Path(self.dkim_key_dir) if self.dkim_key_dir else self.data_dir / "dkim"
+
+    @property
+    def checks_nameserver(self) -> str:
+        return str(self.checks_resolver or self.delivery_resolver)
 
     @property
     def tls_files(self) -> tuple[Path, Path]:
