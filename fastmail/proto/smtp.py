@@ -221,11 +221,16 @@ class SMTPConnection:
             self._error(R.AUTH_TEMP if temporary else R.AUTH_FAILED)
         self._resume(State.READY)
 
-    def deliver_done(self, qid: str, over_quota: set[int] | frozenset[int] = frozenset(), failed: bool = False) -> None:
-        """The Deliver request finished: answer the client (one reply, or one per recipient in LMTP)."""
+    def deliver_done(self, qid: str, over_quota: set[int] | frozenset[int] = frozenset(), failed: bool = False,
+                     refused: Reply | None = None) -> None:
+        """The Deliver request finished: answer the client (one reply, or one per recipient in LMTP).
+        `refused`: a check refused the message (nothing stored); that reply for it."""
         env = self.envelope
         assert env is not None
-        if self.lmtp:
+        if refused is not None:
+            for _ in env.rcpts if self.lmtp else (None,):
+                self._reply(refused)
+        elif self.lmtp:
             for rcpt in env.rcpts:
                 if failed:
                     self._reply(R.LOCAL_ERROR)

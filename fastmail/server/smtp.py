@@ -14,7 +14,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fastmail import log
+from fastmail.hygiene.inbound import Transaction
 from fastmail.proto import smtp as P
+from fastmail.proto.replies import Reply
 from fastmail.server.session import Session
 from fastmail.store.store import Incoming, new_qid
 
@@ -126,7 +128,24 @@ class SMTPProtocol(Session):
         qid = new_qid()
         qhex = qid.hex()
         header = P.received_header(conn.session, env, qhex, services.hostname)
-        raw = header + env.content
+        content = env.content
+        folder = "INBOX"
+        inbound = services.inbound
+        if inbound.active and self.mode is P.Mode.SMTP and conn.session.user is None:
+            tx = Transaction(ip=conn.session.peer, helo=conn.session.helo, mail_from=env.sender or "",
+                             rcpts=[r.address for r in env.rcpts], qid=qhex)
+            content, verdict = await inbound.check(content, tx, authenticate=not conn.session.trusted)
+            if verdict.reply is not None:
+                code, enhanced, text = verdict.reply
+                log.event("refused", sid=self.sid, qid=qhex, sender=env.sender or "<>", rcpts=len(env.rcpts),
+                          reply=f"{code} {enhanced}", **verdict.log)
+                conn.deliver_done(qhex, refused=Reply(code, enhanced, text))
+                return
+            header += verdict.headers
+            folder = verdict.folder or folder
+            if verdict.log:
+                log.event("checked", sid=self.sid, qid=qhex, folder=folder, **verdict.log)
+        raw = header + content
         users: list[int] = []
         remote: list[dict[str, Any]] = []
         for rcpt in env.rcpts:
@@ -144,7 +163,8 @@ class SMTPProtocol(Session):
                     for r in env.rcpts if r.params},
         }
         item = Incoming(qid=qid, raw=raw, sender=env.sender or "", local=users, remote=remote, params=params,
-                        bounce_over_quota=self.mode is not P.Mode.LMTP)
+                        bounce_over_quota=self.mode is not P.Mode.LMTP, folder=folder,
+                        folder_special="\\Junk" if folder != "INBOX" else None)
         try:
             outcome = await services.committer.commit(item)
         except Exception as e:

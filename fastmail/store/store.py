@@ -41,6 +41,7 @@ class Incoming:
     params: dict[str, Any] = field(default_factory=dict)  # ret, envid, body, smtputf8, auth, client
     meta: dict[str, Any] | None = None  # fastmail.store.mime.analyze(raw)
     folder: str = "INBOX"
+    folder_special: str | None = None  # a missing `folder` is created with this special-use (e.g. \\Junk)
     # SMTP answers once for all recipients: a recipient found over quota at commit time, while others got
     # the message, is kept in the queue as failed so that a bounce (DSN) reports it.  LMTP answers per
     # recipient instead, so there it is simply refused.
@@ -543,6 +544,8 @@ class Store:
                 mbox = R.loads(mbox_raw)
             else:
                 mid_raw = txn.get(R.mailbox_key(user_id, item.folder), db=db["mailboxes"])
+                if mid_raw is None and item.folder_special is not None:
+                    mid_raw = R.U64.pack(self._create_mailbox(txn, user_id, item.folder, item.folder_special))
                 if mid_raw is None:
                     mid_raw = txn.get(R.mailbox_key(user_id, "INBOX"), db=db["mailboxes"])
                 mkey = bytes(mid_raw)

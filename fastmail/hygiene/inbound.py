@@ -1,0 +1,463 @@
+"""The checks of one incoming message, run at the end of DATA, and what they decide.
+
+`Inbound.check` runs, concurrently and under one deadline (`checks.timeout`):
+
+- the authentication checks when `checks.enabled`: SPF for MAIL FROM (or HELO for the null sender,
+  RFC 7208 §2.4), DKIM, ARC, the client's reverse DNS (iprev, RFC 8601 §3) and the DNSBL/DNSWL zones; then
+  DMARC (RFC 7489) from the SPF and DKIM results;
+- the virus scan (clamd, `clamav.address`) and the spam filter (rspamd, `rspamd.url`).
+
+It returns a `Verdict`: a refusal (the reply to give, nothing stored) or the header fields to add — one
+`Authentication-Results` field (RFC 8601) with our authserv-id, `X-Spam-*` when the filter ran — and the
+folder (INBOX, or Junk for DMARC quarantine and spam above `spam.junk_score`).  Incoming
+Authentication-Results fields that claim our authserv-id are removed (RFC 8601 §5): nobody upstream may
+speak for us.
+
+A check that cannot answer (DNS temperror, timeout, a filter down) is recorded as temperror; with
+`checks.fail_open` false (or `clamav.fail_open` / `rspamd.fail_open` false for the filters) the message gets
+451 4.7.0 and the sender retries.  Reply texts say what kind of policy refused, never which list or score.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import re
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastmail import log
+from fastmail.delivery.dns import DNSTemporary
+from fastmail.hygiene import arc, dkim, dmarc, dnsq, spf
+
+# Replies (RFC 3463 / RFC 7372 enhanced codes).
+VIRUS = (554, "5.7.1", "Message refused: it carries a virus")
+BLOCKED = (554, "5.7.1", "Service unavailable: client host is on a block list")
+SPAM = (550, "5.7.1", "Message refused as spam")
+DMARC_REJECT = (550, "5.7.1", "Message refused by the author domain's DMARC policy")
+SPF_FAIL = (550, "5.7.23", "Message refused: SPF validation failed")
+IPREV_FAIL = (550, "5.7.25", "Message refused: reverse DNS validation failed")
+TEMP = (451, "4.7.0", "Temporary failure of a message check, try again later")
+SOFT_SPAM = (451, "4.7.1", "Message deferred by the spam filter, try again later")
+
+Reply = tuple[int, str, str]
+
+
+@dataclass
+class Verdict:
+    reply: Reply | None = None  # refuse with this; None: accept
+    headers: bytes = b""  # header fields to put at the top of the message (after our Received:)
+    folder: str | None = None  # None: INBOX
+    subject: str | None = None  # rspamd's rewritten Subject
+    remove: list[str] = field(default_factory=list)  # header fields the filter asked to remove
+    log: dict[str, Any] = field(default_factory=dict)  # results, for the "accepted"/"refused" log line
+
+
+@dataclass
+class Transaction:
+    ip: str
+    helo: str
+    mail_from: str  # "" for the null sender
+    rcpts: list[str]
+    qid: str
+    user: str | None = None
+
+
+# -- header surgery ------------------------------------------------------------------------------------
+
+_FIELD_START = re.compile(rb"(?m)^(?=[^ \t\r\n])")
+
+
+def split_message(raw: bytes) -> tuple[bytes, bytes]:
+    """(header section including its last CRLF, the rest from the empty line on)."""
+    if raw.startswith(b"\r\n"):
+        return b"", raw
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        return raw, b""
+    return raw[: end + 2], raw[end + 2:]
+
+
+def header_fields(head: bytes) -> list[bytes]:
+    """The header section as whole fields (folded lines kept with their field)."""
+    starts = [m.start() for m in _FIELD_START.finditer(head)]
+    return [head[a:b] for a, b in zip(starts, [*starts[1:], len(head)], strict=True)]
+
+
+def _field_name(f: bytes) -> bytes:
+    return f.split(b":", 1)[0].strip().lower()
+
+
+def strip_authres(raw: bytes, authserv_id: str) -> tuple[bytes, int]:
+    """Remove Authentication-Results fields whose authserv-id is ours (RFC 8601 §5); (message, removed)."""
+    head, rest = split_message(raw)
+    if b"authentication-results" not in head.lower():
+        return raw, 0
+    ours = authserv_id.lower().encode()
+    kept, removed = [], 0
+    for f in header_fields(head):
+        if _field_name(f) == b"authentication-results":
+            value = f.split(b":", 1)[1] if b":" in f else b""
+            ident = re.sub(rb"\([^)]*\)", b"", value).split(b";", 1)[0].split()
+            if ident and ident[0].lower() == ours:
+                removed += 1
+                continue
+        kept.append(f)
+    return b"".join(kept) + rest, removed
+
+
+def edit_headers(raw: bytes, remove: list[str], subject: str | None) -> bytes:
+    """Drop the named fields and, with `subject`, replace the Subject field's value."""
+    if not remove and subject is None:
+        return raw
+    head, rest = split_message(raw)
+    drop = {n.lower().encode() for n in remove}
+    out, had_subject = [], False
+    for f in header_fields(head):
+        name = _field_name(f)
+        if name in drop:
+            continue
+        if subject is not None and name == b"subject":
+            if had_subject:
+                continue
+            had_subject = True
+            f = b"Subject: " + _header_value(subject) + b"\r\n"
+        out.append(f)
+    if subject is not None and not had_subject:
+        out.append(b"Subject: " + _header_value(subject) + b"\r\n")
+    return b"".join(out) + rest
+
+
+def _header_value(text: str) -> bytes:
+    # RFC 5322 §2.2: no CR/LF inside; UTF-8 as is (RFC 6532) — a filter's subject is a display string.
+    return text.replace("\r", " ").replace("\n", " ").encode("utf-8")
+
+
+def _fold(name: str, items: list[str]) -> bytes:
+    """`name: item1;\\r\\n\\titem2; ...` — one clause per line (RFC 8601 §2.2 layout, RFC 5322 folding)."""
+    return (name + ": " + ";\r\n\t".join(items) + "\r\n").encode("utf-8", "replace")
+
+
+def _quote(value: str) -> str:
+    """A value as an RFC 8601 pvalue: a token when it is one, else a quoted-string."""
+    if value and re.fullmatch(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~@]+", value) and "@" not in value[:1]:
+        return value
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# -- the checks ----------------------------------------------------------------------------------------
+
+
+class Inbound:
+    def __init__(self, config: Any, hostname: str) -> None:
+        self.config = config
+        self.auth = bool(config.checks_enabled)
+        self.clamav = str(config.clamav_address)
+        self.rspamd = str(config.rspamd_url)
+        self.authserv_id = str(config.checks_authserv_id or hostname)
+        self.hostname = hostname
+        self._resolver: dnsq.Resolver | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.auth or bool(self.clamav) or bool(self.rspamd)
+
+    @property
+    def resolver(self) -> dnsq.Resolver:
+        if self._resolver is None:  # made on first use: aiodns binds to the running loop
+            self._resolver = dnsq.Resolver(self.config.checks_nameserver, timeout=self.config.checks_dns_timeout)
+        return self._resolver
+
+    async def _txt(self, name: str) -> list[bytes]:
+        """dkim/dmarc/arc's TXT lookup: [] for NXDOMAIN and NODATA, DNSTemporary for the rest."""
+        try:
+            return await self.resolver.txt(name)
+        except dnsq.NXDomain:
+            return []
+        except dnsq.DNSTempError as e:
+            raise DNSTemporary("4.4.3", str(e)) from None
+
+    async def check(self, raw: bytes, tx: Transaction, *, authenticate: bool = True) -> tuple[bytes, Verdict]:
+        """The message as it is to be stored (our A-R removed, the filter's edits applied) and the verdict.
+        `authenticate`: run the authentication checks (not for mail that a trusted client relays)."""
+        cfg = self.config
+        verdict = Verdict()
+        raw, removed = strip_authres(raw, self.authserv_id)
+        if removed:
+            verdict.log["authres_removed"] = removed
+        jobs: dict[str, Awaitable[Any]] = {}
+        if self.clamav:
+            jobs["virus"] = self._virus(raw)
+        if self.auth and authenticate:
+            jobs["auth"] = self._authenticate(raw, tx)
+        if self.rspamd:
+            jobs["spam"] = self._spam(raw, tx)
+        results = await _gather_within(jobs, float(cfg.checks_timeout))
+
+        virus = results.get("virus")
+        if virus is not None:
+            if isinstance(virus, BaseException):
+                verdict.log["virus"] = "temperror"
+                if not cfg.clamav_fail_open:
+                    verdict.reply = TEMP
+                    return raw, verdict
+            elif virus.infected:
+                verdict.log["virus"] = virus.signature or "found"
+                verdict.reply = VIRUS
+                return raw, verdict
+            else:
+                verdict.log["virus"] = "clean"
+
+        clauses: list[str] = []
+        auth = results.get("auth")
+        if auth is not None:
+            if isinstance(auth, BaseException):
+                auth = _Auth.timed_out(tx)
+            clauses, reply, junk = self._judge_auth(auth, tx, verdict)
+            if reply is not None:
+                verdict.reply = reply
+                return raw, verdict
+            if junk:
+                verdict.folder = str(cfg.spam_junk_folder)
+
+        spam = results.get("spam")
+        spam_headers = b""
+        if spam is not None:
+            if isinstance(spam, BaseException):
+                verdict.log["spam"] = "temperror"
+                if not cfg.rspamd_fail_open:
+                    verdict.reply = TEMP
+                    return raw, verdict
+            else:
+                reply, spam_headers = self._judge_spam(spam, verdict)
+                if reply is not None:
+                    verdict.reply = reply
+                    return raw, verdict
+
+        header = b""
+        if clauses:
+            header = _fold("Authentication-Results", [self.authserv_id, *clauses])
+        verdict.headers = header + spam_headers
+        raw = edit_headers(raw, verdict.remove, verdict.subject)
+        return raw, verdict
+
+    # -- virus -----------------------------------------------------------------------------------------
+
+    async def _virus(self, raw: bytes) -> Any:
+        from fastmail.hygiene import clamd
+
+        return await clamd.scan(self.clamav, raw, timeout=float(self.config.clamav_timeout))
+
+    # -- spam ------------------------------------------------------------------------------------------
+
+    async def _spam(self, raw: bytes, tx: Transaction) -> Any:
+        from fastmail.hygiene import rspamd
+
+        return await rspamd.check(
+            self.rspamd, raw, ip=tx.ip, helo=tx.helo, mail_from=tx.mail_from, rcpts=tx.rcpts, user=tx.user,
+            queue_id=tx.qid, hostname=self.hostname, timeout=float(self.config.rspamd_timeout),
+        )
+
+    def _judge_spam(self, res: Any, verdict: Verdict) -> tuple[Reply | None, bytes]:
+        cfg = self.config
+        score = float(res.score)
+        action = str(res.action)
+        verdict.log["spam"] = f"{score:.2f}"
+        verdict.log["spam_action"] = action.replace(" ", "_")
+        if action == "reject" or score >= float(cfg.spam_reject_score):
+            return SPAM, b""
+        if action == "soft reject":
+            return SOFT_SPAM, b""
+        junk = score >= float(cfg.spam_junk_score) or action in ("add header", "rewrite subject")
+        if action == "rewrite subject" and res.subject:
+            verdict.subject = str(res.subject)
+        verdict.remove.extend(getattr(res, "remove_headers", None) or [])
+        headers = [f"X-Spam-Flag: {'YES' if junk else 'NO'}",
+                   f"X-Spam-Score: {score:.2f} / {float(cfg.spam_junk_score):.2f}",
+                   f"X-Spam-Status: {'Yes' if junk else 'No'}, score={score:.2f} required={float(cfg.spam_junk_score):.2f}"
+                   + (f" tests=[{', '.join(sorted(res.symbols)[:40])}]" if getattr(res, "symbols", None) else "")]
+        extra = getattr(res, "add_headers", None) or {}
+        for name, value in extra.items():
+            if name.lower() in ("authentication-results",):
+                continue  # only ours, never one a filter writes with whatever authserv-id
+            headers.append(f"{name}: {value}")
+        if junk:
+            verdict.folder = str(cfg.spam_junk_folder)
+        return None, "".join(h.replace("\r", " ").replace("\n", " ") + "\r\n" for h in headers).encode("utf-8", "replace")
+
+    # -- authentication --------------------------------------------------------------------------------
+
+    async def _authenticate(self, raw: bytes, tx: Transaction) -> _Auth:
+        cfg = self.config
+        budget = float(cfg.checks_timeout)
+        r = self.resolver
+        mail_from_spf = spf.check_mail_from(tx.ip, tx.mail_from, tx.helo, resolver=r, timeout=budget,
+                                            receiver=self.hostname)
+        tasks: dict[str, Awaitable[Any]] = {
+            "spf": mail_from_spf,
+            "dkim": dkim.verify(raw, txt_lookup=self._txt, timeout=budget),
+            "arc": arc.verify(raw, txt_lookup=self._txt, timeout=budget),
+        }
+        if cfg.checks_fcrdns != "off":
+            tasks["iprev"] = self._iprev(tx.ip)
+        if cfg.checks_dnsbl or cfg.checks_dnswl:
+            tasks["dnsbl"] = self._dnsbl(tx.ip)
+        done = await _gather_within(tasks, budget)
+        out = _Auth()
+        s = done["spf"]
+        out.spf = s if not isinstance(s, BaseException) else spf.SPFResult("temperror")
+        d = done["dkim"]
+        out.dkim = d if not isinstance(d, BaseException) else None
+        a = done["arc"]
+        out.arc = a if not isinstance(a, BaseException) else arc.ARCResult("temperror")
+        if "iprev" in done:
+            i = done["iprev"]
+            out.iprev = i if not isinstance(i, BaseException) else ("temperror", "")
+        if "dnsbl" in done:
+            b = done["dnsbl"]
+            out.dnsbl = b if not isinstance(b, BaseException) else ("temperror", "")
+        spf_domain = tx.mail_from.rpartition("@")[2] if tx.mail_from else tx.helo
+        try:
+            out.dmarc = await asyncio.wait_for(
+                dmarc.evaluate_message(raw, spf_result=out.spf.result, spf_domain=spf_domain,
+                                       dkim_results=out.dkim or [], txt_lookup=self._txt, timeout=budget),
+                budget)
+        except (TimeoutError, DNSTemporary):
+            out.dmarc = dmarc.DMARCResult(result="temperror", policy="none", from_domain="")
+        return out
+
+    async def _iprev(self, ip: str) -> tuple[str, str]:
+        """RFC 8601 §3 iprev: a PTR name whose A/AAAA records include the client address."""
+        addr = ipaddress.ip_address(ip)
+        try:
+            names = await self.resolver.ptr(addr.reverse_pointer)
+        except dnsq.NXDomain:
+            return "fail", ""
+        except dnsq.DNSTempError:
+            return "temperror", ""
+        for name in names[:10]:
+            try:
+                addrs = await (self.resolver.a(name) if addr.version == 4 else self.resolver.aaaa(name))
+            except dnsq.NXDomain:
+                continue
+            except dnsq.DNSTempError:
+                return "temperror", name
+            if any(ipaddress.ip_address(x) == addr for x in addrs):
+                return "pass", name.rstrip(".")
+        return "fail", names[0].rstrip(".") if names else ""
+
+    async def _dnsbl(self, ip: str) -> tuple[str, str]:
+        """("listed" | "allowed" | "clean" | "temperror", zone).  A DNSWL listing wins over a DNSBL one."""
+        addr = ipaddress.ip_address(ip)  # RFC 5782 §5: 127.0.0.1 is never listed, 127.0.0.2 always
+        base = addr.reverse_pointer.rsplit(".", 2)[0]  # "4.3.2.1" of "4.3.2.1.in-addr.arpa", nibbles for v6
+
+        async def listed(zone: str) -> bool:
+            try:
+                answers = await self.resolver.a(f"{base}.{zone}")
+            except dnsq.NXDomain:
+                return False
+            # 127.0.0.0/8 answers are listings; 127.255.255.0/24 are a list's error codes (refused query)
+            return any(x.startswith("127.") and not x.startswith("127.255.255.") for x in answers)
+
+        temp = False
+        for kind, zones in (("allowed", self.config.checks_dnswl), ("listed", self.config.checks_dnsbl)):
+            for zone in zones:
+                try:
+                    if await listed(zone):
+                        return kind, zone
+                except dnsq.DNSTempError:
+                    temp = True
+        return ("temperror" if temp else "clean"), ""
+
+    def _judge_auth(self, auth: _Auth, tx: Transaction, verdict: Verdict) -> tuple[list[str], Reply | None, bool]:
+        cfg = self.config
+        clauses: list[str] = []
+        s = auth.spf
+        if tx.mail_from:
+            clauses.append(f"spf={s.result} smtp.mailfrom={_quote(tx.mail_from.rpartition('@')[2])}")
+        else:
+            clauses.append(f"spf={s.result} smtp.helo={_quote(tx.helo)}")
+        if auth.dkim is None:
+            clauses.append("dkim=temperror")
+        elif not auth.dkim:
+            clauses.append("dkim=none")
+        for r in auth.dkim or []:
+            clauses.append(f"dkim={r.result} header.d={_quote(r.domain)} header.s={_quote(r.selector)} "
+                           f"header.b={_quote(r.header_b)}")
+        dm = auth.dmarc
+        if dm is not None:
+            pol = f" (p={dm.record.p})" if dm.record is not None else ""
+            clauses.append(f"dmarc={dm.result}{pol} header.from={_quote(dm.from_domain or 'unknown')}")
+        clauses.append(f"arc={auth.arc.result}")
+        if auth.iprev is not None:
+            res, name = auth.iprev
+            clauses.append(f"iprev={res} policy.iprev={tx.ip}" + (f" ({name})" if name else ""))
+        verdict.log.update(spf=s.result, dkim=",".join(r.result for r in auth.dkim or []) or "none",
+                           dmarc=dm.result if dm else None, arc=auth.arc.result,
+                           iprev=auth.iprev[0] if auth.iprev else None,
+                           dnsbl=auth.dnsbl[0] if auth.dnsbl else None)
+
+        temp = s.result == "temperror" or auth.dkim is None or any(r.result == "temperror" for r in auth.dkim) \
+            or (dm is not None and dm.result == "temperror")
+        if auth.dnsbl is not None:
+            kind, _zone = auth.dnsbl
+            if kind == "listed":
+                return clauses, BLOCKED, False
+            temp = temp or kind == "temperror"
+        if auth.iprev is not None:
+            if auth.iprev[0] == "fail" and cfg.checks_fcrdns == "reject":
+                return clauses, IPREV_FAIL, False
+            temp = temp or (auth.iprev[0] == "temperror" and cfg.checks_fcrdns in ("reject", "junk"))
+        if temp and not cfg.checks_fail_open:
+            return clauses, TEMP, False
+        if s.result == "fail" and cfg.checks_spf_reject:
+            return clauses, SPF_FAIL, False
+        junk = False
+        if dm is not None and dm.result == "fail" and cfg.checks_dmarc_enforce:
+            if dm.policy == "reject":
+                return clauses, DMARC_REJECT, False
+            junk = dm.policy == "quarantine"
+        if auth.iprev is not None and auth.iprev[0] == "fail" and cfg.checks_fcrdns == "junk":
+            junk = True
+        return clauses, None, junk
+
+
+@dataclass
+class _Auth:
+    spf: spf.SPFResult = field(default_factory=lambda: spf.SPFResult("none"))
+    dkim: list[dkim.DKIMResult] | None = field(default_factory=list)  # None: temperror (timeout)
+    arc: arc.ARCResult = field(default_factory=lambda: arc.ARCResult("none"))
+    dmarc: dmarc.DMARCResult | None = None
+    iprev: tuple[str, str] | None = None
+    dnsbl: tuple[str, str] | None = None
+
+    @classmethod
+    def timed_out(cls, tx: Transaction) -> _Auth:
+        return cls(spf=spf.SPFResult("temperror"), dkim=None, arc=arc.ARCResult("temperror"),
+                   dmarc=dmarc.DMARCResult(result="temperror", policy="none", from_domain=""))
+
+
+async def _gather_within(jobs: dict[str, Awaitable[Any]], timeout: float) -> dict[str, Any]:
+    """Run the jobs concurrently; each result, or the exception it raised (TimeoutError past `timeout`)."""
+    if not jobs:
+        return {}
+    tasks = {name: asyncio.ensure_future(job) for name, job in jobs.items()}
+    _done, pending = await asyncio.wait(tasks.values(), timeout=timeout)
+    for t in pending:
+        t.cancel()
+    out: dict[str, Any] = {}
+    for name, t in tasks.items():
+        if t in pending:
+            out[name] = TimeoutError(f"{name}: no answer within {timeout:g} s")
+        elif t.exception() is not None:
+            exc = t.exception()
+            if not isinstance(exc, (TimeoutError, DNSTemporary, dnsq.DNSTempError, OSError)) and \
+                    type(exc).__name__ != "FilterUnavailable":
+                log.event("check_failed", check=name, error=repr(exc))
+            out[name] = exc
+        else:
+            out[name] = t.result()
+    return out
+
+
