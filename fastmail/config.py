@@ -181,6 +181,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pop3.idle_timeout", float, 600.0, "Seconds without a command before autologout, removing nothing (RFC 1939 3: at least 10 minutes).", _positive),
     Setting("pop3.plaintext_auth_loopback", bool, True, "Allow USER/PASS and AUTH without TLS from loopback clients (elsewhere STLS or POP3S is required)."),
     Setting("pop3.max_errors", int, 20, "Failed commands (-ERR) before the session is closed.", _positive),
+    Setting("pop3.login_delay", int, 0, "Seconds a user must wait between two POP3 logins (RFC 2449 LOGIN-DELAY, advertised in CAPA; earlier logins get -ERR [LOGIN-DELAY]); 0: none.", _at_least(0)),
     Setting("pop3.max_login_failures", int, 10, "Failed logins from one client address within 10 minutes before a worker refuses its logins ([SYS/TEMP]); 0: no limit.", _at_least(0)),
     # delivery (outbound queue)
     Setting("delivery.processes", int, 1, "Delivery processes running the outbound queue (each owns a share of the queue ids); 0: none (mail for other hosts waits in the queue).", _at_least(0)),

@@ -101,12 +101,14 @@ class LoginFailed(enum.Enum):
     THROTTLED = "[SYS/TEMP] Too many failed logins, try again later"
     TEMP = "[SYS/TEMP] Maildrop cannot be opened now, try again later"
     NO_MAILDROP = "[SYS/PERM] This account has no maildrop"
+    DELAY = "[LOGIN-DELAY] Minimum time between logins not reached, try again later"  # RFC 2449 §8.1.2
 
 
 @dataclass
 class Limits:
     max_errors: int = 20
     max_auth_failures: int = 3  # failed logins in one session before it is closed
+    login_delay: int = 0  # RFC 2449 §6.5 LOGIN-DELAY seconds, advertised in CAPA; 0: none
 
 
 @dataclass
@@ -344,6 +346,8 @@ class POP3Connection:
     def cmd_capa(self, args: str) -> None:
         caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING", "EXPIRE NEVER",
                 "IMPLEMENTATION fastmail"]
+        if self.limits.login_delay:
+            caps.insert(5, f"LOGIN-DELAY {self.limits.login_delay}")
         if self.state is State.AUTHORIZATION:
             if self.session.tls or self.session.plaintext_ok:
                 caps += ["USER", "SASL PLAIN LOGIN"]

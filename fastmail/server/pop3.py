@@ -40,7 +40,8 @@ class POP3Protocol(Session):
             plaintext_ok=is_loopback(self.peer) and cfg.pop3_plaintext_auth_loopback,
             tls_available=self.services.tls_context is not None and not self.implicit_tls,
         )
-        self.conn = P.POP3Connection(session, self.services.hostname, P.Limits(max_errors=cfg.pop3_max_errors))
+        self.conn = P.POP3Connection(session, self.services.hostname, P.Limits(max_errors=cfg.pop3_max_errors,
+                                                                            login_delay=cfg.pop3_login_delay))
         log.event("connect", sid=self.sid, listener=self.listener, peer=self.peer, tls=int(self.implicit_tls))
         self._pump()
 
@@ -135,6 +136,12 @@ class POP3Protocol(Session):
         if not lock.acquire():
             conn.login_done(P.LoginFailed.IN_USE)
             return
+        delay = services.config.pop3_login_delay
+        if delay and lock.previous_login is not None and time.time() - lock.previous_login < delay:
+            lock.release()
+            log.event("pop3_login_delay", sid=self.sid, user=req.username)
+            conn.login_done(P.LoginFailed.DELAY)
+            return
         try:
             found = maildrop.open_inbox(services.store, user_id)
         except Exception as e:
@@ -149,6 +156,7 @@ class POP3Protocol(Session):
         if self.transport is None or self.transport.is_closing():
             lock.release()  # the client left during the password check
             return
+        lock.mark_login()
         self.lock, self.user_id = lock, user_id
         self.mailbox_id, uidvalidity, messages = found
         conn.login_done(P.Maildrop(uidvalidity, [P.Entry(m.uid, m.size) for m in messages]), req.username.lower())

@@ -28,6 +28,7 @@ class MaildropLock:
     def __init__(self, data_dir: str | os.PathLike[str], user_id: int) -> None:
         self.path = Path(data_dir) / "locks" / f"pop3-{user_id}"
         self._fd: int | None = None
+        self.previous_login: float | None = None  # when the last session logged in (the file's mtime)
 
     def acquire(self) -> bool:
         """Take the lock without waiting; False when another session holds it."""
@@ -42,7 +43,15 @@ class MaildropLock:
             os.close(fd)
             raise
         self._fd = fd
+        st = os.fstat(fd)
+        self.previous_login = st.st_mtime if st.st_size else None  # a new lock file is empty: no login yet
         return True
+
+    def mark_login(self) -> None:
+        """Record this login's time (RFC 2449 LOGIN-DELAY is measured from it, across workers)."""
+        if self._fd is not None:
+            os.pwrite(self._fd, b"1", 0)  # non-empty from the first login on
+            os.utime(self._fd)
 
     def release(self) -> None:
         fd, self._fd = self._fd, None

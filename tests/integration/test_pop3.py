@@ -12,6 +12,7 @@ import smtplib
 import socket
 import stat
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -344,3 +345,46 @@ def test_autologout_removes_nothing(tmp_path: Path) -> None:
         assert c.line() == b""
     finally:
         srv.stop()
+
+
+def test_login_delay_is_advertised_and_kept_across_workers(tmp_path: Path) -> None:
+    """RFC 2449 §6.5: with pop3.login_delay CAPA says LOGIN-DELAY n and a login sooner than n seconds after
+    the user's last one gets -ERR [LOGIN-DELAY] — on either worker (the time lives in the maildrop lock file)."""
+    srv = make_server(tmp_path, workers=2, extra="[pop3]\nlogin_delay = 60\n")
+    srv.start()
+    try:
+        user, _ = new_user(srv, 1)
+        p = pop(srv)
+        assert p.capa()["LOGIN-DELAY"] == ["60"]
+        p.user(user)
+        p.pass_(PASSWORD)
+        assert p.stat()[0] == 1
+        p.quit()
+        delayed = 0
+        for _ in range(60):  # several connections, spread over both workers by SO_REUSEPORT
+            p = pop(srv)
+            p.user(user)
+            try:
+                p.pass_(PASSWORD)
+            except poplib.error_proto as e:
+                if b"[IN-USE]" in e.args[0]:  # the first session's end not seen yet: ask again
+                    p.quit()
+                    continue
+                assert e.args[0].startswith(b"-ERR [LOGIN-DELAY]"), e
+                delayed += 1
+            else:
+                raise AssertionError("a login within the delay was let in")
+            p.quit()
+            if delayed == 6:
+                break
+        assert delayed == 6
+        [lock] = (srv.data / "locks").glob("pop3-*")
+        past = time.time() - 61
+        os.utime(lock, (past, past))  # the last login is now 61 s ago
+        p = pop_retrying(srv, user)
+        assert p.stat()[0] == 1
+        p.quit()
+        assert time.time() - lock.stat().st_mtime < 30  # this login was recorded
+    finally:
+        srv.stop()
+        srv.kill_tree()
