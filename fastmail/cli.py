@@ -331,6 +331,89 @@ def cmd_message(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- DKIM keys -----------------------------------------------------------------------------------------
+
+
+def default_selector(algorithm: str, now: float | None = None) -> str:
+    """`ed<yyyymm>` or `rsa<yyyymm>` (UTC): one selector per key type and month, so the two keys of dual
+    signing never collide and a rotation next month gets a fresh name."""
+    prefix = "ed" if algorithm == "ed25519" else "rsa"
+    return prefix + time.strftime("%Y%m", time.gmtime(now))
+
+
+def _key_owner(cfg: Config) -> tuple[int, int] | None:
+    """Who must own key files: the server's user when we are root and one is configured (the workers run
+    as that user and read the keys), else nobody in particular."""
+    if os.geteuid() != 0 or not cfg.user:
+        return None
+    from fastmail.master.privileges import resolve_credentials
+
+    creds = resolve_credentials(cfg.user, cfg.group)
+    return (creds.uid, creds.gid) if creds is not None else None
+
+
+def cmd_dkim_keygen(args: argparse.Namespace) -> int:
+    from fastmail.hygiene import dkimkeys
+
+    cfg = _load(args)
+    if args.bits is not None and args.algorithm != "rsa":
+        raise CLIError("--bits is for rsa keys")
+    selector = args.selector or default_selector(args.algorithm)
+    try:
+        path, record = dkimkeys.keygen(cfg.dkim_keys, args.domain, selector, args.algorithm,
+                                       rsa_bits=args.bits or 2048, force=args.force, owner=_key_owner(cfg))
+    except dkimkeys.KeyExists:
+        raise CLIError(f"domain {args.domain} already has a key with selector {selector}; choose another "
+                       "--selector, or --force to replace it (its published record must change too)") from None
+    except (ValueError, OSError) as e:
+        raise CLIError(str(e)) from None
+    data = {"domain": dkimkeys.normalize_domain(args.domain), "selector": selector, "algorithm": args.algorithm,
+            "path": str(path), "record": record}
+    text = (f"{args.algorithm} key {selector} of {data['domain']} written to {path}\n"
+            f"publish this TXT record, then mail from {data['domain']} is signed with it:\n{record}")
+    _print(args, data, text)
+    return 0
+
+
+def cmd_dkim_list(args: argparse.Namespace) -> int:
+    from fastmail.hygiene import dkimkeys
+
+    cfg = _load(args)
+    try:
+        domains = [dkimkeys.normalize_domain(args.domain)] if args.domain else dkimkeys.list_domains(cfg.dkim_keys)
+        rows: list[dict[str, Any]] = []
+        for domain in domains:
+            keys, problems = dkimkeys.scan_domain(cfg.dkim_keys, domain)
+            rows += [{"domain": k.domain, "selector": k.selector, "algorithm": k.algorithm, "path": str(k.path),
+                      "error": None} for k in keys]
+            rows += [{"domain": domain, "selector": p.path.name.removesuffix(dkimkeys.KEY_SUFFIX),
+                      "algorithm": None, "path": str(p.path), "error": p.reason} for p in problems]
+    except (ValueError, OSError) as e:
+        raise CLIError(str(e)) from None
+    text = "\n".join(f"{r['domain']}\t{r['selector']}\t{r['algorithm'] or 'unusable: ' + r['error']}\t{r['path']}"
+                     for r in rows)
+    _print(args, rows, text or f"no DKIM keys in {cfg.dkim_keys}")
+    return 0
+
+
+def cmd_dkim_show(args: argparse.Namespace) -> int:
+    from fastmail.hygiene import dkimkeys
+
+    cfg = _load(args)
+    try:
+        path = dkimkeys.key_path(cfg.dkim_keys, args.domain, args.selector)
+        key = dkimkeys.load_key(path, args.domain)
+        record = dkimkeys.txt_record(key.domain, key.selector, key.private_pem)
+    except FileNotFoundError:
+        raise CLIError(f"no DKIM key {args.selector} for {args.domain} (looked for {path})") from None
+    except (ValueError, OSError) as e:
+        raise CLIError(str(e)) from None
+    data = {"domain": key.domain, "selector": key.selector, "algorithm": key.algorithm, "path": str(path),
+            "record": record}
+    _print(args, data, record)
+    return 0
+
+
 # -- argument parsing ----------------------------------------------------------------------------------
 
 
@@ -420,6 +503,22 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("mailbox")
     x.add_argument("uid", type=int)
     x.set_defaults(func=cmd_message)
+
+    k = sub.add_parser("dkim", help="DKIM signing keys").add_subparsers(dest="action", required=True)
+    x = k.add_parser("keygen", parents=[common, jsonp], help="make a key and print the DNS record to publish")
+    x.add_argument("domain")
+    x.add_argument("--selector", help="the key's selector (default: ed<yyyymm> or rsa<yyyymm>, UTC)")
+    x.add_argument("--algorithm", choices=["ed25519", "rsa"], default="ed25519", help="key type (default ed25519)")
+    x.add_argument("--bits", type=int, help="RSA key size (default 2048; 1024-4096)")
+    x.add_argument("--force", action="store_true", help="replace the key of an existing selector")
+    x.set_defaults(func=cmd_dkim_keygen)
+    x = k.add_parser("list", parents=[common, jsonp], help="the keys in dkim.key_dir")
+    x.add_argument("domain", nargs="?")
+    x.set_defaults(func=cmd_dkim_list)
+    x = k.add_parser("show", parents=[common, jsonp], help="print a key's DNS record again")
+    x.add_argument("domain")
+    x.add_argument("selector")
+    x.set_defaults(func=cmd_dkim_show)
     return p
 
 
