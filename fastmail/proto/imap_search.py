@@ -47,7 +47,7 @@ class Item:
     """What a predicate sees of one message: its record and sequence number, with the bytes, the index
     entry, the decoded header and text loaded on first use."""
 
-    __slots__ = ("msg", "seq", "_body", "_meta_of", "_raw", "_meta", "_headers", "_text")
+    __slots__ = ("msg", "seq", "_body", "_meta_of", "_raw", "_meta", "_headers", "_text", "_folded")
 
     def __init__(self, msg: Message, seq: int, body: Callable[[bytes], bytes],
                  meta: Callable[[bytes], dict[str, Any] | None]) -> None:
@@ -59,6 +59,7 @@ class Item:
         self._meta: dict[str, Any] | None = None
         self._headers: list[tuple[str, str]] | None = None
         self._text: str | None = None
+        self._folded: bytes | None = None
 
     def raw(self) -> bytes:
         if self._raw is None:
@@ -82,6 +83,12 @@ class Item:
         if self._text is None:
             self._text = body_text(self.raw(), self.meta()).casefold()
         return self._text
+
+    def text_folded(self) -> bytes:
+        """text() as UTF-8 bytes, made without decoding the ASCII parts (for ASCII needles)."""
+        if self._folded is None:
+            self._folded = body_text_folded(self.raw(), self.meta())
+        return self._folded
 
 
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([bBqQ])\?([^?\s]*)\?=")
@@ -134,7 +141,31 @@ def _charset_decode(data: bytes, charset: str) -> str:
 
 def body_text(raw: bytes, meta: dict[str, Any]) -> str:
     """Every text/* leaf part, transfer-decoded and charset-decoded, joined by newlines."""
-    out: list[str] = []
+    return "\n".join(_charset_decode(data, charset) for data, charset in _text_parts(raw, meta))
+
+
+# Charsets in which an ASCII byte always stands for that ASCII character (not UTF-16/32, UTF-7, EBCDIC...).
+_ASCII_SAFE = re.compile(r"(?i)(|us-ascii|ascii|utf-?8|iso-?8859-\d+|latin-?\d|windows-125\d|cp125\d|koi8-[ru]"
+                         r"|gb2312|gbk|gb18030|big5|euc-[a-z]+|shift_jis)")  # not ISO-2022: 7-bit, escapes make ASCII bytes kanji
+
+
+def body_text_folded(raw: bytes, meta: dict[str, Any]) -> bytes:
+    """body_text(...).casefold() as UTF-8, for an ASCII needle: a part of only ASCII bytes in an
+    ASCII-compatible charset is lower-cased as bytes (for ASCII, lower() is casefold()), without decoding;
+    other parts go through str.casefold().  An ASCII needle is found in these bytes exactly where it is found
+    in the case-folded text (UTF-8 never puts an ASCII byte inside a multi-byte character)."""
+    out: list[bytes] = []
+    for data, charset in _text_parts(raw, meta):
+        if data.isascii() and _ASCII_SAFE.fullmatch(charset):
+            out.append(data.lower())
+        else:
+            out.append(_charset_decode(data, charset).casefold().encode("utf-8", "surrogatepass"))
+    return b"\n".join(out)
+
+
+def _text_parts(raw: bytes, meta: dict[str, Any]) -> list[tuple[bytes, str]]:
+    """(transfer-decoded bytes, charset) of every text/* leaf part."""
+    out: list[tuple[bytes, str]] = []
 
     def walk(bs: list, path: tuple, entity: bool) -> None:
         # entity: bs is a whole message (top level or encapsulated): a single part is its part "path.1"
@@ -163,10 +194,10 @@ def body_text(raw: bytes, meta: dict[str, Any]) -> str:
             data = decode_cte(data, str(bs[5]) if len(bs) > 5 and bs[5] else "7bit")
         except Exception:
             pass
-        out.append(_charset_decode(data, charset))
+        out.append((data, charset))
 
     walk(meta["bodystructure"], (), True)
-    return "\n".join(out)
+    return out
 
 
 def _string(token: Any) -> str:
@@ -285,14 +316,17 @@ class Parser:
             self.needs_meta = self.needs_body = True
             field = _string(self._take()).lower()
             return _header_pred(field, _string(self._take()))
-        if k == "BODY":
+        if k in ("BODY", "TEXT"):
             self.needs_meta = self.needs_body = True
             needle = _string(self._take()).casefold()
-            return lambda it: needle in it.text()
-        if k == "TEXT":
-            self.needs_meta = self.needs_body = True
-            needle = _string(self._take()).casefold()
-            return lambda it: needle in it.text() or any(needle in f"{n}: {v}".casefold() for n, v in it.headers())
+            if needle.isascii():
+                nb = needle.encode()
+                body: Pred = lambda it: nb in it.text_folded()  # noqa: E731
+            else:
+                body = lambda it: needle in it.text()  # noqa: E731
+            if k == "BODY":
+                return body
+            return lambda it: body(it) or any(needle in f"{n}: {v}".casefold() for n, v in it.headers())
         if k in _DATE_KEYS:
             day = _date(self._take())
             if k.startswith("SENT"):
