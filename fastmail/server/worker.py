@@ -22,6 +22,7 @@ import uvloop
 from fastmail import auth, log
 from fastmail.config import Config
 from fastmail.delivery import srs, wake
+from fastmail.hygiene.dkimkeys import DKIMKeys
 from fastmail.hygiene.inbound import Inbound
 from fastmail.master.errors import BootError
 from fastmail.master.worker import WorkerContext, install_worker_signals, start_heartbeat
@@ -108,6 +109,7 @@ class Services:
         self.imap_per_user: dict[int, int] = {}  # logged-in sessions per user id in this worker
         self.pop3_throttle = LoginThrottle(cfg.pop3_max_login_failures)
         self.inbound = Inbound(cfg, self.hostname)  # #7: checks at the end of DATA on the SMTP listener
+        self.dkim = DKIMKeys(cfg.dkim_keys) if cfg.dkim_sign else None  # signs authenticated senders' mail
         self.auth_failure_delay = 1.0
         self._auth_pool = ThreadPoolExecutor(2, thread_name_prefix="auth")  # threads start after the drop
 
