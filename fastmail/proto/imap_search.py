@@ -158,9 +158,29 @@ def body_text_folded(raw: bytes, meta: dict[str, Any]) -> bytes:
     for data, charset in _text_parts(raw, meta):
         if data.isascii() and _ASCII_SAFE.fullmatch(charset):
             out.append(data.lower())
+        elif _UTF8.fullmatch(charset) and _no_ascii_folding(data):
+            out.append(data.lower())
         else:
             out.append(_charset_decode(data, charset).casefold().encode("utf-8", "surrogatepass"))
     return b"\n".join(out)
+
+
+_UTF8 = re.compile(r"(?i)utf-?8")
+_ASCII_BYTES = bytes(range(128))
+# The only non-ASCII characters whose case folding yields ASCII letters (sharp s -> "ss", dotted I, the long s,
+# the Kelvin sign -> "k", the Latin ligatures...); tests/unit/test_imap_search_text.py recomputes the set from
+# the running Python's Unicode tables (a full scan takes a second: not at import).
+_FOLDS_TO_ASCII = frozenset("\u00df\u0130\u0149\u017f\u01f0\u1e96\u1e97\u1e98\u1e99\u1e9a\u1e9e\u212a"
+                            "\ufb00\ufb01\ufb02\ufb03\ufb04\ufb05\ufb06")
+
+
+def _no_ascii_folding(data: bytes) -> bool:
+    """UTF-8 `data` holds none of _FOLDS_TO_ASCII.  Then, for an ASCII needle, data.lower() finds what the
+    case-folded text finds: every other non-ASCII character folds to non-ASCII bytes, and an ASCII byte is
+    the same character before and after decoding (even next to invalid bytes).  Only the non-ASCII bytes
+    are looked at (a multi-byte character is all non-ASCII bytes, so none is split by the deletion)."""
+    rest = data.translate(None, _ASCII_BYTES)
+    return not rest or _FOLDS_TO_ASCII.isdisjoint(rest.decode("utf-8", "replace"))
 
 
 def _text_parts(raw: bytes, meta: dict[str, Any]) -> list[tuple[bytes, str]]:
