@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from fastmail import log
 from fastmail.hygiene import dkim
+from fastmail.store.segments import fsync_dir
 
 KeyType = Literal["ed25519", "rsa"]  # the k= tag of the key record (RFC 6376 §3.6.1, RFC 8463 §4.2)
 SIGN_ALGORITHM: dict[KeyType, dkim.Algorithm] = {"ed25519": "ed25519", "rsa": "rsa-sha256"}
@@ -224,15 +225,7 @@ def _write_atomically(path: Path, data: bytes, replace: bool, owner: tuple[int, 
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 # -- the server's view ---------------------------------------------------------------------------------
