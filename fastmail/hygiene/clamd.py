@@ -29,6 +29,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from fastmail.config import split_hostport
+
 from .filters import FilterUnavailable, deadline, describe
 
 CHUNK_SIZE = 64 * 1024
@@ -73,12 +75,13 @@ def parse_address(address: str) -> str | tuple[str, int]:
         if not path:
             raise ValueError(f"clamd address {address!r}: empty socket path")
         return path
-    host, sep, port = address.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        host, port = split_hostport(address, 0)
+    except ValueError:
+        port = 0
+    if not port:
         raise ValueError(f"clamd address {address!r}: neither unix:/PATH nor HOST:PORT")
-    return host, int(port)
+    return host, port
 
 
 def parse_reply(reply: bytes, what: str = "clamd") -> ScanResult:

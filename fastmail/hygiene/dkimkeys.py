@@ -272,6 +272,10 @@ class DKIMKeys:
         self._domains: _Cached[frozenset[str]] | None = None
         self._keys: dict[str, _Cached[list[Key]]] = {}
 
+    def empty(self) -> bool:
+        """No domain has keys (checked like keys_for): lets a caller skip reading the From field."""
+        return not self._domain_names(self._clock())
+
     def keys_for(self, domain: str) -> list[Key]:
         """The keys of `domain` (RSA first, then by selector); [] when it has none or is no domain name."""
         try:

@@ -198,9 +198,7 @@ class Inbound:
         virus = results.get("virus")
         if virus is not None:
             if isinstance(virus, BaseException):
-                verdict.log["virus"] = "temperror"
-                if not cfg.clamav_fail_open:
-                    verdict.reply = TEMP
+                if _unavailable(verdict, "virus", cfg.clamav_fail_open):
                     return raw, verdict
             elif virus.infected:
                 verdict.log["virus"] = virus.signature or "found"
@@ -213,7 +211,7 @@ class Inbound:
         auth = results.get("auth")
         if auth is not None:
             if isinstance(auth, BaseException):
-                auth = _Auth.timed_out(tx)
+                auth = _Auth.timed_out()
             clauses, reply, junk = self._judge_auth(auth, tx, verdict)
             if reply is not None:
                 verdict.reply = reply
@@ -225,9 +223,7 @@ class Inbound:
         spam_headers = b""
         if spam is not None:
             if isinstance(spam, BaseException):
-                verdict.log["spam"] = "temperror"
-                if not cfg.rspamd_fail_open:
-                    verdict.reply = TEMP
+                if _unavailable(verdict, "spam", cfg.rspamd_fail_open):
                     return raw, verdict
             else:
                 reply, spam_headers = self._judge_spam(spam, verdict)
@@ -433,9 +429,18 @@ class _Auth:
     dnsbl: tuple[str, str] | None = None
 
     @classmethod
-    def timed_out(cls, tx: Transaction) -> _Auth:
+    def timed_out(cls) -> _Auth:
         return cls(spf=spf.SPFResult("temperror"), dkim=None, arc=arc.ARCResult("temperror"),
                    dmarc=dmarc.DMARCResult(result="temperror", policy="none", from_domain=""))
+
+
+def _unavailable(verdict: Verdict, check: str, fail_open: bool) -> bool:
+    """A filter gave no verdict: record temperror; True when the message must wait (451 4.7.0)."""
+    verdict.log[check] = "temperror"
+    if fail_open:
+        return False
+    verdict.reply = TEMP
+    return True
 
 
 async def _gather_within(jobs: dict[str, Awaitable[Any]], timeout: float) -> dict[str, Any]:

@@ -11,8 +11,10 @@ client times out).  Every question asked is appended to `asked`.  The zone may b
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from dnslib import AAAA, CNAME, MX, PTR, QTYPE, RCODE, RR, TXT, A
@@ -101,3 +103,17 @@ def _free_udp_tcp_port() -> int:
                     continue
                 return port
     raise RuntimeError("no free port")
+
+
+def run_with_resolver(dns: LocalDNS, fn: Callable[[Any], Awaitable[Any]]) -> Any:
+    """asyncio.run(fn(resolver)) with a fastmail.delivery.dns.Resolver asking `dns` (2 s, one try)."""
+    from fastmail.delivery.dns import Resolver
+
+    async def main() -> Any:
+        r = Resolver(dns.address, timeout=2.0, tries=1)
+        try:
+            return await fn(r)
+        finally:
+            r.close()
+
+    return asyncio.run(main())

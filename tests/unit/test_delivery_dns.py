@@ -3,13 +3,13 @@ NXDOMAIN, SERVFAIL, CNAME, TTL cache, address literals, IPv6 before IPv4."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import pytest
 
-from fastmail.delivery.dns import DNSPermanent, DNSTemporary, Resolver
+from fastmail.delivery.dns import DNSPermanent, DNSTemporary
 from tests.integration.dnsserver import LocalDNS
+from tests.integration.dnsserver import run_with_resolver as run
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +25,6 @@ def dns() -> Iterator[LocalDNS]:
     d.servfail.add("broken.test")
     yield d
     d.stop()
-
-
-def run(dns: LocalDNS, coro_fn) -> object:
-    async def main():
-        r = Resolver(dns.address, timeout=2.0, tries=1)
-        try:
-            return await coro_fn(r)
-        finally:
-            r.close()
-
-    return asyncio.run(main())
 
 
 def test_mx_sorted_by_preference_random_among_equals(dns):

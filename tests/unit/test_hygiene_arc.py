@@ -4,7 +4,6 @@ temperror.  arc_sign needs the `authres` package (dkimpy's ARC extra); verificat
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Iterator
 
@@ -12,9 +11,8 @@ import authres  # noqa: F401  # dkimpy's arc_sign needs it (the test extra insta
 import dkim as dkimpy
 import pytest
 
-from fastmail.delivery.dns import Resolver
 from fastmail.hygiene import arc, dkim
-from tests.integration.dnsserver import LocalDNS
+from tests.integration.dnsserver import LocalDNS, run_with_resolver
 
 ORIGINAL = (
     b"From: Alice <alice@example.com>\r\n"
@@ -59,14 +57,7 @@ def two_hops() -> bytes:
 
 
 def verify(dns: LocalDNS, message: bytes) -> arc.ARCResult:
-    async def main() -> arc.ARCResult:
-        r = Resolver(dns.address, timeout=2.0, tries=1)
-        try:
-            return await arc.verify(message, txt_lookup=r.txt)
-        finally:
-            r.close()
-
-    return asyncio.run(main())
+    return run_with_resolver(dns, lambda r: arc.verify(message, txt_lookup=r.txt))
 
 
 def test_no_chain_is_none(dns):

@@ -14,9 +14,10 @@ import dkim as dkimpy
 import pytest
 from dnslib import DNSRecord
 
-from fastmail.delivery.dns import DNSTemporary, Resolver
+from fastmail.delivery.dns import DNSTemporary
 from fastmail.hygiene import dkim
 from tests.integration.dnsserver import LocalDNS
+from tests.integration.dnsserver import run_with_resolver as run
 
 MESSAGE = (
     b"From: Alice <alice@example.com>\r\n"
@@ -57,17 +58,6 @@ def dns() -> Iterator[LocalDNS]:
     d.servfail.add("broken._domainkey.example.com")
     yield d
     d.stop()
-
-
-def run(dns: LocalDNS, fn):
-    async def main():
-        r = Resolver(dns.address, timeout=2.0, tries=1)
-        try:
-            return await fn(r)
-        finally:
-            r.close()
-
-    return asyncio.run(main())
 
 
 def verify(dns: LocalDNS, message: bytes) -> list[dkim.DKIMResult]:

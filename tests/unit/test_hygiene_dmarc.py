@@ -4,7 +4,6 @@ injected random, the results none/temperror/permerror, and the From domain of a 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +12,7 @@ from fastmail.delivery.dns import Resolver
 from fastmail.hygiene import dkim, dmarc
 from fastmail.hygiene.dkim import DKIMResult
 from tests.integration.dnsserver import LocalDNS
+from tests.integration.dnsserver import run_with_resolver as run
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +33,6 @@ def dns() -> Iterator[LocalDNS]:
     d.servfail.add("_dmarc.broken.example")
     yield d
     d.stop()
-
-
-def run(dns: LocalDNS, fn):
-    async def main():
-        r = Resolver(dns.address, timeout=2.0, tries=1)
-        try:
-            return await fn(r)
-        finally:
-            r.close()
-
-    return asyncio.run(main())
 
 
 def passing(domain: str) -> DKIMResult:
