@@ -1,11 +1,12 @@
 """The IMAP session state machine, sans-IO (RFC 9051 IMAP4rev2 and RFC 3501 IMAP4rev1, with IDLE, UIDPLUS,
 MOVE, LITERAL+, SASL-IR, SPECIAL-USE, LIST-EXTENDED, LIST-STATUS, NAMESPACE, ENABLE, ID, UNSELECT,
-CHILDREN, ESEARCH, SEARCHRES, CONDSTORE/QRESYNC, BINARY, STATUS=SIZE, APPENDLIMIT, UTF8=ACCEPT).
+CHILDREN, ESEARCH, SEARCHRES, CONDSTORE/QRESYNC, BINARY, STATUS=SIZE, APPENDLIMIT, UTF8=ACCEPT, MULTIAPPEND).
 
 Bytes in with `receive(data)`, response bytes out with `take_output()`, and requests for the driver (the
 asyncio protocol in fastmail.server.imap) from `next_request()`: StartTLS, Authenticate, Call (a store
-write, run off the loop), Commit (APPEND through the group committer), Flush (back-pressure), Close -- see
-fastmail.proto.imap_requests; the driver answers with resolve(result) or fail(exc).
+write, run off the loop), Commit (APPEND through the group committer), CommitAll (MULTIAPPEND, all or
+none), Flush (back-pressure), Close -- see fastmail.proto.imap_requests; the driver answers with
+resolve(result) or fail(exc).
 
 Each command is one handler method (`cmd_<name>`); a handler that needs the driver is a generator that
 yields a request and receives its result, so a command reads top to bottom.  While a request is
@@ -44,7 +45,16 @@ from fastmail.proto.imap_fetch import (
     sets_seen,
 )
 from fastmail.proto.imap_mailbox import MailboxCommands
-from fastmail.proto.imap_requests import Authenticate, Call, Close, Commit, Flush, Request, StartTLS
+from fastmail.proto.imap_requests import (
+    Authenticate,
+    Call,
+    Close,
+    Commit,
+    CommitAll,
+    Flush,
+    Request,
+    StartTLS,
+)
 from fastmail.proto.imap_responses import Status
 from fastmail.proto.imap_search import BadCharset, Parser, compress, esearch, parse_return, run_search
 from fastmail.proto.imap_view import View
@@ -349,11 +359,11 @@ class IMAPConnection(MailboxCommands):
             if self.tls_available and not self.tls:
                 caps.append("STARTTLS")
             if self.tls or self._plain_ok:
-                caps.append("AUTH=PLAIN")
+                caps += ["AUTH=PLAIN", "AUTH=LOGIN"]
             else:
                 caps.append("LOGINDISABLED")
         else:
-            caps += ["UIDPLUS", "MOVE", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "ESEARCH",
+            caps += ["UIDPLUS", "MULTIAPPEND", "MOVE", "CHILDREN", "SPECIAL-USE", "LIST-EXTENDED", "LIST-STATUS", "ESEARCH",
                      "SEARCHRES", "CONDSTORE", "QRESYNC", "BINARY", "STATUS=SIZE",
                      f"APPENDLIMIT={self.limits.max_message}", "UTF8=ACCEPT", "QUOTA", "QUOTA=RES-STORAGE"]
         return " ".join(caps)
@@ -435,34 +445,55 @@ class IMAPConnection(MailboxCommands):
         return (yield from self._login("LOGIN", user, password))
 
     def cmd_authenticate(self, cmd: core.Command) -> Generator[Any, Any, Status]:
+        """AUTHENTICATE PLAIN (RFC 4616) or LOGIN (draft-murchison-sasl-login: "Username:" then
+        "Password:"), each with an optional initial response (SASL-IR, RFC 4959); "*" cancels (RFC 9051
+        §6.2.2)."""
         if not cmd.args or len(cmd.args) > 2 or type(cmd.args[0]) is not str:
             raise SYNTAX("AUTHENTICATE takes a mechanism and an optional initial response")
-        if cmd.args[0].upper() != "PLAIN":
+        mechanism = cmd.args[0].upper()
+        if mechanism not in ("PLAIN", "LOGIN"):
             return S.BAD_MECHANISM
         if not (self.tls or self._plain_ok):
             return S.PRIVACY_REQUIRED
+        initial: bytes | None = None
         if len(cmd.args) == 2:  # SASL-IR (RFC 4959): "=" is an empty initial response
-            initial = cmd.args[1]
-            if type(initial) is not str:
+            arg = cmd.args[1]
+            if type(arg) is not str:
                 raise SYNTAX("Invalid initial response")
-            response = b"" if initial == "=" else initial.encode()
-        else:
-            self._write(b"+ \r\n")
+            initial = b"" if arg == "=" else arg.encode()
+        if mechanism == "LOGIN":
+            username = yield from self._sasl_step(b"Username:", initial)
+            if isinstance(username, Status):
+                return username
+            password = yield from self._sasl_step(b"Password:", None)
+            if isinstance(password, Status):
+                return password
+            return (yield from self._login("LOGIN", username.decode("utf-8", "replace"),
+                                           password.decode("utf-8", "replace")))
+        first = yield from self._sasl_step(b"", initial)
+        if isinstance(first, Status):
+            return first
+        parts = first.split(b"\0")
+        if len(parts) != 3:
+            return S.AUTH_FAILED
+        authzid, authcid, password_s = (p.decode("utf-8", "replace") for p in parts)
+        if authzid and authzid.lower() != authcid.lower():
+            return S.AUTH_FAILED  # no proxy authorization
+        return (yield from self._login("PLAIN", authcid, password_s))
+
+    def _sasl_step(self, challenge: bytes, response: bytes | None) -> Generator[Any, Any, bytes | Status]:
+        """One SASL round: send the challenge (base64) and read the client's line, unless `response` was
+        given already (an initial response); the decoded response, or the status that ends the exchange."""
+        if response is None:
+            self._write(b"+ " + base64.b64encode(challenge) + b"\r\n")
             line = yield _READ_LINE
             if line is None or line.strip() == b"*":
                 return S.AUTH_CANCELLED
             response = line.strip()
         try:
-            decoded = base64.b64decode(response, validate=True)
+            return base64.b64decode(response, validate=True)
         except (binascii.Error, ValueError):
             return S.SYNTAX.with_text("Invalid base64")
-        parts = decoded.split(b"\0")
-        if len(parts) != 3:
-            return S.AUTH_FAILED
-        authzid, authcid, password = (p.decode("utf-8", "replace") for p in parts)
-        if authzid and authzid.lower() != authcid.lower():
-            return S.AUTH_FAILED  # no proxy authorization
-        return (yield from self._login("PLAIN", authcid, password))
 
     # -- authenticated (§6.3) ------------------------------------------------------------------------
 
@@ -581,37 +612,45 @@ class IMAPConnection(MailboxCommands):
                 self._write(view.fetch_flags(m, True, True))
 
     def cmd_append(self, cmd: core.Command) -> Generator[Any, Any, Status]:
-        """APPEND mailbox [(flags)] [date-time] literal (RFC 9051 §6.3.12; UTF8 (literal8) of RFC 6855).
-        OK [APPENDUID] only after the group commit made it durable (ARCHITECTURE §3)."""
+        """APPEND mailbox 1*([(flags)] [date-time] literal) (RFC 9051 §6.3.12; UTF8 (literal8) of RFC 6855;
+        several messages: MULTIAPPEND, RFC 3502).  OK [APPENDUID] only once the messages are durable
+        (ARCHITECTURE §3): one message through the group commit, several in one segment write and one
+        LMDB transaction, so that either all of them are appended or none (RFC 3502 §3)."""
         args = list(cmd.args)
         if len(args) < 2:
             raise SYNTAX("APPEND takes a mailbox and a message")
         name = self._name_in(args.pop(0))
-        flags: list[str] = []
-        date: int | None = None
-        if args and type(args[0]) is list:
-            flags = _flags(args.pop(0))
-        if args and type(args[0]) is bytes:
-            date = parse_date_time(args.pop(0))
-            if date is None:
-                raise SYNTAX("Invalid date-time")
-        if len(args) == 2 and type(args[0]) is str and args[0].upper() == "UTF8" and type(args[1]) is list \
-                and len(args[1]) == 1:
-            args = args[1]
-        if len(args) != 1 or type(args[0]) is not core.Literal:
-            raise SYNTAX("APPEND takes one message literal")
-        data = args[0].data
-        if not data:
-            return S.CANNOT.with_text("Empty message")
-        if len(data) > self.limits.max_message:
-            return S.TOOBIG
+        messages: list[tuple[list[str], int | None, bytes]] = []
+        while args:
+            flags: list[str] = []
+            date: int | None = None
+            if type(args[0]) is list:
+                flags = _flags(args.pop(0))
+            if args and type(args[0]) is bytes:
+                date = parse_date_time(args.pop(0))
+                if date is None:
+                    raise SYNTAX("Invalid date-time")
+            if len(args) >= 2 and type(args[0]) is str and args[0].upper() == "UTF8" and type(args[1]) is list \
+                    and len(args[1]) == 1:
+                args[0:2] = args[1]
+            if not args or type(args[0]) is not core.Literal:
+                raise SYNTAX("APPEND takes message literals")
+            messages.append((flags, date, args.pop(0).data))
+        for _, _, data in messages:
+            if not data:
+                return S.CANNOT.with_text("Empty message")
+            if len(data) > self.limits.max_message:
+                return S.TOOBIG
         assert self.user_id is not None
         rec = self.boxes.get(self.user_id, name)
         if rec is None:
             return S.TRYCREATE
-        item = Incoming(qid=new_qid(), raw=data, sender="", local=[self.user_id], mailbox_id=rec["id"],
-                        flags=flags, internaldate=date)
-        outcome = yield Commit(item)
+        items = [Incoming(qid=new_qid(), raw=data, sender="", local=[self.user_id], mailbox_id=rec["id"],
+                          flags=flags, internaldate=date) for flags, date, data in messages]
+        if len(items) > 1:
+            validity, uids = yield CommitAll(items)  # MailboxError [TRYCREATE] / [OVERQUOTA]: nothing stored
+            return S.OK.with_code(f"APPENDUID {validity} {compress(uids)}")
+        outcome = yield Commit(items[0])
         if outcome.no_mailbox:
             return S.TRYCREATE
         if outcome.over_quota or self.user_id not in outcome.uids:

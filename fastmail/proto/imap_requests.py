@@ -4,6 +4,8 @@
     Authenticate(...)   verify the password, then resolve((ok, user id)), or resolve(Status) to refuse
     Call(fn, args)      run a store write (it syncs to disk) off the loop, then resolve(result) or fail(exc)
     Commit(item)        APPEND: hand the message to the group committer, then resolve(Outcome) or fail(exc)
+    CommitAll(items)    MULTIAPPEND: store all or none (Mailboxes.append_all) on the thread that writes the
+                        segments (the group committer's), then resolve((uidvalidity, uids)) or fail(exc)
     Flush()             write out what is pending and resume once the client has read enough (back-pressure)
     Close()             flush the output and close
 """
@@ -41,6 +43,11 @@ class Commit:
 
 
 @dataclass
+class CommitAll:
+    items: list[Incoming]
+
+
+@dataclass
 class Flush:
     pass
 
@@ -50,4 +57,4 @@ class Close:
     pass
 
 
-Request = StartTLS | Authenticate | Call | Commit | Flush | Close
+Request = StartTLS | Authenticate | Call | Commit | CommitAll | Flush | Close

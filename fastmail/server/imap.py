@@ -150,6 +150,17 @@ class IMAPProtocol(Session):
                 else:
                     log.event("append", sid=self.sid, qid=request.item.qid.hex(), size=len(request.item.raw))
                     conn.resolve(outcome)
+            elif isinstance(request, P.CommitAll):
+                # all or none, on the thread that writes this process's segment file (the group commit's)
+                try:
+                    result = await loop.run_in_executor(services.committer._executor, services.mailboxes.append_all,
+                                                        request.items)
+                except Exception as e:
+                    conn.fail(e)
+                else:
+                    log.event("append", sid=self.sid, qid=",".join(i.qid.hex() for i in request.items),
+                              size=sum(len(i.raw) for i in request.items))
+                    conn.resolve(result)
             elif isinstance(request, P.Flush):
                 if self._write_paused:
                     self._drained = loop.create_future()

@@ -13,6 +13,7 @@ its OK shares the durable commit of deliveries (ARCHITECTURE §3).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -20,9 +21,9 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from fastmail.store import changes
+from fastmail.store import changes, mime
 from fastmail.store import records as R
-from fastmail.store.store import Store
+from fastmail.store.store import Incoming, Store
 
 T = TypeVar("T")
 
@@ -420,6 +421,48 @@ class Mailboxes:
         self.store._writing(op)
 
     # -- messages --------------------------------------------------------------------------------------
+
+    def append_all(self, items: list[Incoming]) -> tuple[int, list[int]]:
+        """MULTIAPPEND (RFC 3502 §3): store every message (each an Incoming for one user and one mailbox, as
+        APPEND makes them) or none: the bodies with one fdatasync, the records in one synced LMDB
+        transaction that a refusal aborts as a whole.  Returns (UIDVALIDITY, the new UIDs in order);
+        [TRYCREATE] when the mailbox is gone, [OVERQUOTA] when they do not all fit.
+
+        It writes the segment file, so it must run on the thread that does (the group committer's)."""
+        user_id, mailbox_id = items[0].local[0], items[0].mailbox_id
+        assert mailbox_id is not None and all(i.local == [user_id] and i.mailbox_id == mailbox_id for i in items)
+        for item in items:
+            if item.meta is None:
+                try:
+                    item.meta = mime.analyze(item.raw)
+                except Exception:  # as the group committer: never refuse a message over its index entry
+                    item.meta = None
+        locations = self.store.segments.append_batch([item.raw for item in items])
+        now = int(time.time())
+
+        def op(txn: lmdb.Transaction) -> tuple[int, list[int]]:
+            quota, used = self.store.quota_state(user_id, txn)
+            if quota and used + sum(len(i.raw) for i in items) > quota:
+                raise MailboxError(OVERQUOTA, "Quota exceeded")
+            validity, uids = 0, []
+            for item, loc in zip(items, locations, strict=True):
+                outcome = self.store._deliver(txn, item, loc, now)
+                if outcome.no_mailbox:
+                    raise MailboxError(TRYCREATE, "No such mailbox")
+                if user_id not in outcome.uids:
+                    raise MailboxError(OVERQUOTA, "Quota exceeded")
+                validity = outcome.uidvalidity
+                uids.append(outcome.uids[user_id])
+            return validity, uids
+
+        try:
+            out: tuple[int, list[int]] = self.store._writing(op)
+        except BaseException:
+            for loc in locations:  # written, never referenced: give the blocks back
+                self.store.segments.release(loc)
+            raise
+        return out
+
 
     def _add_usage(self, txn: lmdb.Transaction, user_id: int, size: int, count: int) -> None:
         key = R.U64.pack(user_id)

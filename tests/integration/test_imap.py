@@ -20,7 +20,7 @@ from .imapwire import RawIMAP
 from .wire import HOST, TIMEOUT, insecure_tls_context, module_server
 
 PASSWORD = "imap-secret"
-USERS = [f"u{i}@example.org" for i in range(1, 25)]
+USERS = [f"u{i}@example.org" for i in range(1, 41)]
 
 
 def _setup(s: Server) -> None:
@@ -147,6 +147,38 @@ def test_login_authenticate_and_failures(srv, user):
     assert c.response().startswith(b"a BAD")
     _, done = c.cmd("b", "NOOP")
     assert done.startswith(b"b OK")
+
+
+def test_authenticate_login_mechanism(srv, user):
+    m = imaplib.IMAP4(HOST, srv.ports["imap"], timeout=TIMEOUT)
+    assert "AUTH=LOGIN" in m.capabilities
+    answers = iter([user, PASSWORD])
+    typ, _ = m.authenticate("LOGIN", lambda challenge: next(answers).encode())
+    assert typ == "OK" and m.state == "AUTH"
+    m.logout()
+
+    c = RawIMAP(srv.ports["imap"])
+    b64 = lambda s: base64.b64encode(s.encode())  # noqa: E731
+    c.send(b"a AUTHENTICATE LOGIN " + b64(user) + b"\r\n")  # SASL-IR: the user name
+    assert c.response() == b"+ UGFzc3dvcmQ6"  # "Password:"
+    c.send(b64("wrong") + b"\r\n")
+    assert c.response() == b"a NO [AUTHENTICATIONFAILED] Authentication failed"
+    c.send(b"b AUTHENTICATE LOGIN\r\n")
+    assert c.response() == b"+ VXNlcm5hbWU6"  # "Username:"
+    c.send(b"*\r\n")
+    assert c.response() == b"b BAD Authentication cancelled"
+    c.send(b"c AUTHENTICATE LOGIN\r\n")
+    assert c.response() == b"+ VXNlcm5hbWU6"
+    c.send(b"%%%\r\n")
+    assert c.response() == b"c BAD Invalid base64"
+    _, done = c.cmd("d", "AUTHENTICATE DIGEST-MD5")
+    assert done == b"d NO Unsupported authentication mechanism"
+    c.send(b"e AUTHENTICATE LOGIN\r\n")
+    assert c.response() == b"+ VXNlcm5hbWU6"
+    c.send(b64(user) + b"\r\n")
+    assert c.response() == b"+ UGFzc3dvcmQ6"
+    c.send(b64(PASSWORD) + b"\r\n")
+    assert re.match(rb"e OK \[CAPABILITY [^]]*MULTIAPPEND", c.response())
 
 
 def test_starttls_and_implicit_tls(srv, user):
@@ -449,6 +481,55 @@ def test_append_then_fetch_identical(srv, user):
                    b"BODY[] {%d}\r\n%s)" % (len(body), body))
     typ, data = m.status("Drafts", "(MESSAGES UNSEEN SIZE)")
     assert data == [b'"Drafts" (MESSAGES 1 UNSEEN 0 SIZE %d)' % len(body)]
+    m.logout()
+
+
+def test_multiappend_all_or_nothing(srv, user):
+    """MULTIAPPEND (RFC 3502): several messages in one APPEND, synchronizing literals and LITERAL+, one
+    APPENDUID with a UID set; an IDLE session sees them arrive together; a refusal stores none of them."""
+    watcher = raw_login(srv, user)
+    untagged, _ = watcher.cmd("c", "CAPABILITY")
+    assert b" MULTIAPPEND " in untagged[0]
+    watcher.cmd("s", "SELECT INBOX")
+    watcher.send(b"i IDLE\r\n")
+    assert watcher.response() == b"+ idling"
+    c = raw_login(srv, user)
+    one, two, three = simple("ma one"), simple("ma two"), simple("ma three")
+    c.send(b"a APPEND INBOX (\\Seen) {%d}\r\n" % len(one))
+    assert c.response().startswith(b"+ ")
+    c.send(one + b' (\\Flagged) "05-Mar-2024 01:02:03 +0100" {%d}\r\n' % len(two))
+    assert c.response().startswith(b"+ ")
+    c.send(two + b" {%d+}\r\n%s\r\n" % (len(three), three))
+    _, done = c.until("a")
+    assert re.match(rb"a OK \[APPENDUID \d+ 1:3\]", done), done
+    assert watcher.response() == b"* 3 EXISTS"  # one transaction: never 1 or 2 first
+    watcher.send(b"DONE\r\n")
+    watcher.until("i")
+    m = login(srv, user)
+    m.select("INBOX", readonly=True)
+    typ, data = m.fetch("1:3", "(FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    flat = b"".join(p[0] + p[1] if isinstance(p, tuple) else p for p in data)
+    assert flat.count(b"Subject: ma ") == 3 and b"\\Seen" in flat and b"\\Flagged" in flat
+    assert b'INTERNALDATE "05-Mar-2024 00:02:03 +0000"' in flat
+
+    # a bad date-time in the second message: BAD, nothing stored
+    _, done = c.cmd("b", b"APPEND INBOX {3+}\r\nabc \"not a date\" {3+}\r\nabc")
+    assert done == b"b BAD Invalid date-time"
+    # an empty second message: NO [CANNOT], nothing stored
+    _, done = c.cmd("e", b"APPEND INBOX {3+}\r\nabc {0+}\r\n")
+    assert done == b"e NO [CANNOT] Empty message"
+    _, done = c.cmd("t", b"APPEND Nope {3+}\r\nabc {3+}\r\nabc")
+    assert done == b"t NO [TRYCREATE] No such mailbox"
+    # over quota with the second message: NO [OVERQUOTA], the first is not kept either
+    used = sum(len(x) for x in (one, two, three))
+    srv.cli("user", "quota", user, str(used + 1000))
+    try:
+        _, done = c.cmd("q", b"APPEND INBOX {600+}\r\n" + b"x" * 600 + b" {600+}\r\n" + b"y" * 600)
+        assert done == b"q NO [OVERQUOTA] Quota exceeded"
+    finally:
+        srv.cli("user", "quota", user, "0")
+    untagged, done = c.cmd("s", "STATUS INBOX (MESSAGES UIDNEXT SIZE)")
+    assert untagged == [b'* STATUS "INBOX" (MESSAGES 3 UIDNEXT 4 SIZE %d)' % used], untagged
     m.logout()
 
 

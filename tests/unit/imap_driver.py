@@ -40,6 +40,13 @@ class Driver:
             elif isinstance(req, P.Commit):
                 req.item.meta = mime.analyze(req.item.raw)
                 conn.resolve(self.store.commit_batch([req.item])[0])
+            elif isinstance(req, P.CommitAll):
+                try:
+                    result = Mailboxes(self.store).append_all(req.items)
+                except Exception as e:
+                    conn.fail(e)
+                else:
+                    conn.resolve(result)
             elif isinstance(req, P.Flush):
                 self.flushes += 1
                 self.written += conn.take_output()

@@ -362,3 +362,52 @@ def test_logout_closes(store, user):
     d = session(store, user)
     assert d.cmd("z LOGOUT") == [b"* BYE Logging out", b"z OK Logout completed"]
     assert d.closed
+
+
+def test_authenticate_login_with_and_without_initial_response(store, user):
+    import base64
+
+    def b64(s: str) -> str:
+        return base64.b64encode(s.encode()).decode()
+
+    d = Driver(store, {"a@example.org": user})
+    assert b"AUTH=LOGIN" in d.greeting
+    assert d.cmd("a AUTHENTICATE LOGIN") == [b"+ VXNlcm5hbWU6"]  # "Username:"
+    assert d.cmd(b64("a@example.org")) == [b"+ UGFzc3dvcmQ6"]  # "Password:"
+    assert d.cmd(b64(PASSWORD))[0].startswith(b"a OK [CAPABILITY ")
+    d = Driver(store, {"a@example.org": user})
+    assert d.cmd(f"b AUTHENTICATE LOGIN {b64('a@example.org')}") == [b"+ UGFzc3dvcmQ6"]  # SASL-IR
+    assert d.cmd(b64("wrong")) == [b"b NO [AUTHENTICATIONFAILED] Authentication failed"]
+    assert d.cmd("c AUTHENTICATE LOGIN") == [b"+ VXNlcm5hbWU6"]
+    assert d.cmd("*") == [b"c BAD Authentication cancelled"]
+    assert d.cmd("d AUTHENTICATE LOGIN") == [b"+ VXNlcm5hbWU6"]
+    assert d.cmd("not base64!") == [b"d BAD Invalid base64"]
+    assert d.cmd("e AUTHENTICATE CRAM-MD5") == [b"e NO Unsupported authentication mechanism"]
+    far = Driver(store, {}, peer="203.0.113.9", tls_available=True)
+    assert far.cmd("f AUTHENTICATE LOGIN") == [b"f NO [PRIVACYREQUIRED] Plaintext authentication disallowed without TLS"]
+
+
+def test_multiappend_is_all_or_nothing(store, user):
+    boxes = Mailboxes(store)
+    inbox = boxes.get(user, "INBOX")["id"]
+    d = session(store, user)
+    out = d.send(b'a APPEND INBOX (\\Seen) {3+}\r\nabc (\\Flagged) " 5-Mar-2024 01:02:03 +0100" {4+}\r\ndefg'
+                 b" UTF8 (~{2+}\r\nhi)\r\n")
+    assert out.startswith(b"a OK [APPENDUID ") and out.endswith(b" 1:3] Completed\r\n")
+    msgs = boxes.messages(inbox)
+    assert [(m.uid, m.size, m.flags) for m in msgs] == [(1, 3, ["\\Seen"]), (2, 4, ["\\Flagged"]), (3, 2, [])]
+    assert msgs[1].internaldate == 1709596923
+    # one bad message refuses the whole command before anything is stored
+    assert d.cmd(b'b APPEND INBOX {3+}\r\nabc "bad date" {3+}\r\nabc') == [b"b BAD Invalid date-time"]
+    assert d.cmd(b"c APPEND INBOX {3+}\r\nabc {0+}\r\n") == [b"c NO [CANNOT] Empty message"]
+    assert d.cmd(b"d APPEND INBOX {3+}\r\nabc abc") == [b"d BAD APPEND takes message literals"]
+    assert d.cmd(b"e APPEND Nope {3+}\r\nabc {3+}\r\nabc") == [b"e NO [TRYCREATE] No such mailbox"]
+    # over quota with the second message: neither is stored, counters and usage unchanged
+    store.set_quota("a@example.org", 1024)
+    before = boxes.status(inbox), boxes.quota(user)
+    out = d.send(b"f APPEND INBOX {500+}\r\n" + b"x" * 500 + b" {600+}\r\n" + b"y" * 600 + b"\r\n")
+    assert out == b"f NO [OVERQUOTA] Quota exceeded\r\n"
+    assert (boxes.status(inbox), boxes.quota(user)) == before and len(boxes.messages(inbox)) == 3
+    store.set_quota("a@example.org", 0)
+    out = d.send(b"g APPEND INBOX {500+}\r\n" + b"x" * 500 + b" {600+}\r\n" + b"y" * 600 + b"\r\n")
+    assert out.endswith(b" 4:5] Completed\r\n") and boxes.quota(user)[1] == 3 + 4 + 2 + 1100
