@@ -230,6 +230,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rspamd.controller_url", str, "", "rspamd's controller worker for learning, e.g. http://127.0.0.1:11334."),
     Setting("rspamd.password", str, "", "The controller's password (Password header), if it has one."),
     Setting("spam.reject_score", float, 15.0, "A spam score at or above this: 550 5.7.1 at DATA (nothing stored)."),
+    Setting("spam.reject_action", str, "reject", "What happens to mail rspamd wants rejected (or at spam.reject_score): 'reject' (550 5.7.1, nothing stored) or 'junk' (delivered to the Junk folder).", _one_of("reject", "junk")),
     Setting("spam.junk_score", float, 6.0, "A spam score at or above this: delivered to the Junk folder with X-Spam-* headers."),
     Setting("spam.junk_folder", str, "Junk", "Folder that gets junk mail (created with \\Junk when missing)."),
     Setting("clamav.address", str, "", "clamd: unix:/PATH or HOST:PORT (INSTREAM); empty: no virus scan."),

@@ -30,6 +30,8 @@ from typing import Any
 from fastmail import log
 from fastmail.delivery.dns import DNSTemporary
 from fastmail.hygiene import arc, dkim, dmarc, dnsq, spf
+from fastmail.hygiene.headers import edit_headers, merge_spam_fields, strip_authres
+from fastmail.hygiene.headers import field as header_field
 
 # Replies (RFC 3463 / RFC 7372 enhanced codes).
 VIRUS = (554, "5.7.1", "Message refused: it carries a virus")
@@ -50,7 +52,7 @@ class Verdict:
     headers: bytes = b""  # header fields to put at the top of the message (after our Received:)
     folder: str | None = None  # None: INBOX
     subject: str | None = None  # rspamd's rewritten Subject
-    remove: list[str] = field(default_factory=list)  # header fields the filter asked to remove
+    remove: dict[str, int] = field(default_factory=dict)  # fields to remove: name -> instance (headers.edit_headers)
     log: dict[str, Any] = field(default_factory=dict)  # results, for the "accepted"/"refused" log line
 
 
@@ -64,79 +66,11 @@ class Transaction:
     user: str | None = None
 
 
-# -- header surgery ------------------------------------------------------------------------------------
-
-_FIELD_START = re.compile(rb"(?m)^(?=[^ \t\r\n])")
-
-
-def split_message(raw: bytes) -> tuple[bytes, bytes]:
-    """(header section including its last CRLF, the rest from the empty line on)."""
-    if raw.startswith(b"\r\n"):
-        return b"", raw
-    end = raw.find(b"\r\n\r\n")
-    if end < 0:
-        return raw, b""
-    return raw[: end + 2], raw[end + 2:]
-
-
-def header_fields(head: bytes) -> list[bytes]:
-    """The header section as whole fields (folded lines kept with their field)."""
-    starts = [m.start() for m in _FIELD_START.finditer(head)]
-    return [head[a:b] for a, b in zip(starts, [*starts[1:], len(head)], strict=True)]
-
-
-def _field_name(f: bytes) -> bytes:
-    return f.split(b":", 1)[0].strip().lower()
-
-
-def strip_authres(raw: bytes, authserv_id: str) -> tuple[bytes, int]:
-    """Remove Authentication-Results fields whose authserv-id is ours (RFC 8601 §5); (message, removed)."""
-    head, rest = split_message(raw)
-    if b"authentication-results" not in head.lower():
-        return raw, 0
-    ours = authserv_id.lower().encode()
-    kept, removed = [], 0
-    for f in header_fields(head):
-        if _field_name(f) == b"authentication-results":
-            value = f.split(b":", 1)[1] if b":" in f else b""
-            ident = re.sub(rb"\([^)]*\)", b"", value).split(b";", 1)[0].split()
-            if ident and ident[0].lower() == ours:
-                removed += 1
-                continue
-        kept.append(f)
-    return b"".join(kept) + rest, removed
-
-
-def edit_headers(raw: bytes, remove: list[str], subject: str | None) -> bytes:
-    """Drop the named fields and, with `subject`, replace the Subject field's value."""
-    if not remove and subject is None:
-        return raw
-    head, rest = split_message(raw)
-    drop = {n.lower().encode() for n in remove}
-    out, had_subject = [], False
-    for f in header_fields(head):
-        name = _field_name(f)
-        if name in drop:
-            continue
-        if subject is not None and name == b"subject":
-            if had_subject:
-                continue
-            had_subject = True
-            f = b"Subject: " + _header_value(subject) + b"\r\n"
-        out.append(f)
-    if subject is not None and not had_subject:
-        out.append(b"Subject: " + _header_value(subject) + b"\r\n")
-    return b"".join(out) + rest
-
-
-def _header_value(text: str) -> bytes:
-    # RFC 5322 §2.2: no CR/LF inside; UTF-8 as is (RFC 6532) — a filter's subject is a display string.
-    return text.replace("\r", " ").replace("\n", " ").encode("utf-8")
-
+# -- header fields -------------------------------------------------------------------------------------
 
 def _fold(name: str, items: list[str]) -> bytes:
     """`name: item1;\\r\\n\\titem2; ...` — one clause per line (RFC 8601 §2.2 layout, RFC 5322 folding)."""
-    return (name + ": " + ";\r\n\t".join(items) + "\r\n").encode("utf-8", "replace")
+    return header_field(name, ";\r\n\t".join(items))
 
 
 def _quote(value: str) -> str:
@@ -256,31 +190,34 @@ class Inbound:
         )
 
     def _judge_spam(self, res: Any, verdict: Verdict) -> tuple[Reply | None, bytes]:
+        """rspamd's verdict as ours: a refusal, or the X-Spam-* fields (merged with the ones rspamd asks
+        for, headers.merge_spam_fields), the fields to remove, the rewritten Subject and the folder."""
         cfg = self.config
         score = float(res.score)
         action = str(res.action)
+        required = float(cfg.spam_junk_score)
         verdict.log["spam"] = f"{score:.2f}"
         verdict.log["spam_action"] = action.replace(" ", "_")
-        if action == "reject" or score >= float(cfg.spam_reject_score):
+        reject = action == "reject" or score >= float(cfg.spam_reject_score)
+        if reject and cfg.spam_reject_action == "reject":
             return SPAM, b""
-        if action == "soft reject":
+        if action == "soft reject" and not reject:
             return SOFT_SPAM, b""
-        junk = score >= float(cfg.spam_junk_score) or action in ("add header", "rewrite subject")
+        junk = reject or score >= required or action in ("add header", "rewrite subject")
         if action == "rewrite subject" and res.subject:
             verdict.subject = str(res.subject)
-        verdict.remove.extend(getattr(res, "remove_headers", None) or [])
-        headers = [f"X-Spam-Flag: {'YES' if junk else 'NO'}",
-                   f"X-Spam-Score: {score:.2f} / {float(cfg.spam_junk_score):.2f}",
-                   f"X-Spam-Status: {'Yes' if junk else 'No'}, score={score:.2f} required={float(cfg.spam_junk_score):.2f}"
-                   + (f" tests=[{', '.join(sorted(res.symbols)[:40])}]" if getattr(res, "symbols", None) else "")]
-        extra = getattr(res, "add_headers", None) or {}
-        for name, value in extra.items():
-            if name.lower() in ("authentication-results",):
-                continue  # only ours, never one a filter writes with whatever authserv-id
-            headers.append(f"{name}: {value}")
+        tests = f" tests=[{', '.join(sorted(res.symbols))}]" if res.symbols else ""
+        ours = [("X-Spam-Flag", "YES" if junk else "NO"),
+                ("X-Spam-Score", f"{score:.2f} / {required:.2f}"),
+                ("X-Spam-Status", f"{'Yes' if junk else 'No'}, score={score:.2f} required={required:.2f}{tests}")]
+        block, names = merge_spam_fields(ours, res.add_headers or {})
+        for name, instance in (res.remove_headers or {}).items():
+            verdict.remove.setdefault(name.lower(), int(instance))
+        for name in names:  # the fields we write replace every one the message came with
+            verdict.remove[name] = 0
         if junk:
             verdict.folder = str(cfg.spam_junk_folder)
-        return None, "".join(h.replace("\r", " ").replace("\n", " ") + "\r\n" for h in headers).encode("utf-8", "replace")
+        return None, block
 
     # -- authentication --------------------------------------------------------------------------------
 

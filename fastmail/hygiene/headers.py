@@ -1,0 +1,191 @@
+"""Header surgery on a received message for the checks (fastmail.hygiene.inbound): splitting the header
+section into fields, removing fields, replacing the Subject, and writing new fields folded validly.
+
+New fields are written by `field()` (RFC 5322 §2.2, §2.2.3): a value that arrives with line breaks of its
+own (rspamd folds X-Spamd-Result with CRLF TAB) keeps them as fold points, a bare CR or LF becomes one too,
+every continuation line starts with white space (a line that did not would start a field of its own — a
+header injection), lines of white space only are dropped (an empty one would end the header section), and
+a line over `WIDTH` characters is folded at its last white space before it.  No line ever passes 998
+octets (§2.1.1): a run without white space that long is cut (a space is inserted), which changes the value
+but keeps the message valid.
+
+`merge_spam_fields()` puts our X-Spam-* fields and the ones rspamd's milter block asks for (`add_headers`)
+together: one field per name, ours first and winning a name both write, and it names every field to remove
+from the message first, so that a sender's forged "X-Spam-Flag: NO" never survives next to our verdict.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+
+WIDTH = 78  # RFC 5322 §2.1.1: lines SHOULD be at most 78 characters
+LIMIT = 998  # ... and MUST be at most 998 octets, CRLF excluded
+
+_FIELD_START = re.compile(rb"(?m)^(?=[^ \t\r\n])")
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")  # RFC 5322 §3.6.8 ftext
+_BREAK = re.compile(r"\r\n|\r|\n")
+
+# Fields that only we may write: a filter's Authentication-Results would carry whatever authserv-id it likes.
+NEVER_FROM_FILTER = frozenset({"authentication-results", "received"})
+
+
+def split_message(raw: bytes) -> tuple[bytes, bytes]:
+    """(header section including its last CRLF, the rest from the empty line on)."""
+    if raw.startswith(b"\r\n"):
+        return b"", raw
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        return raw, b""
+    return raw[: end + 2], raw[end + 2:]
+
+
+def header_fields(head: bytes) -> list[bytes]:
+    """The header section as whole fields (folded lines kept with their field)."""
+    starts = [m.start() for m in _FIELD_START.finditer(head)]
+    return [head[a:b] for a, b in zip(starts, [*starts[1:], len(head)], strict=True)]
+
+
+def field_name(f: bytes) -> bytes:
+    return f.split(b":", 1)[0].strip().lower()
+
+
+def valid_name(name: str) -> bool:
+    return bool(_FIELD_NAME.fullmatch(name))
+
+
+def strip_authres(raw: bytes, authserv_id: str) -> tuple[bytes, int]:
+    """Remove Authentication-Results fields whose authserv-id is ours (RFC 8601 §5); (message, removed)."""
+    head, rest = split_message(raw)
+    if b"authentication-results" not in head.lower():
+        return raw, 0
+    ours = authserv_id.lower().encode()
+    kept, removed = [], 0
+    for f in header_fields(head):
+        if field_name(f) == b"authentication-results":
+            value = f.split(b":", 1)[1] if b":" in f else b""
+            ident = re.sub(rb"\([^)]*\)", b"", value).split(b";", 1)[0].split()
+            if ident and ident[0].lower() == ours:
+                removed += 1
+                continue
+        kept.append(f)
+    return b"".join(kept) + rest, removed
+
+
+def edit_headers(raw: bytes, remove: Mapping[str, int], subject: str | None) -> bytes:
+    """Drop fields and, with `subject`, replace the Subject field's value (or add one).
+
+    `remove`: name -> which instance, as rspamd's milter block says it: 0 every one, n > 0 the n-th,
+    n < 0 the n-th from the end."""
+    if not remove and subject is None:
+        return raw
+    head, rest = split_message(raw)
+    fields = header_fields(head)
+    names = [field_name(f) for f in fields]
+    drop: set[int] = set()
+    for name, instance in remove.items():
+        key = name.lower().encode()
+        where = [i for i, n in enumerate(names) if n == key]
+        if instance == 0:
+            drop.update(where)
+        elif 0 < instance <= len(where):
+            drop.add(where[instance - 1])
+        elif 0 < -instance <= len(where):
+            drop.add(where[instance])
+    out: list[bytes] = []
+    had_subject = False
+    for i, f in enumerate(fields):
+        if i in drop:
+            continue
+        if subject is not None and names[i] == b"subject":
+            if had_subject:
+                continue
+            had_subject = True
+            f = field("Subject", subject)
+        out.append(f)
+    if subject is not None and not had_subject:
+        out.append(field("Subject", subject))
+    return b"".join(out) + rest
+
+
+def field(name: str, value: str, width: int = WIDTH) -> bytes:
+    """`name: value` CRLF, folded: the value's own line breaks kept as folds, long lines folded at white
+    space, no line over LIMIT octets (module doc).  UTF-8 as is (RFC 6532)."""
+    lines: list[str] = []
+    for i, line in enumerate(_BREAK.split(value)):
+        if not line.strip():
+            continue  # nothing but white space: dropped (an empty line would end the header section)
+        if i and lines and line[0] not in " \t":
+            line = " " + line  # a continuation must start with white space, or it starts a new field
+        lines.append(line.rstrip())
+    if not lines:
+        lines = [""]
+    first = f"{name}: {lines[0].lstrip()}" if lines[0].strip() else f"{name}:"
+    out = _fold_line(first, width, len(name) + 2)  # never right after the colon: the value starts there
+    for line in lines[1:]:
+        out.extend(_fold_line(line, width))
+    return ("\r\n".join(out) + "\r\n").encode("utf-8")
+
+
+def _fold_line(line: str, width: int, start: int = 0) -> list[str]:
+    """One logical line as physical lines: folded before white space past `width` (not before index
+    `start`); cut past LIMIT."""
+    out: list[str] = []
+    while _octets(line) > width:
+        cut = _fold_point(line, width, start)
+        if cut is None:
+            cut = _fold_point(line, LIMIT, start)  # no white space early enough: go long, not past the limit
+        start = 0
+        if cut is None:
+            if _octets(line) <= LIMIT:
+                break
+            cut = _char_index(line, LIMIT - 1)  # one run longer than a line may be: cut it
+            out.append(line[:cut])
+            line = " " + line[cut:]
+            continue
+        out.append(line[:cut])
+        line = line[cut:]
+    out.append(line)
+    return out
+
+
+def _fold_point(line: str, width: int, start: int = 0) -> int | None:
+    """The index (> `start`) of the last white space at which `line` can be folded so that its first part
+    has at most `width` octets and is not only white space; None when there is none."""
+    limit = _char_index(line, width)
+    start = max(start, len(line) - len(line.lstrip(" \t")))
+    for i in range(min(limit, len(line) - 1), start, -1):
+        if line[i] in " \t" and line[:i].strip():
+            return i
+    return None
+
+
+def _octets(s: str) -> int:
+    return len(s.encode("utf-8"))
+
+
+def _char_index(s: str, octets: int) -> int:
+    """How many characters of `s` fit in `octets` UTF-8 octets."""
+    if len(s) == _octets(s):
+        return min(octets, len(s))
+    total = 0
+    for i, c in enumerate(s):
+        total += len(c.encode("utf-8"))
+        if total > octets:
+            return i
+    return len(s)
+
+
+def merge_spam_fields(ours: Iterable[tuple[str, str]], theirs: Mapping[str, str]) -> tuple[bytes, set[str]]:
+    """Our X-Spam-* fields and the filter's add_headers as one block of fields, one per name (ours first;
+    a name both write keeps ours), and the lower-case names to remove from the message before it is stored.
+    Fields the filter may not write (NEVER_FROM_FILTER) and names that are not field names are left out."""
+    block: list[bytes] = []
+    names: set[str] = set()
+    for name, value in [*ours, *theirs.items()]:
+        key = name.lower()
+        if key in names or not valid_name(name) or (key in NEVER_FROM_FILTER):
+            continue
+        names.add(key)
+        block.append(field(name, value))
+    return b"".join(block), names
