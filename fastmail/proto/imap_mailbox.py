@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fastmail._core import imap as core
 from fastmail.proto import imap_responses as S
@@ -28,6 +28,13 @@ SYNTAX = core.IMAPSyntaxError
 
 _STATUS_ITEMS = ("MESSAGES", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED", "SIZE", "HIGHESTMODSEQ", "RECENT",
                  "APPENDLIMIT")
+
+
+class _Name(NamedTuple):
+    mailbox_id: int | None  # None: not a mailbox (a \Noselect name or a subscription only)
+    noselect: bool
+    subscribed: bool
+    special: str | None
 
 
 class MailboxCommands:
@@ -148,30 +155,70 @@ class MailboxCommands:
             self._write(b'* LIST (\\Noselect) "/" ""\r\n')
             return S.OK
         assert self.user_id is not None
-        boxes = self.boxes.list_all(self.user_id)
-        names = {b["name"] for b in boxes}
+        names = self._names()
         regexes = [_pattern_regex(M.normalize(reference + p)) for p in patterns]
-        for b in boxes:
-            name = b["name"]
+        subscribed = "SUBSCRIBED" in select
+        # RFC 5258 §3.5: with RECURSIVEMATCH, a name that does not meet the selection but has a descendant
+        # that does is returned with CHILDINFO; RFC 3501 §6.3.9: LSUB "%" returns the unsubscribed parent of
+        # a subscribed name (flagged \Noselect) when the name itself does not match.
+        recursive = "RECURSIVEMATCH" in select and subscribed
+        parents: set[str] = set()  # names with children (mailboxes or \\Noselect names)
+        subscribed_below: dict[str, list[str]] = {}  # name -> its subscribed descendants
+        for n, e in names.items():
+            for p in M.parent_names(n):
+                if e.mailbox_id is not None or e.noselect:
+                    parents.add(p)
+                if e.subscribed:
+                    subscribed_below.setdefault(p, []).append(n)
+        candidates = set(names)
+        if recursive or lsub:
+            candidates.update(subscribed_below)
+        word = b"LSUB" if lsub else b"LIST"
+        for name in sorted(candidates, key=lambda n: n.encode()):
             if not any(r.match(name) for r in regexes):
                 continue
-            if "SUBSCRIBED" in select and not b["subscribed"]:
+            e = names.get(name) or _Name(None, False, False, None)
+            extra = b""
+            if subscribed and not e.subscribed:
+                below = subscribed_below.get(name)
+                if not below or not (recursive or lsub):
+                    continue
+                if lsub and all(any(r.match(n) for r in regexes) for n in below):
+                    continue
+                extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if recursive else b""
+            if "SPECIAL-USE" in select and not e.special:
                 continue
-            if "SPECIAL-USE" in select and not b["special"]:
-                continue
+            if e.mailbox_id is None and not e.noselect and not subscribed:
+                continue  # a subscription only: not a name of LIST without (SUBSCRIBED)
             attrs = []
-            has_kids = any(n.startswith(name + DELIMITER) for n in names)
-            if not lsub:
-                attrs.append("\\HasChildren" if has_kids else "\\HasNoChildren")
-            if b["special"] and not lsub:
-                attrs.append(b["special"])
-            if b["subscribed"] and ("SUBSCRIBED" in select or "SUBSCRIBED" in returns) and not lsub:
-                attrs.append("\\Subscribed")
-            word = b"LSUB" if lsub else b"LIST"
-            self._write(b"* " + word + b" (" + " ".join(attrs).encode() + b') "/" ' + self._name_out(name) + b"\r\n")
-            if status_items:
-                self._write(self._status_line(name, b["id"], status_items))
+            if lsub:
+                if e.mailbox_id is None or not e.subscribed:
+                    attrs.append("\\Noselect")
+            else:
+                if e.mailbox_id is None:
+                    attrs.append("\\Noselect" if e.noselect else "\\NonExistent")  # RFC 5258 §3.4
+                kids = name in parents
+                if kids or e.mailbox_id is not None or e.noselect:
+                    attrs.append("\\HasChildren" if kids else "\\HasNoChildren")  # RFC 3348
+                if e.special:
+                    attrs.append(e.special)
+                if e.subscribed and (subscribed or "SUBSCRIBED" in returns):
+                    attrs.append("\\Subscribed")
+            self._write(b"* " + word + b" (" + " ".join(attrs).encode() + b') "/" ' + self._name_out(name)
+                        + extra + b"\r\n")
+            if status_items and e.mailbox_id is not None:
+                self._write(self._status_line(name, e.mailbox_id, status_items))
         return S.OK
+
+    def _names(self) -> dict[str, _Name]:
+        """The user's mailboxes, \\Noselect names and subscriptions by name."""
+        assert self.user_id is not None
+        out = {}
+        for name, mark in self.boxes.marks(self.user_id):
+            out[name] = _Name(None, mark["noselect"], mark["subscribed"], None)
+        for b in self.boxes.list_all(self.user_id):
+            out[b["name"]] = _Name(b["id"], False, bool(b["subscribed"]), b["special"])
+        return out
 
     def _status_line(self, name: str, mailbox_id: int, items: list[str]) -> bytes:
         rec = self.boxes.status(mailbox_id, deleted="DELETED" in items)

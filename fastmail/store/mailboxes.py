@@ -28,6 +28,7 @@ from fastmail.store.store import Incoming, Store
 T = TypeVar("T")
 
 DELIMITER = "/"
+MARK_PREFIX = b"imap-name\0"  # keys of the name markers in the "meta" database (see Mailboxes, names)
 MAX_NAME = 1000  # bytes of a mailbox name (UTF-8)
 MAX_DEPTH = 32  # hierarchy levels
 
@@ -94,7 +95,7 @@ def check_name(name: str) -> str:
     return normalize(name)
 
 
-def _parents(name: str) -> list[str]:
+def parent_names(name: str) -> list[str]:
     levels = name.split(DELIMITER)
     return [DELIMITER.join(levels[:i]) for i in range(1, len(levels))]
 
@@ -282,17 +283,74 @@ class Mailboxes:
         return quota, used, count
 
     # -- names -----------------------------------------------------------------------------------------
+    #
+    # Besides the mailboxes, a user's names can carry a marker (in the "meta" database, MARK_PREFIX | user
+    # id | name -> {"v", "noselect", "subscribed"}), for the two kinds of name that are not a mailbox:
+    #   noselect    a deleted mailbox that still has children stays as a \Noselect name (RFC 9051 §6.3.4)
+    #               until it has none and is deleted itself, or until CREATE makes it a mailbox again;
+    #   subscribed  a subscription outlives its mailbox, and a name can be subscribed before it exists
+    #               (RFC 9051 §6.3.7: the server SHOULD NOT remove a subscription by itself).
+    # A mailbox of the same name wins over a marker (delivery can create Junk while a marker is left).
+    # Markers live outside "mailboxes" so that delivery and every mailbox walk never meet one.
+
+    def _mark_key(self, user_id: int, name: str) -> bytes:
+        return MARK_PREFIX + R.mailbox_key(user_id, name)
+
+    def _mark(self, txn: lmdb.Transaction, user_id: int, name: str) -> dict[str, Any] | None:
+        raw = txn.get(self._mark_key(user_id, name), db=self.db["meta"])
+        return R.loads(raw) if raw else None
+
+    def _set_mark(self, txn: lmdb.Transaction, user_id: int, name: str, noselect: bool, subscribed: bool) -> None:
+        key = self._mark_key(user_id, name)
+        if noselect or subscribed:
+            txn.put(key, R.dumps({"v": 1, "noselect": noselect, "subscribed": subscribed}), db=self.db["meta"])
+        else:
+            txn.delete(key, db=self.db["meta"])
+
+    def _marks(self, txn: lmdb.Transaction, user_id: int, under: str = "") -> list[tuple[str, dict[str, Any]]]:
+        """The markers of the user (those whose name starts with `under`), ordered by name."""
+        prefix = self._mark_key(user_id, under)
+        skip = len(self._mark_key(user_id, ""))
+        out = []
+        cur = txn.cursor(db=self.db["meta"])
+        if cur.set_range(prefix):
+            for k, v in cur:
+                if not k.startswith(prefix):
+                    break
+                out.append((k[skip:].decode(), R.loads(v)))
+        return out
+
+    def marks(self, user_id: int) -> list[tuple[str, dict[str, Any]]]:
+        """(name, {"noselect", "subscribed"}) of the user's names that are not mailboxes, for LIST."""
+        with self.store.read() as txn:
+            mdb = self.db["mailboxes"]
+            return [(n, m) for n, m in self._marks(txn, user_id)
+                    if txn.get(R.mailbox_key(user_id, n), db=mdb) is None]
+
+    def _exists(self, txn: lmdb.Transaction, user_id: int, name: str) -> bool:
+        """A mailbox or a \\Noselect name."""
+        if txn.get(R.mailbox_key(user_id, name), db=self.db["mailboxes"]) is not None:
+            return True
+        mark = self._mark(txn, user_id, name)
+        return bool(mark and mark["noselect"])
+
+    def _has_children(self, txn: lmdb.Transaction, user_id: int, name: str) -> bool:
+        return bool(self._children(txn, user_id, name)) or any(
+            m["noselect"] for _, m in self._marks(txn, user_id, name + DELIMITER))
 
     def create(self, user_id: int, name: str) -> int:
-        """Create the mailbox and any missing parents (RFC 9051 §6.3.4); its id.  [ALREADYEXISTS]."""
+        """Create the mailbox and any missing parents (RFC 9051 §6.3.4); its id.  [ALREADYEXISTS].  A
+        \\Noselect name becomes a mailbox (a new one: new UIDVALIDITY); a \\Noselect parent stays one."""
         name = check_name(name)
 
         def op(txn: lmdb.Transaction) -> int:
             if txn.get(R.mailbox_key(user_id, name), db=self.db["mailboxes"]) is not None:
                 raise MailboxError(ALREADYEXISTS, "Mailbox already exists")
-            for parent in _parents(name):
-                if txn.get(R.mailbox_key(user_id, parent), db=self.db["mailboxes"]) is None:
+            for parent in parent_names(name):
+                if not self._exists(txn, user_id, parent):
+                    self._set_mark(txn, user_id, parent, False, False)
                     self.store._create_mailbox(txn, user_id, parent, None)
+            self._set_mark(txn, user_id, name, False, False)  # a mailbox now: subscribed as created
             mid = self.store._create_mailbox(txn, user_id, name, None)
             changes.record(txn, self.db, mid)
             return mid
@@ -311,8 +369,9 @@ class Mailboxes:
         return out
 
     def delete(self, user_id: int, name: str) -> None:
-        """Delete the mailbox with its messages.  INBOX cannot be deleted; nor a mailbox with children
-        (we keep no \\Noselect placeholders: delete the children first) [CANNOT]/[INUSE]; [NONEXISTENT]."""
+        """Delete the mailbox with its messages (RFC 9051 §6.3.4).  One that has children becomes a
+        \\Noselect name; a \\Noselect name goes once it has no children ([INUSE] before).  INBOX cannot be
+        deleted [CANNOT]; [NONEXISTENT].  The subscription stays (RFC 9051 §6.3.7)."""
         name = normalize(name)
         released: list[bytes] = []
 
@@ -322,16 +381,22 @@ class Mailboxes:
                 raise MailboxError(CANNOT, "INBOX cannot be deleted")
             key = R.mailbox_key(user_id, name)
             raw = txn.get(key, db=self.db["mailboxes"])
+            kids = self._has_children(txn, user_id, name)
             if raw is None:
-                raise MailboxError(NONEXISTENT, "No such mailbox")
-            if self._children(txn, user_id, name):
-                raise MailboxError(INUSE, "Mailbox has children; delete them first")
+                mark = self._mark(txn, user_id, name)
+                if not mark or not mark["noselect"]:
+                    raise MailboxError(NONEXISTENT, "No such mailbox")
+                if kids:
+                    raise MailboxError(INUSE, "Mailbox has children")
+                self._set_mark(txn, user_id, name, False, mark["subscribed"])
+                return
             mid = R.U64.unpack(raw)[0]
             rec = R.loads(txn.get(raw, db=self.db["mbox"]))
             released.extend(self.store._drop_messages(txn, mid))
             self._add_usage(txn, user_id, -rec["size"], -rec["exists"])
             txn.delete(key, db=self.db["mailboxes"])
             txn.delete(raw, db=self.db["mbox"])
+            self._set_mark(txn, user_id, name, kids, bool(rec.get("subscribed")))
             self._drop_expunged(txn, mid)
             changes.drop(txn, self.db, mid)
             changes.record(txn, self.db, mid)
@@ -353,9 +418,9 @@ class Mailboxes:
             txn.delete(k, db=self.db["expunged"])
 
     def rename(self, user_id: int, old: str, new: str) -> None:
-        """RFC 9051 §6.3.6: rename the mailbox and its children (ids, UIDs and UIDVALIDITY kept), creating
-        missing parents of the new name.  Renaming INBOX moves its messages into a new mailbox of the new
-        name and leaves INBOX empty (its children stay)."""
+        """RFC 9051 §6.3.6: rename the mailbox (or \\Noselect name) and its children (ids, UIDs and
+        UIDVALIDITY kept), creating missing parents of the new name.  Renaming INBOX moves its messages
+        into a new mailbox of the new name and leaves INBOX empty (its children stay)."""
         old = normalize(old)
         new = check_name(new)
         if old == "INBOX":
@@ -365,25 +430,35 @@ class Mailboxes:
         def op(txn: lmdb.Transaction) -> None:
             mdb = self.db["mailboxes"]
             raw = txn.get(R.mailbox_key(user_id, old), db=mdb)
-            if raw is None:
+            if raw is None and not self._exists(txn, user_id, old):
                 raise MailboxError(NONEXISTENT, "No such mailbox")
-            if txn.get(R.mailbox_key(user_id, new), db=mdb) is not None:
+            if self._exists(txn, user_id, new):
                 raise MailboxError(ALREADYEXISTS, "Mailbox already exists")
             if new == old or new.startswith(old + DELIMITER) or new == "INBOX":
                 raise MailboxError(CANNOT, "Cannot rename a mailbox into itself")
-            moves = [(old, R.U64.unpack(raw)[0])] + self._children(txn, user_id, old)
+            moves = ([(old, R.U64.unpack(raw)[0])] if raw is not None else []) + self._children(txn, user_id, old)
+            noselect = [(n, m) for n, m in [(old, self._mark(txn, user_id, old))]
+                        + self._marks(txn, user_id, old + DELIMITER)
+                        if m and m["noselect"] and txn.get(R.mailbox_key(user_id, n), db=mdb) is None]
+            for name, _ in moves + noselect:
+                if self._exists(txn, user_id, new + name[len(old):]):
+                    raise MailboxError(ALREADYEXISTS, "Mailbox already exists")
             for name, mid in moves:
                 target = new + name[len(old):]
-                if txn.get(R.mailbox_key(user_id, target), db=mdb) is not None:
-                    raise MailboxError(ALREADYEXISTS, "Mailbox already exists")
                 txn.delete(R.mailbox_key(user_id, name), db=mdb)
                 txn.put(R.mailbox_key(user_id, target), R.U64.pack(mid), db=mdb)
+                self._set_mark(txn, user_id, target, False, False)
                 rec = R.loads(txn.get(R.U64.pack(mid), db=self.db["mbox"]))
                 rec["name"] = target
                 txn.put(R.U64.pack(mid), R.dumps(rec), db=self.db["mbox"])
                 changes.record(txn, self.db, mid)
-            for parent in _parents(new):
-                if txn.get(R.mailbox_key(user_id, parent), db=mdb) is None:
+            for name, mark in noselect:  # the \Noselect names move; their subscriptions stay with the name
+                self._set_mark(txn, user_id, name, False, mark["subscribed"])
+                there = self._mark(txn, user_id, new + name[len(old):])
+                self._set_mark(txn, user_id, new + name[len(old):], True, bool(there and there["subscribed"]))
+            for parent in parent_names(new):
+                if not self._exists(txn, user_id, parent):
+                    self._set_mark(txn, user_id, parent, False, False)
                     self.store._create_mailbox(txn, user_id, parent, None)
 
         self.store._writing(op)
@@ -391,13 +466,15 @@ class Mailboxes:
     def _rename_inbox(self, user_id: int, new: str) -> None:
         def op(txn: lmdb.Transaction) -> None:
             mdb = self.db["mailboxes"]
-            if txn.get(R.mailbox_key(user_id, new), db=mdb) is not None:
+            if self._exists(txn, user_id, new):
                 raise MailboxError(ALREADYEXISTS, "Mailbox already exists")
             if new.startswith("INBOX" + DELIMITER):
                 raise MailboxError(CANNOT, "Cannot rename INBOX into itself")
-            for parent in _parents(new):
-                if txn.get(R.mailbox_key(user_id, parent), db=mdb) is None:
+            for parent in parent_names(new):
+                if not self._exists(txn, user_id, parent):
+                    self._set_mark(txn, user_id, parent, False, False)
                     self.store._create_mailbox(txn, user_id, parent, None)
+            self._set_mark(txn, user_id, new, False, False)
             dst = self.store._create_mailbox(txn, user_id, new, None)
             src = R.U64.unpack(txn.get(R.mailbox_key(user_id, "INBOX"), db=mdb))[0]
             uids = [m.uid for m in self.messages(src, txn)]
@@ -406,14 +483,22 @@ class Mailboxes:
         self.store._writing(op)
 
     def set_subscribed(self, user_id: int, name: str, subscribed: bool) -> None:
-        """SUBSCRIBE / UNSUBSCRIBE: a flag on the mailbox record (so a deleted mailbox drops its
-        subscription; RFC 9051 §6.3.7 allows that simplification for servers without remote names)."""
-        name = normalize(name)
+        """SUBSCRIBE / UNSUBSCRIBE (RFC 9051 §6.3.7, §6.3.8): a flag on the mailbox record, or a marker for
+        a name that is not a mailbox: a name may be subscribed before it exists, and stays subscribed
+        after its mailbox is deleted.  Unsubscribing a name not subscribed is no error."""
+        try:
+            name = check_name(name)
+        except MailboxError:
+            if subscribed:
+                raise
+            return  # a name that cannot be a mailbox was never subscribed
 
         def op(txn: lmdb.Transaction) -> None:
             raw = txn.get(R.mailbox_key(user_id, name), db=self.db["mailboxes"])
             if raw is None:
-                raise MailboxError(NONEXISTENT, "No such mailbox")
+                mark = self._mark(txn, user_id, name)
+                self._set_mark(txn, user_id, name, bool(mark and mark["noselect"]), subscribed)
+                return
             rec = R.loads(txn.get(raw, db=self.db["mbox"]))
             rec["subscribed"] = subscribed
             txn.put(raw, R.dumps(rec), db=self.db["mbox"])

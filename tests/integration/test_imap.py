@@ -230,8 +230,6 @@ def test_list_create_rename_delete_subscribe(srv, user):
     assert len(data) == 3 and m.list('""', "Projects*")[1] == [None]
     typ, data = m.rename("Nope", "Other")
     assert typ == "NO" and b"[NONEXISTENT]" in data[0]
-    typ, data = m.delete("Work")
-    assert typ == "NO" and b"[INUSE]" in data[0]
     assert m.delete("Work/2024/Q1")[0] == "OK"
     typ, data = m.delete("INBOX")
     assert typ == "NO" and b"[CANNOT]" in data[0]
@@ -255,6 +253,72 @@ def test_list_create_rename_delete_subscribe(srv, user):
     typ, data = m.status("INBOX", "(MESSAGES UNSEEN UIDNEXT UIDVALIDITY DELETED SIZE HIGHESTMODSEQ)")
     assert typ == "OK" and re.match(rb'"INBOX" \(MESSAGES 0 UNSEEN 0 UIDNEXT 1 UIDVALIDITY \d+ DELETED 0 '
                                     rb"SIZE 0 HIGHESTMODSEQ \d+\)", data[0]), data
+    m.logout()
+
+
+def test_delete_with_children_leaves_a_noselect_name(srv, user):
+    """RFC 9051 §6.3.4: DELETE of a mailbox with children removes its messages and leaves a \\Noselect name
+    while children exist; DELETE of a \\Noselect name with children is NO [INUSE], without them it goes."""
+    deliver(srv, user, simple("in parent"))
+    c = raw_login(srv, user)
+    assert c.cmd("a", "CREATE Parent/Kid")[1] == b"a OK Completed"
+    c.cmd("b", "SELECT INBOX")
+    assert c.cmd("c", "COPY 1 Parent")[1].startswith(b"c OK [COPYUID ")
+    c.cmd("d", "UNSELECT")
+    watcher = raw_login(srv, user)
+    watcher.cmd("s", "SELECT Parent")
+    assert c.cmd("e", "DELETE Parent")[1] == b"e OK Completed"
+    untagged, _ = watcher.cmd("n", "NOOP")  # the other session learns its mailbox is gone
+    assert b"* 1 EXPUNGE" in untagged or any(line.startswith(b"* BYE") for line in untagged), untagged
+    untagged, done = c.cmd("f", 'LIST "" "Parent*"')
+    assert untagged == [b'* LIST (\\Noselect \\HasChildren) "/" "Parent"',
+                        b'* LIST (\\HasNoChildren) "/" "Parent/Kid"']
+    assert c.cmd("g", "SELECT Parent")[1] == b"g NO [NONEXISTENT] No such mailbox"
+    assert c.cmd("h", "STATUS Parent (MESSAGES)")[1] == b"h NO [NONEXISTENT] No such mailbox"
+    assert c.cmd("i", b"APPEND Parent {3+}\r\nabc")[1] == b"i NO [TRYCREATE] No such mailbox"
+    assert c.cmd("j", "DELETE Parent")[1] == b"j NO [INUSE] Mailbox has children"
+    assert c.cmd("k", "DELETE Parent/Kid")[1] == b"k OK Completed"
+    untagged, _ = c.cmd("l", 'LIST "" "Parent*"')
+    assert untagged == [b'* LIST (\\Noselect \\HasNoChildren) "/" "Parent"']
+    assert c.cmd("m", "DELETE Parent")[1] == b"m OK Completed"
+    assert c.cmd("n", 'LIST "" "Parent*"')[0] == []
+    assert c.cmd("o", "DELETE Parent")[1] == b"o NO [NONEXISTENT] No such mailbox"
+    # CREATE over a \\Noselect name makes it a mailbox again (a new one)
+    c.cmd("p", "CREATE Old/Kid")
+    validity = re.search(rb"UIDVALIDITY (\d+)", b" ".join(c.cmd("q", "STATUS Old (UIDVALIDITY)")[0])).group(1)
+    c.cmd("r", "DELETE Old")
+    assert c.cmd("s", "CREATE Old")[1] == b"s OK Completed"
+    untagged, _ = c.cmd("t", "STATUS Old (UIDVALIDITY MESSAGES)")
+    assert untagged[0].endswith(b" MESSAGES 0)") and b"UIDVALIDITY %s " % validity not in untagged[0]
+    untagged, _ = c.cmd("u", "STATUS INBOX (MESSAGES)")
+    assert untagged == [b'* STATUS "INBOX" (MESSAGES 1)']
+
+
+def test_subscribe_names_that_are_not_mailboxes(srv, user):
+    """SUBSCRIBE of a name with no mailbox is allowed and a subscription outlives its mailbox (RFC 9051
+    §6.3.7); LIST (SUBSCRIBED) shows such names \\NonExistent, LSUB \\Noselect; RECURSIVEMATCH gives
+    CHILDINFO (RFC 5258 §3.5)."""
+    m = login(srv, user)
+    assert m.subscribe("lists/ietf")[0] == "OK"
+    typ, data = m.lsub('""', "lists*")
+    assert data == [b'(\\Noselect) "/" "lists/ietf"']
+    typ, data = m.lsub('""', "%")
+    assert b'(\\Noselect) "/" "lists"' in data
+    assert m.list('""', "lists*")[1] == [None]
+    typ, _ = m._simple_command("LIST", "(SUBSCRIBED RECURSIVEMATCH)", '""', "%")
+    assert typ == "OK"
+    listing = m.untagged_responses.pop("LIST")
+    assert b'(\\NonExistent) "/" "lists" ("CHILDINFO" ("SUBSCRIBED"))' in listing
+    assert b'(\\HasNoChildren \\Subscribed) "/" "INBOX"' in listing
+    assert m.create("Gone")[0] == "OK" and m.delete("Gone")[0] == "OK"
+    typ, _ = m._simple_command("LIST", "(SUBSCRIBED)", '""', "Gone")
+    assert m.untagged_responses.pop("LIST") == [b'(\\NonExistent \\Subscribed) "/" "Gone"']
+    assert m.unsubscribe("Gone")[0] == "OK" and m.unsubscribe("Gone")[0] == "OK"
+    assert m.lsub('""', "Gone")[1] == [None]
+    typ, data = m.subscribe('"bad//name"')
+    assert typ == "NO" and b"[CANNOT]" in data[0]
+    with pytest.raises(imaplib.IMAP4.error, match="Unknown LIST selection option"):
+        m._simple_command("LIST", "(BOGUS)", '""', "*")
     m.logout()
 
 

@@ -411,3 +411,56 @@ def test_multiappend_is_all_or_nothing(store, user):
     store.set_quota("a@example.org", 0)
     out = d.send(b"g APPEND INBOX {500+}\r\n" + b"x" * 500 + b" {600+}\r\n" + b"y" * 600 + b"\r\n")
     assert out.endswith(b" 4:5] Completed\r\n") and boxes.quota(user)[1] == 3 + 4 + 2 + 1100
+
+
+def test_delete_with_children_noselect_and_list_attributes(store, user):
+    d = session(store, user)
+    assert d.cmd("a CREATE P/C/D") == [b"a OK Completed"]
+    assert d.cmd("b DELETE P") == [b"b OK Completed"]
+    assert d.cmd('c LIST "" P*') == [b'* LIST (\\Noselect \\HasChildren) "/" "P"',
+                                     b'* LIST (\\HasChildren) "/" "P/C"',
+                                     b'* LIST (\\HasNoChildren) "/" "P/C/D"', b"c OK Completed"]
+    assert d.cmd("d DELETE P") == [b"d NO [INUSE] Mailbox has children"]
+    assert d.cmd("e SELECT P") == [b"e NO [NONEXISTENT] No such mailbox"]
+    assert d.cmd("f STATUS P (MESSAGES)") == [b"f NO [NONEXISTENT] No such mailbox"]
+    assert d.cmd("g APPEND P {3+}\r\nabc") == [b"g NO [TRYCREATE] No such mailbox"]
+    assert d.cmd('h LIST "" P RETURN (STATUS (MESSAGES))') == [b'* LIST (\\Noselect \\HasChildren) "/" "P"',
+                                                                b"h OK Completed"]
+    assert d.cmd("i DELETE P/C/D") == [b"i OK Completed"]
+    assert d.cmd("j DELETE P/C") == [b"j OK Completed"]
+    assert d.cmd('k LIST "" P*') == [b'* LIST (\\Noselect \\HasNoChildren) "/" "P"', b"k OK Completed"]
+    assert d.cmd("l DELETE P") == [b"l OK Completed"]
+    assert d.cmd('m LIST "" P*') == [b"m OK Completed"]
+    assert d.cmd("n DELETE P") == [b"n NO [NONEXISTENT] No such mailbox"]
+
+
+def test_subscriptions_of_names_that_are_not_mailboxes_and_childinfo(store, user):
+    d = session(store, user)
+    assert d.cmd("a SUBSCRIBE news/comp") == [b"a OK Completed"]  # no such mailbox: allowed
+    assert d.cmd('b LIST "" news*') == [b"b OK Completed"]  # not a mailbox
+    assert d.cmd('c LIST (SUBSCRIBED) "" news*') == [b'* LIST (\\NonExistent \\Subscribed) "/" "news/comp"',
+                                                     b"c OK Completed"]
+    assert d.cmd('d LSUB "" news*') == [b'* LSUB (\\Noselect) "/" "news/comp"', b"d OK Completed"]
+    # LSUB "%": the unsubscribed parent, flagged \Noselect (RFC 3501 §6.3.9)
+    assert d.cmd('e LSUB "" news/comp/%') == [b"e OK Completed"]
+    assert d.cmd('e LSUB "" %')[-3:] == [b'* LSUB () "/" "Trash"', b'* LSUB (\\Noselect) "/" "news"',
+                                         b"e OK Completed"]
+    # RECURSIVEMATCH: a parent with a subscribed descendant gets CHILDINFO (RFC 5258 §3.5)
+    assert d.cmd("f CREATE Work/Sub") == [b"f OK Completed"]
+    assert d.cmd("g UNSUBSCRIBE Work") == [b"g OK Completed"]
+    assert d.cmd('h LIST (SUBSCRIBED RECURSIVEMATCH) "" "%" RETURN (CHILDREN)')[-3:] == [
+        b'* LIST (\\HasChildren) "/" "Work" ("CHILDINFO" ("SUBSCRIBED"))',
+        b'* LIST (\\NonExistent) "/" "news" ("CHILDINFO" ("SUBSCRIBED"))', b"h OK Completed"]
+    assert d.cmd('i LIST (SUBSCRIBED) "" "Work*"') == [b'* LIST (\\HasNoChildren \\Subscribed) "/" "Work/Sub"',
+                                                       b"i OK Completed"]
+    assert d.cmd("j UNSUBSCRIBE never/was") == [b"j OK Completed"]
+    assert d.cmd('k SUBSCRIBE "a//b"') == [b"k NO [CANNOT] Operation not permitted"]
+    # a subscription outlives its mailbox; CREATE brings the mailbox back, still subscribed
+    assert d.cmd("l DELETE Work/Sub") == [b"l OK Completed"]
+    assert d.cmd('m LIST (SUBSCRIBED) "" "Work*"') == [b'* LIST (\\NonExistent \\Subscribed) "/" "Work/Sub"',
+                                                       b"m OK Completed"]
+    assert d.cmd("n CREATE Work/Sub") == [b"n OK Completed"]
+    assert d.cmd('o LIST "" "Work/*" RETURN (SUBSCRIBED)') == [
+        b'* LIST (\\HasNoChildren \\Subscribed) "/" "Work/Sub"', b"o OK Completed"]
+    assert d.cmd('p LIST (RECURSIVEMATCH) "" "*"') == [b"p BAD RECURSIVEMATCH needs another selection option"]
+    assert d.cmd('q LIST "" "*" RETURN (BOGUS)') == [b"q BAD Unknown LIST return option"]

@@ -82,18 +82,56 @@ def test_create_makes_parents_and_refuses_duplicates(store, boxes):
 
 
 def test_delete_rules(store, boxes):
+    """RFC 9051 §6.3.4: a mailbox with children becomes a \\Noselect name (its messages go); a \\Noselect
+    name with children cannot be deleted [INUSE], without them it goes."""
     u = store.add_user("a@example.org", "h")
     boxes.create(u, "P/C")
-    for name, code in [("INBOX", CANNOT), ("nope", NONEXISTENT), ("P", INUSE)]:
+    for name, code in [("INBOX", CANNOT), ("nope", NONEXISTENT)]:
         with pytest.raises(MailboxError) as e:
             boxes.delete(u, name)
         assert e.value.code == code
+    pid = boxes.get(u, "P")["id"]
+    store.commit_batch([Incoming(qid=new_qid(), raw=RAW, sender="", local=[u], mailbox_id=pid)])
     mid = boxes.get(u, "P/C")["id"]
     store.commit_batch([Incoming(qid=new_qid(), raw=RAW, sender="", local=[u], mailbox_id=mid)])
-    assert usage(store, u) == (len(RAW), 1)
-    boxes.delete(u, "P/C")
+    assert usage(store, u) == (2 * len(RAW), 2)
     boxes.delete(u, "P")
-    assert "P" not in names(boxes, u) and usage(store, u) == (0, 0)
+    assert boxes.get(u, "P") is None and "P" not in names(boxes, u) and usage(store, u) == (len(RAW), 1)
+    assert boxes.marks(u) == [("P", {"v": 1, "noselect": True, "subscribed": True})]
+    with pytest.raises(MailboxError) as e:
+        boxes.delete(u, "P")
+    assert e.value.code == INUSE
+    boxes.delete(u, "P/C")
+    assert usage(store, u) == (0, 0)
+    assert boxes.marks(u) == [("P", {"v": 1, "noselect": True, "subscribed": True}),
+                              ("P/C", {"v": 1, "noselect": False, "subscribed": True})]
+    boxes.delete(u, "P")  # \\Noselect without children: gone (its subscription stays)
+    assert boxes.marks(u) == [("P", {"v": 1, "noselect": False, "subscribed": True}),
+                              ("P/C", {"v": 1, "noselect": False, "subscribed": True})]
+    with pytest.raises(MailboxError) as e:
+        boxes.delete(u, "P")
+    assert e.value.code == NONEXISTENT
+
+
+def test_noselect_names_with_create_and_rename(store, boxes):
+    u = store.add_user("a@example.org", "h")
+    boxes.create(u, "A/B/C")
+    old = boxes.get(u, "A")
+    boxes.delete(u, "A")
+    boxes.create(u, "A/D")  # a \\Noselect parent stays one
+    assert boxes.get(u, "A") is None and [n for n, m in boxes.marks(u) if m["noselect"]] == ["A"]
+    boxes.rename(u, "A", "X")  # the \\Noselect name moves with its children
+    assert [n for n, m in boxes.marks(u) if m["noselect"]] == ["X"]
+    assert boxes.get(u, "X/B/C") is not None and boxes.get(u, "X/D") is not None and boxes.get(u, "A/D") is None
+    with pytest.raises(MailboxError) as e:
+        boxes.create(u, "X/B")
+    assert e.value.code == ALREADYEXISTS
+    with pytest.raises(MailboxError) as e:
+        boxes.rename(u, "Sent", "X")  # taken by the \\Noselect name
+    assert e.value.code == ALREADYEXISTS
+    boxes.create(u, "X")  # a mailbox again: a new one
+    new = boxes.get(u, "X")
+    assert new["id"] != old["id"] and not [n for n, m in boxes.marks(u) if m["noselect"]]
 
 
 def test_rename_keeps_ids_and_moves_children(store, boxes):
@@ -128,13 +166,26 @@ def test_rename_inbox_moves_messages(store, boxes):
 
 
 def test_subscriptions(store, boxes):
+    """RFC 9051 §6.3.7: a name can be subscribed before its mailbox exists, and stays subscribed after the
+    mailbox is deleted; CREATE of a subscribed name keeps it subscribed."""
     u = store.add_user("a@example.org", "h")
     boxes.set_subscribed(u, "Sent", False)
     assert boxes.get(u, "Sent")["subscribed"] is False
     boxes.set_subscribed(u, "Sent", True)
     assert boxes.get(u, "Sent")["subscribed"] is True
-    with pytest.raises(MailboxError):
-        boxes.set_subscribed(u, "nope", True)
+    boxes.set_subscribed(u, "later/box", True)
+    assert boxes.marks(u) == [("later/box", {"v": 1, "noselect": False, "subscribed": True})]
+    boxes.create(u, "later/box")
+    assert boxes.marks(u) == [] and boxes.get(u, "later/box")["subscribed"] is True
+    boxes.delete(u, "later/box")
+    assert boxes.marks(u) == [("later/box", {"v": 1, "noselect": False, "subscribed": True})]
+    boxes.set_subscribed(u, "later/box", False)
+    boxes.set_subscribed(u, "never", False)  # not subscribed: no error
+    boxes.set_subscribed(u, "a//b", False)
+    assert boxes.marks(u) == []
+    with pytest.raises(MailboxError) as e:
+        boxes.set_subscribed(u, "a//b", True)
+    assert e.value.code == CANNOT
 
 
 def test_flags_modseq_and_unchangedsince(store, boxes):
