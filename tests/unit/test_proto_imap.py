@@ -8,7 +8,7 @@ import pytest
 
 from fastmail.proto import imap as P
 from fastmail.store import mime
-from fastmail.store.mailboxes import Mailboxes
+from fastmail.store.mailboxes import MailboxError, Mailboxes
 from fastmail.store.store import Incoming, Store, new_qid
 
 from .imap_driver import PASSWORD, Driver
@@ -464,3 +464,24 @@ def test_subscriptions_of_names_that_are_not_mailboxes_and_childinfo(store, user
         b'* LIST (\\HasNoChildren \\Subscribed) "/" "Work/Sub"', b"o OK Completed"]
     assert d.cmd('p LIST (RECURSIVEMATCH) "" "*"') == [b"p BAD RECURSIVEMATCH needs another selection option"]
     assert d.cmd('q LIST "" "*" RETURN (BOGUS)') == [b"q BAD Unknown LIST return option"]
+
+
+def test_multiappend_literals_together_bounded_by_the_append_limit(store, user):
+    d = session(store, user, limits=P.Limits(max_message=100))
+    assert d.send(b"a APPEND INBOX {60}\r\n") == b"+ Ready for literal data\r\n"
+    # the second literal would pass the limit for the command: refused before its "+", nothing stored
+    assert d.send(b"x" * 60 + b" {60}\r\n") == b"a NO [TOOBIG] Message too big\r\n"
+    assert d.cmd("b NOOP") == [b"b OK Completed"]
+    assert Mailboxes(store).status(Mailboxes(store).get(user, "INBOX")["id"])["exists"] == 0
+
+
+def test_append_all_into_a_deleted_mailbox_stores_nothing(store, user):
+    boxes = Mailboxes(store)
+    mid = boxes.create(user, "Tmp")
+    boxes.delete(user, "Tmp")
+    items = [Incoming(qid=new_qid(), raw=RAW, sender="", local=[user], mailbox_id=mid) for _ in range(2)]
+    with pytest.raises(MailboxError) as e:
+        boxes.append_all(items)
+    assert e.value.code == "TRYCREATE" and boxes.quota(user)[1:] == (0, 0)
+    with store.read() as txn:
+        assert all(txn.get(i.qid, db=store.db["blobs"]) is None for i in items)
