@@ -223,6 +223,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("greylist.expire", float, 4 * 3600.0, "Seconds a greylisted triplet waits for its retry before it is forgotten.", _positive),
     Setting("greylist.auto_whitelist", int, 5, "Messages accepted after greylisting before a client network is no longer greylisted; 0: never.", _at_least(0)),
     Setting("greylist.whitelist", list, [], "Client networks (CIDR) never greylisted.", _networks),
+    Setting("greylist.whitelist_domains", list, [], "Envelope sender domains (and their subdomains) never greylisted."),
+    Setting("greylist.retain", float, 36 * 86400.0, "Seconds a triplet that passed, or an auto-whitelisted client network, is remembered after its last message (RFC 6647 4.2.2: about a month).", _positive),
     Setting("rspamd.url", str, "", "rspamd's normal worker, e.g. http://127.0.0.1:11333 (its /checkv2 protocol); empty: no spam filter."),
     Setting("rspamd.timeout", float, 15.0, "Seconds to wait for rspamd's verdict.", _positive),
     Setting("rspamd.fail_open", bool, True, "rspamd unreachable or slow: accept unfiltered; false: 451 4.7.0."),
@@ -238,9 +240,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("clamav.fail_open", bool, False, "clamd unreachable or slow: accept unscanned; false (default): 451 4.7.0."),
     Setting("dkim.sign", bool, True, "Sign mail from authenticated senders with the From domain's keys in dkim.key_dir (ed25519 and rsa-sha256), when it has any."),
     Setting("dkim.key_dir", str, "", "Folder of DKIM private keys, DOMAIN/SELECTOR.pem (`fastmail dkim keygen`); empty: DATA_DIR/dkim."),
-    Setting("ratelimit.connections_per_ip", int, 0, "Connections one client address may open per minute on SMTP/submission (more get 421 4.7.0); 0: no limit.", _at_least(0)),
-    Setting("ratelimit.messages_per_ip", int, 0, "Messages one client address may send per hour over SMTP (more get 451 4.7.1); 0: no limit.", _at_least(0)),
-    Setting("ratelimit.messages_per_user", int, 0, "Messages one authenticated user may submit per hour (more get 451 4.7.1); 0: no limit.", _at_least(0)),
+    Setting("ratelimit.connections_per_ip", int, 0, "Connections one client address (an IPv6 /64) may open per ratelimit.connection_window on the SMTP and submission listeners (more get 421 4.7.0); 0: no limit.", _at_least(0)),
+    Setting("ratelimit.connection_window", float, 60.0, "Seconds over which ratelimit.connections_per_ip counts (a sliding window).", _positive),
+    Setting("ratelimit.messages_per_ip", int, 0, "Messages one client address (an IPv6 /64) may send without AUTH per ratelimit.message_window (more get 451 4.7.1 at MAIL); 0: no limit.", _at_least(0)),
+    Setting("ratelimit.messages_per_user", int, 0, "Messages one authenticated user may submit per ratelimit.message_window (more get 451 4.7.1 at MAIL); 0: no limit.", _at_least(0)),
+    Setting("ratelimit.message_window", float, 3600.0, "Seconds over which the message limits count (a sliding window).", _positive),
 )
 
 _BY_KEY = {s.key: s for s in SETTINGS}

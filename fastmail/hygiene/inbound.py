@@ -30,8 +30,11 @@ from typing import Any
 from fastmail import log
 from fastmail.delivery.dns import DNSTemporary
 from fastmail.hygiene import arc, dkim, dmarc, dnsq, spf
+from fastmail.hygiene.greylist import Greylist
 from fastmail.hygiene.headers import edit_headers, merge_spam_fields, strip_authres
 from fastmail.hygiene.headers import field as header_field
+from fastmail.hygiene.ratelimit import RateLimiter
+from fastmail.hygiene.state import HygieneState, open_state
 
 # Replies (RFC 3463 / RFC 7372 enhanced codes).
 VIRUS = (554, "5.7.1", "Message refused: it carries a virus")
@@ -92,10 +95,44 @@ class Inbound:
         self.authserv_id = str(config.checks_authserv_id or hostname)
         self.hostname = hostname
         self._resolver: dnsq.Resolver | None = None
+        self._state: HygieneState | None = None
+        self._state_failed = False
+        self._greylist: Greylist | None = None
+        self._ratelimit: RateLimiter | None = None
 
     @property
     def active(self) -> bool:
         return self.auth or bool(self.clamav) or bool(self.rspamd)
+
+    # -- greylisting and rate limits: state shared by the workers (fastmail.hygiene.state) ---------------
+
+    @property
+    def greylist(self) -> Greylist | None:
+        """The greylist when greylist.enabled and its state opens; made on first use, in the worker."""
+        if self._greylist is None and self.config.greylist_enabled and self._open_state() is not None:
+            cfg = self.config
+            assert self._state is not None
+            self._greylist = Greylist(
+                self._state, delay=float(cfg.greylist_delay), expire=float(cfg.greylist_expire),
+                retain=float(cfg.greylist_retain), auto_whitelist=int(cfg.greylist_auto_whitelist),
+                whitelist=cfg.greylist_whitelist, whitelist_domains=cfg.greylist_whitelist_domains)
+        return self._greylist
+
+    @property
+    def ratelimit(self) -> RateLimiter | None:
+        """The rate limiter when a ratelimit.* limit is set and the state opens; made on first use."""
+        cfg = self.config
+        wanted = cfg.ratelimit_connections_per_ip or cfg.ratelimit_messages_per_ip or cfg.ratelimit_messages_per_user
+        if self._ratelimit is None and wanted and self._open_state() is not None:
+            assert self._state is not None
+            self._ratelimit = RateLimiter(self._state)
+        return self._ratelimit
+
+    def _open_state(self) -> HygieneState | None:
+        if self._state is None and not self._state_failed:
+            self._state = open_state(self.config.data_dir)
+            self._state_failed = self._state is None  # logged; greylisting and limits are off (fail open)
+        return self._state
 
     @property
     def resolver(self) -> dnsq.Resolver:

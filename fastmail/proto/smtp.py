@@ -20,6 +20,7 @@ import base64
 import binascii
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from enum import Enum, auto
@@ -135,6 +136,11 @@ class Close:
 
 Request = StartTLS | Authenticate | Deliver | Close
 
+# The driver's policy checks of a transaction (greylisting, rate limits: fastmail.hygiene), synchronous like
+# Policy; a Reply refuses the command (not counted as a client error), None lets it go on.
+MailHook = Callable[[Session, str | None], Reply | None]  # (session, sender or None for <>) at MAIL
+RcptHook = Callable[[Session, Envelope, str], Reply | None]  # (session, envelope, recipient) at RCPT, last
+
 _MAIL_PARAMS = {"SIZE", "BODY", "SMTPUTF8", "RET", "ENVID", "AUTH"}
 _RCPT_PARAMS = {"NOTIFY", "ORCPT"}
 _NO_VALUE = {"SMTPUTF8"}  # every other parameter must have "=value" (RFC 1870, 6152, 3461, 4954)
@@ -152,8 +158,12 @@ class SMTPConnection:
         tls_available: bool = False,
         auth_without_tls: bool = False,
         sender_login_match: bool = True,
+        mail_hook: MailHook | None = None,
+        rcpt_hook: RcptHook | None = None,
     ) -> None:
         self.session = session
+        self.mail_hook = mail_hook
+        self.rcpt_hook = rcpt_hook
         self.policy = policy
         self.hostname = hostname
         self.limits = limits
@@ -487,6 +497,11 @@ class SMTPConnection:
             self._error(R.SENDER_NOT_OWNED)
             return
         sender = None if address is None else _join(address)
+        if self.mail_hook is not None:
+            refused = self.mail_hook(self.session, sender)
+            if refused is not None:
+                self._reply(refused)
+                return
         self.envelope = Envelope(sender, params, smtputf8="SMTPUTF8" in params)
         self.state = State.MAIL
         self._reply(R.SENDER_OK)
@@ -532,7 +547,13 @@ class SMTPConnection:
         if users and all(self.policy.over_quota(u, declared) for u in users) and not external:
             self._reply(R.MAILBOX_FULL_TEMP)
             return
-        env.rcpts.append(Recipient(_join(address) if domain else "postmaster", params, users, external))
+        rcpt = _join(address) if domain else "postmaster"
+        if self.rcpt_hook is not None:
+            refused = self.rcpt_hook(self.session, env, rcpt)
+            if refused is not None:
+                self._reply(refused)
+                return
+        env.rcpts.append(Recipient(rcpt, params, users, external))
         self.state = State.RCPT
         self._reply(R.RCPT_OK)
 

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fastmail import log
-from fastmail.hygiene import dmarc
+from fastmail.hygiene import dmarc, ratelimit
 from fastmail.hygiene.inbound import Transaction
 from fastmail.proto import smtp as P
 from fastmail.proto.replies import Reply
@@ -32,11 +32,14 @@ class SMTPProtocol(Session):
         self.conn: P.SMTPConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self.messages = 0
+        self._awl_counted = False  # a greylist pass of this transaction was counted for auto-whitelisting
 
     def start(self) -> None:
         cfg = self.services.config
         session = P.Session(peer=self.peer, mode=self.mode, tls=self.implicit_tls)
         session.trusted = self.services.is_trusted(self.peer)
+        if self._connection_limited(session):
+            return
         self.conn = P.SMTPConnection(
             session,
             self.services.policy,
@@ -45,9 +48,77 @@ class SMTPProtocol(Session):
             tls_available=self.services.tls_context is not None and not self.implicit_tls and self.mode is not P.Mode.LMTP,
             auth_without_tls=cfg.smtp_auth_plaintext_without_tls,
             sender_login_match=cfg.smtp_sender_login_match,
+            mail_hook=self._check_mail if self.mode is not P.Mode.LMTP else None,
+            rcpt_hook=self._check_rcpt if self.mode is P.Mode.SMTP and cfg.greylist_enabled else None,
         )
         log.event("connect", sid=self.sid, listener=self.listener, peer=self.peer, tls=int(self.implicit_tls))
         self._pump()
+
+    # -- greylisting and rate limits (fastmail.hygiene.greylist, .ratelimit) ----------------------------
+
+    def _connection_limited(self, session: P.Session) -> bool:
+        """ratelimit.connections_per_ip on the SMTP and submission listeners: past it, 421 4.7.0 instead of
+        the greeting (RFC 5321 §3.1 allows 421 there) and the connection is closed."""
+        cfg = self.services.config
+        limit = int(cfg.ratelimit_connections_per_ip)
+        if not limit or self.mode is P.Mode.LMTP or session.trusted:
+            return False
+        limiter = self.services.inbound.ratelimit
+        if limiter is None or limiter.hit(ratelimit.CONNECTIONS, ratelimit.ip_key(self.peer), limit,
+                                          float(cfg.ratelimit_connection_window)):
+            return False
+        log.event("connect_refused", sid=self.sid, listener=self.listener, peer=self.peer, reason="ratelimit")
+        assert self.transport is not None
+        self.transport.write(ratelimit.TOO_MANY_CONNECTIONS.encode())
+        self.transport.close()
+        return True
+
+    def _check_mail(self, session: P.Session, sender: str | None) -> Reply | None:
+        """The message limits, looked at MAIL (counted when a message is accepted: _count_message)."""
+        self._awl_counted = False
+        cfg = self.services.config
+        if session.user is not None:
+            limit, kind, key = int(cfg.ratelimit_messages_per_user), ratelimit.MESSAGES_USER, session.user
+        elif session.trusted:
+            return None
+        else:
+            limit, kind, key = int(cfg.ratelimit_messages_per_ip), ratelimit.MESSAGES_IP, ratelimit.ip_key(session.peer)
+        if not limit:
+            return None
+        limiter = self.services.inbound.ratelimit
+        if limiter is None or not limiter.over(kind, key, limit, float(cfg.ratelimit_message_window)):
+            return None
+        log.event("mail_refused", sid=self.sid, peer=session.peer, user=session.user, reason="ratelimit")
+        return ratelimit.TOO_MANY_MESSAGES
+
+    def _count_message(self, session: P.Session) -> None:
+        cfg = self.services.config
+        if session.user is not None and cfg.ratelimit_messages_per_user:
+            kind, key = ratelimit.MESSAGES_USER, session.user
+        elif session.user is None and not session.trusted and cfg.ratelimit_messages_per_ip:
+            kind, key = ratelimit.MESSAGES_IP, ratelimit.ip_key(session.peer)
+        else:
+            return
+        limiter = self.services.inbound.ratelimit
+        if limiter is not None:
+            limiter.add(kind, key, float(cfg.ratelimit_message_window))
+
+    def _check_rcpt(self, session: P.Session, env: P.Envelope, rcpt: str) -> Reply | None:
+        """Greylisting (RFC 6647) of unauthenticated mail on the SMTP listener, once the recipient is known
+        to be valid: a refused RCPT is a 451 4.7.1 with the seconds to wait."""
+        if session.user is not None or session.trusted:
+            return None
+        grey = self.services.inbound.greylist
+        if grey is None:
+            return None
+        decision = grey.check(session.peer, env.sender or "", rcpt, count=not self._awl_counted)
+        if decision.outcome == "pass":
+            self._awl_counted = True  # one pass per transaction counts towards auto-whitelisting
+        if decision.outcome != "greylisted":
+            return None
+        log.event("greylisted", sid=self.sid, peer=session.peer, sender=env.sender or "<>", rcpt=rcpt,
+                  wait=f"{decision.wait:.0f}")
+        return decision.reply
 
     def finish(self, exc: Exception | None) -> None:
         conn = self.conn
@@ -188,6 +259,7 @@ class SMTPProtocol(Session):
             conn.deliver_done(qhex, failed=True)
             return
         self.messages += 1
+        self._count_message(conn.session)
         log.event("accepted", sid=self.sid, qid=qhex, sender=env.sender or "<>", rcpts=len(env.rcpts),
                   local=len(users) - len(outcome.over_quota), remote=len(remote), size=len(raw),
                   over_quota=len(outcome.over_quota) or None, mode=self.mode.value)
