@@ -179,11 +179,13 @@ class Inbound:
                 verdict.log["virus"] = "clean"
 
         clauses: list[str] = []
+        allowed = False  # the client is on a DNSWL: the spam filter's reject becomes Junk
         auth = results.get("auth")
         if auth is not None:
             if isinstance(auth, BaseException):
                 auth = _Auth.timed_out()
             clauses, reply, junk = self._judge_auth(auth, tx, verdict)
+            allowed = auth.dnsbl is not None and auth.dnsbl[0] == "allowed"
             if reply is not None:
                 verdict.reply = reply
                 return raw, verdict
@@ -197,7 +199,7 @@ class Inbound:
                 if _unavailable(verdict, "spam", cfg.rspamd_fail_open):
                     return raw, verdict
             else:
-                reply, spam_headers = self._judge_spam(spam, verdict)
+                reply, spam_headers = self._judge_spam(spam, verdict, allowed=allowed)
                 if reply is not None:
                     verdict.reply = reply
                     return raw, verdict
@@ -226,9 +228,10 @@ class Inbound:
             queue_id=tx.qid, hostname=self.hostname, timeout=float(self.config.rspamd_timeout),
         )
 
-    def _judge_spam(self, res: Any, verdict: Verdict) -> tuple[Reply | None, bytes]:
+    def _judge_spam(self, res: Any, verdict: Verdict, allowed: bool = False) -> tuple[Reply | None, bytes]:
         """rspamd's verdict as ours: a refusal, or the X-Spam-* fields (merged with the ones rspamd asks
-        for, headers.merge_spam_fields), the fields to remove, the rewritten Subject and the folder."""
+        for, headers.merge_spam_fields), the fields to remove, the rewritten Subject and the folder.
+        `allowed` (a DNSWL client): what would be refused goes to Junk instead."""
         cfg = self.config
         score = float(res.score)
         action = str(res.action)
@@ -236,9 +239,9 @@ class Inbound:
         verdict.log["spam"] = f"{score:.2f}"
         verdict.log["spam_action"] = action.replace(" ", "_")
         reject = action == "reject" or score >= float(cfg.spam_reject_score)
-        if reject and cfg.spam_reject_action == "reject":
+        if reject and cfg.spam_reject_action == "reject" and not allowed:
             return SPAM, b""
-        if action == "soft reject" and not reject:
+        if action == "soft reject" and not reject and not allowed:
             return SOFT_SPAM, b""
         junk = reject or score >= required or action in ("add header", "rewrite subject")
         if action == "rewrite subject" and res.subject:
@@ -319,26 +322,36 @@ class Inbound:
 
     async def _dnsbl(self, ip: str) -> tuple[str, str]:
         """("listed" | "allowed" | "clean" | "temperror", zone).  A DNSWL listing wins over a DNSBL one."""
-        addr = ipaddress.ip_address(ip)  # RFC 5782 §5: 127.0.0.1 is never listed, 127.0.0.2 always
-        base = addr.reverse_pointer.rsplit(".", 2)[0]  # "4.3.2.1" of "4.3.2.1.in-addr.arpa", nibbles for v6
-
-        async def listed(zone: str) -> bool:
-            try:
-                answers = await self.resolver.a(f"{base}.{zone}")
-            except dnsq.NXDomain:
-                return False
-            # 127.0.0.0/8 answers are listings; 127.255.255.0/24 are a list's error codes (refused query)
-            return any(x.startswith("127.") and not x.startswith("127.255.255.") for x in answers)
-
         temp = False
         for kind, zones in (("allowed", self.config.checks_dnswl), ("listed", self.config.checks_dnsbl)):
             for zone in zones:
                 try:
-                    if await listed(zone):
+                    if await self._listed(ip, zone):
                         return kind, zone
                 except dnsq.DNSTempError:
                     temp = True
         return ("temperror" if temp else "clean"), ""
+
+    async def dnswl(self, ip: str) -> str | None:
+        """The first checks.dnswl zone that lists the client, or None (not listed, or no answer)."""
+        for zone in self.config.checks_dnswl:
+            try:
+                if await self._listed(ip, zone):
+                    return str(zone)
+            except (dnsq.DNSTempError, OSError, ValueError, TimeoutError):
+                continue
+        return None
+
+    async def _listed(self, ip: str, zone: str) -> bool:
+        """RFC 5782 §2.1: the address's reversed labels under the zone have an A record in 127.0.0.0/8."""
+        addr = ipaddress.ip_address(ip)  # RFC 5782 §5: 127.0.0.1 is never listed, 127.0.0.2 always
+        base = addr.reverse_pointer.rsplit(".", 2)[0]  # "4.3.2.1" of "4.3.2.1.in-addr.arpa", nibbles for v6
+        try:
+            answers = await self.resolver.a(f"{base}.{zone}")
+        except dnsq.NXDomain:
+            return False
+        # 127.0.0.0/8 answers are listings; 127.255.255.0/24 are a list's error codes (refused query)
+        return any(x.startswith("127.") and not x.startswith("127.255.255.") for x in answers)
 
     def _judge_auth(self, auth: _Auth, tx: Transaction, verdict: Verdict) -> tuple[list[str], Reply | None, bool]:
         cfg = self.config

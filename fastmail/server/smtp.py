@@ -33,6 +33,7 @@ class SMTPProtocol(Session):
         self._task: asyncio.Task[None] | None = None
         self.messages = 0
         self._awl_counted = False  # a greylist pass of this transaction was counted for auto-whitelisting
+        self._dnswl: asyncio.Task[str | None] | None = None  # the client's DNSWL lookup (greylisting)
 
     def start(self) -> None:
         cfg = self.services.config
@@ -52,6 +53,9 @@ class SMTPProtocol(Session):
             rcpt_hook=self._check_rcpt if self.mode is P.Mode.SMTP and cfg.greylist_enabled else None,
         )
         log.event("connect", sid=self.sid, listener=self.listener, peer=self.peer, tls=int(self.implicit_tls))
+        if self.mode is P.Mode.SMTP and cfg.greylist_enabled and cfg.checks_dnswl and not session.trusted:
+            # looked up while the client says EHLO and MAIL; a client on a DNSWL is not greylisted
+            self._dnswl = asyncio.get_running_loop().create_task(self.services.inbound.dnswl(self.peer))
         self._pump()
 
     # -- greylisting and rate limits (fastmail.hygiene.greylist, .ratelimit) ----------------------------
@@ -109,7 +113,7 @@ class SMTPProtocol(Session):
         if session.user is not None or session.trusted:
             return None
         grey = self.services.inbound.greylist
-        if grey is None:
+        if grey is None or self._on_dnswl():
             return None
         decision = grey.check(session.peer, env.sender or "", rcpt, count=not self._awl_counted)
         if decision.outcome == "pass":
@@ -120,7 +124,17 @@ class SMTPProtocol(Session):
                   wait=f"{decision.wait:.0f}")
         return decision.reply
 
+    def _on_dnswl(self) -> bool:
+        """The client is on a checks.dnswl zone, as far as the lookup started at connect knows by now (one not
+        answered yet counts as not listed: the client is greylisted, and its retry finds the answer)."""
+        task = self._dnswl
+        if task is None or not task.done() or task.cancelled() or task.exception() is not None:
+            return False
+        return task.result() is not None
+
     def finish(self, exc: Exception | None) -> None:
+        if self._dnswl is not None and not self._dnswl.done():
+            self._dnswl.cancel()
         conn = self.conn
         if conn is not None and not conn.closed and conn.in_data:
             # Abrupt disconnect: whatever was in flight without a reply is simply not accepted.

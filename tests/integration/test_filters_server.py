@@ -208,6 +208,23 @@ def test_gtube_goes_to_junk_when_configured(tmp_path: Path, rspamd_service: Rspa
         srv.kill_tree()
 
 
+def test_gtube_from_a_dnswl_client_goes_to_junk(tmp_path: Path, rspamd_service: Rspamd,
+                                                sender_zone: LocalDNS) -> None:
+    """checks.dnswl: a listed client skips the spam filter's reject (its spam goes to Junk)."""
+    sender_zone.set("1.0.0.127.wl.test", ("A", "127.0.0.2"))
+    srv = start_server(tmp_path, rspamd={"url": rspamd_service.url, "timeout": 10.0},
+                       checks={"enabled": True, "resolver": sender_zone.address, "dns_timeout": 2.0,
+                               "timeout": 15.0, "dnswl": ["wl.test"]})
+    try:
+        code, reply = send(srv, message("listed spam", b"Buy now!\r\n" + GTUBE + b"\r\n"))
+        assert code == 250, reply
+        [msg] = find(srv, "listed spam", "Junk")
+        assert unfolded(msg, "X-Spam-Flag") == ["YES"]
+    finally:
+        srv.stop()
+        srv.kill_tree()
+
+
 @pytest.mark.parametrize("where", ["unix", "tcp"])
 def test_clamd_down_fails_closed_by_default(tmp_path: Path, where: str) -> None:
     address = f"unix:{tmp_path}/no/clamd.sock" if where == "unix" else f"127.0.0.1:{free_port()}"

@@ -168,3 +168,27 @@ def test_greylist_state_survives_a_restart(tmp_path) -> None:
     finally:
         srv.stop()
         srv.kill_tree()
+
+
+def test_a_client_on_a_dnswl_is_not_greylisted(tmp_path) -> None:
+    from .dnsserver import LocalDNS
+
+    dns = LocalDNS().start()
+    dns.set("1.10.0.127.wl.test", ("A", "127.0.0.2"))  # RFC 5782 §2.1: 127.0.10.1 listed in wl.test
+    extra = GREYLIST + f'\n[checks]\nresolver = "{dns.address}"\ndnswl = ["wl.test"]\ndns_timeout = 2.0\n'
+    srv = start(tmp_path, workers=1, extra=extra)
+    try:
+        for source, expected in (("127.0.10.1", 250), ("127.0.11.1", 451)):
+            with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30, source_address=(source, 0)) as c:
+                c.ehlo("mail.sender.test")
+                deadline = time.monotonic() + 5  # the lookup runs while the client talks: let it land
+                while not any(q[0] == f"{source.split('.')[3]}.{source.split('.')[2]}.0.127.wl.test"
+                              for q in dns.asked) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                time.sleep(0.1)
+                assert c.mail("bob@sender.test")[0] == 250
+                assert c.rcpt("alice@example.org")[0] == expected, source
+    finally:
+        srv.stop()
+        srv.kill_tree()
+        dns.stop()
