@@ -237,6 +237,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("spam.junk_folder", str, "Junk", "Folder that gets junk mail (created with \\Junk when missing)."),
     Setting("clamav.address", str, "", "clamd: unix:/PATH or HOST:PORT (INSTREAM); empty: no virus scan."),
     Setting("clamav.timeout", float, 30.0, "Seconds to wait for clamd's verdict.", _positive),
+    Setting("clamav.max_size", int, 25 * MiB, "Messages larger than this are not sent to clamd and go on unscanned (logged virus=too_big), as do those clamd refuses as over its StreamMaxLength (Debian's clamd.conf: 25M); 0: send every message.", _at_least(0)),
     Setting("clamav.fail_open", bool, False, "clamd unreachable or slow: accept unscanned; false (default): 451 4.7.0."),
     Setting("dkim.sign", bool, True, "Sign mail from authenticated senders with the From domain's keys in dkim.key_dir (ed25519 and rsa-sha256), when it has any."),
     Setting("dkim.key_dir", str, "", "Folder of DKIM private keys, DOMAIN/SELECTOR.pem (`fastmail dkim keygen`); empty: DATA_DIR/dkim."),

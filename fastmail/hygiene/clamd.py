@@ -12,7 +12,7 @@ The exchange, on a fresh connection to "unix:/PATH" or "HOST:PORT" (the `clamav.
 clamd stops reading and answers "INSTREAM size limit exceeded. ERROR" as soon as the stream passes its
 StreamMaxLength (clamd.conf(5): default 100M; Debian's clamd.conf sets 25M) and closes the connection; the
 reply is read while the chunks are still being sent, so that answer is what the caller sees (as
-FilterUnavailable), not the broken pipe of the chunks clamd never reads.  A caller that knows the limit can
+TooBig, a FilterUnavailable), not the broken pipe of the chunks clamd never reads.  A caller that knows the limit can
 pass it as `max_length` and skip the round trip for a message over it.
 
 Raw non-blocking sockets with the loop's sock_* calls rather than asyncio streams: a StreamWriter whose
@@ -39,6 +39,11 @@ _END = b"\0\0\0\0"  # the zero-length chunk
 _FOUND = re.compile(r"stream: (.+) FOUND")
 
 
+class TooBig(FilterUnavailable):
+    """The message is over clamd's StreamMaxLength (known in advance, or clamd said so): it cannot be scanned,
+    now or on a retry."""
+
+
 @dataclass(frozen=True)
 class ScanResult:
     infected: bool
@@ -57,7 +62,7 @@ async def scan(address: str, message: bytes, *, timeout: float, chunk_size: int 
     target = parse_address(address)
     what = f"clamd at {address}"
     if max_length is not None and len(message) > max_length:
-        raise FilterUnavailable(f"{what}: message of {len(message)} bytes is over its StreamMaxLength of "
+        raise TooBig(f"{what}: message of {len(message)} bytes is over its StreamMaxLength of "
                                 f"{max_length}; not scanned")
     async with deadline(timeout, what):
         sock = await _connect(target, what)
@@ -94,7 +99,10 @@ def parse_reply(reply: bytes, what: str = "clamd") -> ScanResult:
     if found:
         return ScanResult(infected=True, signature=found.group(1))
     if text.endswith(" ERROR"):
-        raise FilterUnavailable(f"{what}: {text[:-len(' ERROR')].strip()}")
+        reason = text[:-len(" ERROR")].strip()
+        if "size limit exceeded" in reason:  # "INSTREAM size limit exceeded." (StreamMaxLength)
+            raise TooBig(f"{what}: {reason}")
+        raise FilterUnavailable(f"{what}: {reason}")
     raise FilterUnavailable(f"{what}: not a verdict: {text[:200]!r}")
 
 

@@ -30,6 +30,8 @@ from typing import Any
 from fastmail import log
 from fastmail.delivery.dns import DNSTemporary
 from fastmail.hygiene import arc, dkim, dmarc, dnsq, spf
+from fastmail.hygiene.clamd import TooBig
+from fastmail.hygiene.filters import FilterUnavailable
 from fastmail.hygiene.greylist import Greylist
 from fastmail.hygiene.headers import edit_headers, merge_spam_fields, strip_authres
 from fastmail.hygiene.headers import field as header_field
@@ -168,7 +170,10 @@ class Inbound:
 
         virus = results.get("virus")
         if virus is not None:
-            if isinstance(virus, BaseException):
+            if isinstance(virus, TooBig):
+                # over clamd's StreamMaxLength: no retry would change that, so it goes on unscanned
+                verdict.log["virus"] = "too_big"
+            elif isinstance(virus, BaseException):
                 if _unavailable(verdict, "virus", cfg.clamav_fail_open):
                     return raw, verdict
             elif virus.infected:
@@ -216,7 +221,9 @@ class Inbound:
     async def _virus(self, raw: bytes) -> Any:
         from fastmail.hygiene import clamd
 
-        return await clamd.scan(self.clamav, raw, timeout=float(self.config.clamav_timeout))
+        limit = int(self.config.clamav_max_size)
+        return await clamd.scan(self.clamav, raw, timeout=float(self.config.clamav_timeout),
+                                max_length=limit or None)
 
     # -- spam ------------------------------------------------------------------------------------------
 
@@ -444,8 +451,7 @@ async def _gather_within(jobs: dict[str, Awaitable[Any]], timeout: float) -> dic
             out[name] = TimeoutError(f"{name}: no answer within {timeout:g} s")
         elif t.exception() is not None:
             exc = t.exception()
-            if not isinstance(exc, (TimeoutError, DNSTemporary, dnsq.DNSTempError, OSError)) and \
-                    type(exc).__name__ != "FilterUnavailable":
+            if not isinstance(exc, (TimeoutError, DNSTemporary, dnsq.DNSTempError, OSError, FilterUnavailable)):
                 log.event("check_failed", check=name, error=repr(exc))
             out[name] = exc
         else:

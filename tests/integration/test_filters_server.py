@@ -288,3 +288,26 @@ def test_rspamd_fields_merge_with_ours(rspamd_service: Rspamd, sender_zone: Loca
     assert all(len(line) <= 998 for line in lines)
     assert all(not line[:1].isspace() or line.strip() for line in lines)  # no whitespace-only lines
     assert edit_headers(stored, {}, None) == stored
+
+
+def test_a_message_over_clamds_stream_max_length_goes_on_unscanned(clamd_service: Clamd) -> None:
+    """A message clamd refuses as too big (StreamMaxLength, 1 MiB in the fixture) would be refused the same
+    way on every retry: it is accepted unscanned (virus=too_big) even with clamav.fail_open false; with
+    clamav.max_size it is not even sent."""
+    import asyncio
+
+    from fastmail import config
+    from fastmail.hygiene.inbound import Inbound, Transaction
+
+    tx = Transaction(ip="192.0.2.25", helo="mail.sender.test", mail_from="bob@sender.test",
+                     rcpts=["alice@example.org"], qid="big1")
+    big = message("big", b"x" * 76 + b"\r\n") + (b"y" * 76 + b"\r\n") * (clamd_service.stream_max // 78 + 100)
+    assert len(big) > clamd_service.stream_max
+    for max_size in (0, 1000):
+        cfg = config.load(overrides={"clamav.address": clamd_service.unix_address, "clamav.max_size": max_size})
+        _, verdict = asyncio.run(Inbound(cfg, "mx.example.org").check(big, tx))
+        assert verdict.reply is None and verdict.log["virus"] == "too_big", verdict
+    # under the limit, the scan runs
+    cfg = config.load(overrides={"clamav.address": clamd_service.unix_address})
+    _, verdict = asyncio.run(Inbound(cfg, "mx.example.org").check(with_attachment("x", EICAR), tx))
+    assert verdict.reply is not None and verdict.reply[0] == 554
