@@ -2,7 +2,11 @@
 
 Each process appends to its own segment file (named by a random 63-bit id, created O_EXCL and made durable
 by an fsync of the directory), so writers never share a file.  A batch of messages is written with one
-write() and made durable with one fdatasync(): that is the data half of group commit.  A blob is located by
+write() and made durable with one fdatasync(): that is the data half of group commit.  The file is kept
+zero-filled (allocated, written, synced) a few MiB ahead of its end: a batch then overwrites blocks that
+already exist, so its fdatasync flushes only data — no journal commit for a new size or new extents (on
+ext4 here: ~0.2 ms instead of ~0.5 ms, see bench/README.md).  A process's zeros beyond its end are cut
+off when it closes its segment.  A blob is located by
 (segment id, offset, length); the LMDB index holds that location and a reference count.  When the count
 drops to zero the range is released with FALLOC_FL_PUNCH_HOLE, so disk space comes back without copying;
 a segment file with nothing live left is unlinked by `fsck`/compaction.
@@ -21,6 +25,8 @@ import threading
 from pathlib import Path
 
 SEGMENT_LIMIT = 256 * 1024 * 1024
+RUNWAY = 4 * 1024 * 1024  # zero-filled bytes kept ahead of a segment's end
+_ZEROS = bytes(1024 * 1024)
 LOCATION = struct.Struct(">QQQ")  # segment id, offset, length
 
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -46,6 +52,7 @@ class Segments:
         self._fd = -1
         self._seg = 0
         self._size = 0
+        self._end = 0  # bytes of the file that exist (written zeros or data): _size <= _end
         self._pid = 0
         self._read_fds: dict[int, int] = {}
         self._lock = threading.Lock()
@@ -54,17 +61,39 @@ class Segments:
         return self.dir / f"{seg:016x}.seg"
 
     def _open_new(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
+        self._close_own()
         while True:
             seg = int.from_bytes(os.urandom(8), "big") >> 1
             try:
-                fd = os.open(self.path(seg), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o640)
+                fd = os.open(self.path(seg), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
                 break
             except FileExistsError:
                 continue
+        self._fd, self._seg, self._size, self._end, self._pid = fd, seg, 0, 0, os.getpid()
+        try:
+            self._extend()
+        except OSError:  # a nearly full disk: append without runway rather than refuse the batch
+            pass
         fsync_dir(self.dir)
-        self._fd, self._seg, self._size, self._pid = fd, seg, 0, os.getpid()
+
+    def _extend(self) -> None:
+        """Zero-fill the file up to RUNWAY past its used end and make that durable (size and extents)."""
+        target = min(self._size + RUNWAY, max(SEGMENT_LIMIT, self._size))
+        while self._end < target:
+            self._end += os.pwrite(self._fd, _ZEROS[:target - self._end], self._end)
+        os.fdatasync(self._fd)
+
+    def _close_own(self) -> None:
+        """Close this process's segment, cutting off the zeros past its used end."""
+        if self._fd < 0:
+            return
+        if self._pid == os.getpid() and self._end > self._size:
+            try:
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+        os.close(self._fd)
+        self._fd = -1
 
     def append_batch(self, bodies: list[bytes]) -> list[bytes]:
         """Append and fdatasync; return the packed location of each body, in order."""
@@ -77,7 +106,7 @@ class Segments:
         written = 0
         try:
             while written < len(view):
-                written += os.write(self._fd, view[written:])
+                written += os.pwrite(self._fd, view[written:], start + written)
             os.fdatasync(self._fd)
         except OSError:
             # The tail of this segment is now unknown: never append after it again.
@@ -85,6 +114,12 @@ class Segments:
             self._fd = -1
             raise
         self._size += total
+        self._end = max(self._end, self._size)
+        if self._end - self._size < RUNWAY // 4:
+            try:
+                self._extend()
+            except OSError:  # e.g. a full disk: the batch is durable; the next one appends without runway
+                pass
         locations = []
         offset = start
         for body in bodies:
@@ -129,9 +164,7 @@ class Segments:
             os.close(fd)
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        self._close_own()
         for fd in self._read_fds.values():
             os.close(fd)
         self._read_fds.clear()

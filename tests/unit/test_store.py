@@ -7,6 +7,8 @@ import os
 import pytest
 
 from fastmail.store import records as R
+from fastmail.store import segments
+from fastmail.store.segments import RUNWAY, Segments
 from fastmail.store.store import Incoming, Store, StoreError, new_qid
 
 
@@ -87,7 +89,11 @@ def test_commit_batch_stores_once_for_many_recipients(store):
         box = [b for b in store.list_mailboxes(u) if b["name"] == "INBOX"][0]
         assert (box["exists"], box["unseen"], box["uidnext"], box["size"]) == (1, 1, 2, len(raw))
     segs = os.listdir(store.dir / "segments")
-    assert len(segs) == 1 and os.path.getsize(store.dir / "segments" / segs[0]) == len(raw)
+    assert len(segs) == 1
+    seg = store.dir / "segments" / segs[0]
+    assert os.path.getsize(seg) == RUNWAY  # created zero-filled; the message overwrote its start
+    store.segments.close()
+    assert os.path.getsize(seg) == len(raw)  # and cut off when it is closed
 
 
 def test_uids_ascend_and_modseq_grows(store):
@@ -163,6 +169,41 @@ def test_reopen_sees_committed_data(tmp_path):
     s2.commit_batch([_incoming(b"second\r\n", [u])])
     assert len(os.listdir(tmp_path / "d" / "segments")) == 2
     s2.close()
+
+
+def test_segment_runway_stays_ahead_and_blobs_read_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(segments, "RUNWAY", 64 * 1024)
+    segs = Segments(tmp_path / "s")
+    bodies = [os.urandom(n) for n in (1, 5000, 17000, 3, 40000, 70000, 100, 9000)]
+    locs = []
+    for body in bodies:
+        locs += segs.append_batch([body, body[::-1]])
+        path = segs.path(segs._seg)
+        used = sum(len(b) * 2 for b in bodies[:len(locs) // 2])
+        # zeros beyond the used end, refilled before less than a quarter of the runway is left
+        assert segments.RUNWAY // 4 <= os.path.getsize(path) - used <= segments.RUNWAY
+    reread = [segs.read(loc) for loc in locs]
+    assert reread == [x for b in bodies for x in (b, b[::-1])]
+    segs.close()
+    assert os.path.getsize(path) == sum(len(b) * 2 for b in bodies)
+
+
+def test_segment_closed_in_a_forked_child_keeps_the_parents_tail(tmp_path):
+    segs = Segments(tmp_path / "s")
+    (loc,) = segs.append_batch([b"parent"])
+    path = segs.path(segs._seg)
+    size = os.path.getsize(path)
+    pid = os.fork()
+    if pid == 0:  # the child writes its own segment; closing must not cut the parent's file
+        try:
+            segs.append_batch([b"child"])
+            segs.close()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.path.getsize(path) == size and len(os.listdir(tmp_path / "s")) == 2
+    assert segs.append_batch([b"again"]) and segs.read(loc) == b"parent"
+    segs.close()
 
 
 def test_map_grown_by_another_process_is_adopted(tmp_path):
