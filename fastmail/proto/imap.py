@@ -32,6 +32,7 @@ from typing import Any
 
 from fastmail._core import fetch as core_fetch
 from fastmail._core import imap as core
+from fastmail.hygiene.learn import verdict as learn_verdict
 from fastmail.proto import imap_responses as S
 from fastmail.proto.imap_fetch import (
     BATCH,
@@ -106,8 +107,10 @@ def _is_loopback(ip: str) -> bool:
 class IMAPConnection(MailboxCommands):
     def __init__(self, boxes: Mailboxes, limits: Limits, *, peer: str = "127.0.0.1", tls: bool = False,
                  tls_available: bool = False, plaintext_loopback: bool = True,
-                 plaintext_anywhere: bool = False) -> None:
+                 plaintext_anywhere: bool = False,
+                 learn: Callable[[bool, list[bytes]], None] | None = None) -> None:
         self.boxes = boxes
+        self._learn = learn  # (spam, blob ids): a transfer into / out of Junk (fastmail.hygiene.learn)
         self.limits = limits
         self.peer = peer
         self.tls = tls
@@ -898,11 +901,23 @@ class IMAPConnection(MailboxCommands):
         validity, pairs = yield Call(self.boxes.copy, (view.id, dest["id"], live, move))
         if not pairs:
             return S.SOME_EXPUNGED
+        if self._learn is not None:
+            self._report(view, dest, [b for _, b in pairs])
         code = f"COPYUID {validity} {compress([a for a, _ in pairs])} {compress([b for _, b in pairs])}"
         if move:
             self._write(b"* OK [" + code.encode() + b"] Moved\r\n")  # RFC 6851 §4.3
             return S.OK
         return S.OK.with_code(code)
+
+    def _report(self, view: View, dest: dict[str, Any], uids: list[int]) -> None:
+        """Messages copied or moved into Junk (their new `uids` there) are reported as spam, out of Junk
+        (not into Trash) as ham."""
+        assert self._learn is not None
+        source = self.boxes.by_id(view.id)
+        spam = learn_verdict(source.get("special") if source else None, dest.get("special"))
+        if spam is not None:
+            found = self.boxes.records(dest["id"], uids)
+            self._learn(spam, [found[u].blob for u in uids if u in found])
 
 
 # -- helpers ----------------------------------------------------------------------------------------------

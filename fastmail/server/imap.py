@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from fastmail import log
@@ -56,6 +57,7 @@ class IMAPProtocol(Session):
             services.mailboxes, services.imap_limits, peer=ip, tls=self.implicit_tls,
             tls_available=services.tls_context is not None and not self.implicit_tls,
             plaintext_loopback=cfg.imap_plaintext_auth_loopback,
+            learn=partial(services.learner.submit, sid=self.sid) if services.learner else None,
         )
         log.event("connect", sid=self.sid, listener=self.listener, peer=ip, tls=int(self.implicit_tls))
         self._pump()

@@ -24,6 +24,7 @@ from fastmail.config import Config
 from fastmail.delivery import srs, wake
 from fastmail.hygiene.dkimkeys import DKIMKeys
 from fastmail.hygiene.inbound import Inbound
+from fastmail.hygiene.learn import Learner
 from fastmail.master.errors import BootError
 from fastmail.master.worker import WorkerContext, install_worker_signals, start_heartbeat
 from fastmail.proto import imap as IP
@@ -109,6 +110,10 @@ class Services:
         self.imap_per_user: dict[int, int] = {}  # logged-in sessions per user id in this worker
         self.pop3_throttle = LoginThrottle(cfg.pop3_max_login_failures)
         self.inbound = Inbound(cfg, self.hostname)  # #7: checks at the end of DATA on the SMTP listener
+        self.learner: Learner | None = None  # IMAP moves into / out of Junk teach rspamd (rspamd.learn)
+        if cfg.rspamd_learn and cfg.rspamd_controller_url:
+            self.learner = Learner(cfg.rspamd_controller_url, cfg.rspamd_password, cfg.rspamd_timeout,
+                                   self.mailboxes.body, self.imap_pool)
         self.dkim = DKIMKeys(cfg.dkim_keys) if cfg.dkim_sign else None  # signs authenticated senders' mail
         self.auth_failure_delay = 1.0
         self._auth_pool = ThreadPoolExecutor(2, thread_name_prefix="auth")  # threads start after the drop
@@ -221,6 +226,8 @@ async def _serve(ctx: WorkerContext, services: Services) -> None:
     for s in list(services.sessions):
         s.shutdown()
     await services.committer.drain()
+    if services.learner is not None:
+        await services.learner.drain(min(5.0, services.config.grace_period))
     await asyncio.sleep(0.05)
     beat.cancel()
     flusher.cancel()
