@@ -238,6 +238,11 @@ class Store:
             for key in cur.iternext(values=False):
                 if key.decode().rpartition("@")[2] == domain:
                     raise StoreError(f"domain {domain} still has users; delete them first")
+            # Aliases are keyed by their address ("x@domain", "@domain"): left behind, they would come back to
+            # life if the domain were added again.
+            for key in txn.cursor(db=self.db["aliases"]).iternext(values=False):
+                if key.decode().rpartition("@")[2] == domain:
+                    raise StoreError(f"domain {domain} still has aliases; delete them first")
             if not txn.delete(domain.encode(), db=self.db["domains"]):
                 raise StoreError(f"no domain {domain}")
 
