@@ -24,7 +24,9 @@ Shaped after gunicorn's arbiter:
   the reload stops there and the remaining old processes keep running.
 
 The master stays root when started as root: a HUP may bring a listener on a port below 1024 or a new
-unix socket path.  Only forked children drop privileges, before they run any session code.
+unix socket path.  Only forked children drop privileges, before they run any session code.  Started as
+root with no ``user``, the children stay root: allowed (a dev server, a container), with a WARNING
+``event=workers_as_root`` at start and on each reload.
 
 Config, duck-typed: ``workers``, ``listeners`` (ListenerSpec list), ``user``, ``group``,
 ``grace_period``, ``pid_file``; optional ``worker_timeout`` (default 30 s, 0 disables heartbeats)
@@ -56,7 +58,14 @@ from fastmail.master.listeners import (
     close_sockets,
     format_address,
 )
-from fastmail.master.privileges import Credentials, drop_privileges, prctl, resolve_credentials
+from fastmail.master.privileges import (
+    ROOT_WORKERS,
+    Credentials,
+    drop_privileges,
+    prctl,
+    resolve_credentials,
+    workers_run_as_root,
+)
 from fastmail.master.worker import SHM_SIZE, WorkerContext, read_beat, read_reason, write_reason
 
 __all__ = [
@@ -252,6 +261,7 @@ class Arbiter:
         self._log_listeners(config, sets)
         self.config = config
         self.generation = 1
+        self._warn_root(creds)
         log.info(
             kv(
                 event="master_start",
@@ -267,6 +277,13 @@ class Arbiter:
             self.slots[slot.key] = slot
             if self._spawn(slot) is None:
                 self._schedule_respawn(slot, time.monotonic())
+
+    @staticmethod
+    def _warn_root(creds: Credentials | None) -> None:
+        """Started as root without server.user, every session would run as root: allowed (the embedded dev
+        server, a container), but never silently."""
+        if workers_run_as_root(creds):
+            log.warning(kv(event="workers_as_root", reason=ROOT_WORKERS))
 
     def _make_slots(
         self, config: Any, creds: Credentials | None, sets: list[dict[str, socket.socket]], generation: int
@@ -377,6 +394,7 @@ class Arbiter:
         self.sockets.update(new)
         if new:
             self._log_listeners(config, sets)
+        self._warn_root(creds)
         self.generation += 1
         targets = self._make_slots(config, creds, sets, self.generation)
         self._reload = _Reload(

@@ -18,11 +18,22 @@ import grp
 import logging
 import os
 import pwd
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fastmail.master.errors import BootError
 
-__all__ = ["Credentials", "drop_privileges", "prctl", "resolve_credentials"]
+__all__ = [
+    "ROOT_WORKERS",
+    "Credentials",
+    "access_as",
+    "drop_privileges",
+    "lookup_group",
+    "lookup_user",
+    "prctl",
+    "resolve_credentials",
+    "workers_run_as_root",
+]
 
 log = logging.getLogger("fastmail.master")
 
@@ -38,7 +49,9 @@ class Credentials:
     user: str
 
 
-def _lookup_user(user: str) -> tuple[int, int, str]:
+def lookup_user(user: str) -> tuple[int, int, str]:
+    """(uid, primary gid, passwd name) of a user name or number; a number without a passwd entry is
+    (uid, uid, "").  BootError when a name does not exist."""
     try:
         pw = pwd.getpwnam(user)
     except KeyError:
@@ -52,7 +65,8 @@ def _lookup_user(user: str) -> tuple[int, int, str]:
     return pw.pw_uid, pw.pw_gid, pw.pw_name
 
 
-def _lookup_group(group: str) -> int:
+def lookup_group(group: str) -> int:
+    """The gid of a group name or number; BootError when a name does not exist."""
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
@@ -72,9 +86,9 @@ def resolve_credentials(user: str, group: str = "") -> Credentials | None:
         if group:
             log.warning('event=privileges_kept reason="group is set but user is empty" group=%s', group)
         return None
-    uid, gid, name = _lookup_user(user)
+    uid, gid, name = lookup_user(user)
     if group:
-        gid = _lookup_group(group)
+        gid = lookup_group(group)
     if os.geteuid() != 0:
         if uid != os.geteuid():
             log.warning(
@@ -82,6 +96,42 @@ def resolve_credentials(user: str, group: str = "") -> Credentials | None:
             )
         return None
     return Credentials(uid=uid, gid=gid, user=name)
+
+
+ROOT_WORKERS = "running workers as root; set server.user"
+
+
+def workers_run_as_root(creds: Credentials | None) -> bool:
+    """Would the children of a master with these credentials (from resolve_credentials) serve as root?"""
+    return os.geteuid() == 0 and (creds is None or creds.uid == 0)
+
+
+def access_as(creds: Credentials, checks: Sequence[tuple[str | os.PathLike[str], int]]) -> list[bool]:
+    """``os.access(path, mode)`` of each check as ``creds`` will see it: in a forked child that drops to them
+    for good (so supplementary groups and ACLs count), then exits.  For a root master checking, before it
+    starts, what its workers will be able to reach.  BootError when the child cannot tell."""
+    if not checks:
+        return []
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child's work is seen through the pipe
+        status = 1
+        try:
+            os.close(r)
+            drop_privileges(creds)
+            answer = bytes(os.access(path, mode) for path, mode in checks)
+            while answer:
+                answer = answer[os.write(w, answer):]
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        answer = f.read()
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0 or len(answer) != len(checks):
+        raise BootError(f"a process as uid {creds.uid} gid {creds.gid} could not check file access")
+    return [b == 1 for b in answer]
 
 
 def prctl(option: int, arg: int) -> bool:
