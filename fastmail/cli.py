@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 import os
 import secrets
 import sys
@@ -26,13 +27,15 @@ class CLIError(Exception):
     pass
 
 
-def _load(args: argparse.Namespace) -> Config:
+def _load(args: argparse.Namespace, serve: bool = False) -> Config:
+    """The configuration; ``serve``: with every check that `serve` and `check-config` both run (the values
+    together, users, files, certificates: fastmail.config.load)."""
     overrides: dict[str, Any] = {}
     if getattr(args, "data_dir", None):
         overrides["server.data_dir"] = args.data_dir
     if getattr(args, "workers", None):
         overrides["server.workers"] = args.workers
-    return configmod.load(args.config, overrides)
+    return configmod.load(args.config, overrides, serve=serve)
 
 
 def _store(args: argparse.Namespace) -> Any:
@@ -58,19 +61,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fastmail.master.arbiter import Arbiter
     from fastmail.server.worker import worker_main, worker_prepare
 
-    cfg = _load(args)
+    cfg = _load(args, serve=True)  # every problem of the file listed, before anything is bound
     log.setup(args.log_level)
-    for key, value, floor in (("smtp.command_timeout", cfg.smtp_command_timeout, 300.0),
-                              ("smtp.data_timeout", cfg.smtp_data_timeout, 180.0),
-                              ("imap.idle_timeout", cfg.imap_idle_timeout, 1800.0)):
-        if value < floor:
-            # Allowed (Postfix, too, shortens its timeouts under stress), but below RFC 5321 §4.5.3.2
-            # (SMTP) or RFC 9051 §5.4 (IMAP autologout: at least 30 minutes).
-            log.event("config_below_rfc", level=30, key=key, value=value, rfc_minimum=floor)
+    for w in cfg.warnings:
+        log.event(w.event, level=logging.WARNING, key=w.key, reason=w.reason, **w.fields)
     bootstrap(cfg)
 
-    def reload() -> Config:
-        return _load(args)
+    def reload() -> Config:  # HUP: the same checks; on a problem the master keeps the running config
+        new = _load(args, serve=True)
+        for w in new.warnings:
+            log.event(w.event, level=logging.WARNING, key=w.key, reason=w.reason, **w.fields)
+        return new
 
     return Arbiter(reload, worker_main, extra_kinds={"delivery": delivery_main},
                    prepare={"worker": worker_prepare, "delivery": delivery_prepare}).run()
@@ -85,10 +86,18 @@ def bootstrap(cfg: Config) -> None:
     from fastmail.tlsfiles import ensure_self_signed
 
     data = cfg.data_dir
-    data.mkdir(parents=True, exist_ok=True)
+    try:
+        data.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{cfg.source}: server.data_dir: cannot make {data}: {e.strerror}") from None
     if not cfg.tls_cert:
         cert, key = cfg.tls_files
-        if ensure_self_signed(cert, key, cfg.hostname):
+        try:
+            made = ensure_self_signed(cert, key, cfg.hostname)
+        except OSError as e:
+            raise ConfigError(f"{cfg.source}: tls.cert: cannot make a self-signed certificate in {cert.parent}: "
+                              f"{e.strerror}") from None
+        if made:
             from fastmail import log
 
             log.event("tls_self_signed", cert=cert, key=key, hostname=cfg.hostname)
@@ -162,7 +171,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if args.list:
         sys.stdout.write(configmod.describe())
         return 0
-    cfg = _load(args)
+    from fastmail.master.privileges import ROOT_WORKERS, resolve_credentials, workers_run_as_root
+
+    cfg = _load(args, serve=True)  # exactly what `serve` checks, at start and on HUP
+    for w in cfg.warnings:
+        print(f"{cfg.source}: {w.key}: warning: {w.reason}", file=sys.stderr)
+    if workers_run_as_root(resolve_credentials(cfg.user, cfg.group)):
+        print(f"{cfg.source}: server.user: warning: {ROOT_WORKERS}", file=sys.stderr)
     print(f"{cfg.source}: OK ({len(cfg.listeners)} listeners, {cfg.workers} workers, data in {cfg.data_dir})")
     return 0
 
@@ -529,7 +544,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, CLIError, StoreError, BootError) as e:
+    except ConfigError as e:
+        for line in e.errors:  # every problem, one "FILE: key: reason" line each
+            print(f"fastmail: error: {line}", file=sys.stderr)
+        return 1
+    except (CLIError, StoreError, BootError) as e:
         print(f"fastmail: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -2,26 +2,57 @@
 
 Each `Setting` carries its TOML key ("section.name"), type, default, validator and one line of doc; loading,
 validation, `fastmail check-config` and docs/config.md all come from the SETTINGS table.  A bad value stops
-the start with "FILE: key: reason".  With no file at all, the defaults form the embedded dev server: high
-ports on 127.0.0.1, data in ./fastmail-data, a self-signed certificate made on first start.
+the start with "FILE: key: reason", one line per problem: every problem of the file is listed, not only the
+first.  With no file at all, the defaults form the embedded dev server: high ports on 127.0.0.1, data in
+./fastmail-data, a self-signed certificate made on first start.
+
+Validation has three stages, all in `load()`:
+
+1. each value: its type, then its validator (a range, a choice, a format: host names, addresses, URLs);
+2. values together (`_check_together`): no two listeners on one address, tls.key only with tls.cert, ...;
+3. what the host must provide (`fastmail.master.preflight`): server.user and server.group exist and can be switched
+   to, the data folder can be made and reached by the workers' user, the certificate and key files load
+   and belong together, the files that are read exist.
+
+`fastmail serve` (at start and on every HUP) and `fastmail check-config` both load with ``serve=True``, which
+runs all three: one code path, one verdict.  The other commands (users, domains, queue, DKIM keys) run
+stage 1 only, so an operator can still manage accounts while a listener or certificate problem is fixed.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from fastmail.master.listeners import ListenerSpec
 
 
 class ConfigError(Exception):
-    """A configuration problem, worded for the operator: 'FILE: key: reason'."""
+    """Configuration problems, worded for the operator: one 'FILE: key: reason' line each (`errors`)."""
+
+    def __init__(self, *errors: str) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = list(errors)
+
+
+class ConfigWarning(NamedTuple):
+    """Allowed, but worth a line in the log (and in check-config's output)."""
+
+    key: str
+    reason: str
+    event: str = "config_warning"
+    fields: dict[str, Any] = {}
+
+
+# -- validators of one value: raise ValueError(reason) ------------------------------------------------------
 
 
 def _positive(v: Any) -> None:
@@ -55,9 +86,153 @@ def _networks(v: Any) -> None:
         ipaddress.ip_network(item, strict=False)
 
 
+def _trusted_networks(v: Any) -> None:
+    _networks(v)
+    for item in v:
+        if ipaddress.ip_network(item, strict=False).prefixlen == 0:
+            raise ValueError(f"{item!r} is every address: that is an open relay")
+
+
 def _port(v: Any) -> None:
     if not 0 < v < 65536:
         raise ValueError("must be a TCP port (1-65535)")
+
+
+def short_repr(v: str) -> str:
+    """repr() of a value quoted in a reason, cut to 40 characters."""
+    return repr(v if len(v) <= 40 else v[:37] + "...")
+
+
+_LDH_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?")
+
+
+def check_hostname(name: str) -> None:
+    """A host name as SMTP wants it in EHLO and Received: (RFC 5321 4.1.2 Domain, RFC 1123 2.1): dot-separated
+    labels of letters, digits and inner hyphens, 1-63 characters each, 253 in all, no trailing dot, not an
+    address.  Raises ValueError(reason), the reason worded to follow the name ("'x_y' has '_' ...")."""
+    if not name:
+        raise ValueError("is empty")
+    if not name.isascii():
+        raise ValueError("is not ASCII: write an internationalized name as its A-labels (xn--...)")
+    try:
+        ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        pass
+    else:
+        raise ValueError("is an IP address, not a host name (EHLO and Received: need a name)")
+    if len(name) > 253:
+        raise ValueError(f"is {len(name)} characters long (at most 253)")
+    if name.endswith("."):
+        raise ValueError("ends with '.'")
+    labels = name.split(".")
+    for label in labels:
+        if not label:
+            raise ValueError("has an empty label")
+        if len(label) > 63:
+            raise ValueError(f"has a label of {len(label)} characters (at most 63)")
+        if "_" in label:
+            raise ValueError(f"has '_' in label {label!r} (a host name has letters, digits and '-')")
+        if not _LDH_LABEL.fullmatch(label):
+            raise ValueError(f"has label {label!r}: a label is letters, digits and inner '-'")
+    if labels[-1].isdigit():
+        raise ValueError("ends with an all-digit label (an IP address is not a host name)")
+
+
+def _hostname(v: Any) -> None:
+    if v:
+        try:
+            check_hostname(v)
+        except ValueError as e:
+            raise ValueError(f"{short_repr(v)} {e}") from None
+
+
+def _domains(leading_dot: bool = False) -> Callable[[Any], None]:
+    """A list of domain names; with `leading_dot`, ".example.org" is allowed too."""
+
+    def check(v: Any) -> None:
+        for item in v:
+            if not item:
+                raise ValueError("an empty name in the list")
+            _hostname(item[1:] if leading_dot and item.startswith(".") else item)
+
+    return check
+
+
+def _path(v: Any) -> None:
+    if "\0" in v:
+        raise ValueError("contains a NUL character")
+
+
+def _required_path(v: Any) -> None:
+    if not v:
+        raise ValueError("must not be empty")
+    _path(v)
+
+
+def _account(v: Any) -> None:
+    """A user or group name (or number) as the passwd and group files allow them."""
+    if v and (v != v.strip() or any(c in v for c in ":/\0\n") or not v.isprintable()):
+        raise ValueError(f"{v!r} cannot be a user or group name")
+
+
+def _header_safe(v: Any) -> None:
+    """A value sent in a protocol line or header field: no CR, LF or NUL."""
+    if any(c in v for c in "\r\n\0"):
+        raise ValueError("must not contain CR, LF or NUL")
+
+
+_TOKEN_SPECIALS = set('()<>@,;:\\"/[]?=')
+
+
+def _token(v: Any) -> None:
+    """An RFC 2045 token (the authserv-id of Authentication-Results, RFC 8601 2.5, in its plain form)."""
+    if v and any(c in _TOKEN_SPECIALS or not c.isascii() or not c.isprintable() or c == " " for c in v):
+        raise ValueError(f"{short_repr(v)}: no spaces, controls or ()<>@,;:\\\"/[]?= (a host name is usual)")
+
+
+def _http_url(v: Any) -> None:
+    if v:
+        from fastmail.hygiene.rspamd import split_url  # not at the top: it imports this module's users
+
+        try:
+            split_url(v)
+        except ValueError as e:
+            raise ValueError(str(e).removeprefix("rspamd URL ")) from None
+
+
+def _clamd_address(v: Any) -> None:
+    if v:
+        from fastmail.hygiene.clamd import parse_address  # clamd imports split_hostport from here
+
+        try:
+            parse_address(v)
+        except ValueError as e:
+            raise ValueError(str(e).removeprefix("clamd address ")) from None
+
+
+def _mailbox_name(v: Any) -> None:
+    from fastmail.store.mailboxes import MailboxError, check_name
+
+    try:
+        name = check_name(v)
+    except MailboxError:
+        raise ValueError(f"{v!r} cannot be a mailbox name (empty, an empty level, a control character, "
+                         "'%' or '*', or too long)") from None
+    if name == "INBOX":
+        raise ValueError("must not be INBOX")
+
+
+def _finite(v: Any) -> None:
+    if not math.isfinite(v):
+        raise ValueError("must be a finite number")
+
+
+def _all(*checks: Callable[[Any], None]) -> Callable[[Any], None]:
+    def check(v: Any) -> None:
+        for c in checks:
+            c(v)
+
+    return check
 
 
 def split_hostport(v: str, default_port: int) -> tuple[str, int]:
@@ -75,7 +250,11 @@ def split_hostport(v: str, default_port: int) -> tuple[str, int]:
 
 def _relayhost(v: Any) -> None:
     if v:
-        split_hostport(v, 25)
+        host, _ = split_hostport(v, 25)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            _hostname(host)
 
 
 def _nameserver(v: Any) -> None:
@@ -92,12 +271,20 @@ def _nameserver(v: Any) -> None:
         raise ValueError(f"{v!r}: bad port")
 
 
+# sun_path of struct sockaddr_un holds 108 bytes on Linux, the terminating NUL included.
+UNIX_PATH_MAX = 107
+
+
 def parse_listen(item: str) -> tuple[str, int] | str:
     """'127.0.0.1:25', '[::1]:25', ':25' (all IPv4+IPv6 via '::'), or 'unix:/path'."""
     if item.startswith("unix:"):
         path = item[5:]
         if not path:
             raise ValueError(f"{item!r}: empty unix socket path")
+        if "\0" in path:
+            raise ValueError(f"{item!r}: NUL in the unix socket path")
+        if len(os.fsencode(path)) > UNIX_PATH_MAX:
+            raise ValueError(f"{item!r}: a unix socket path is at most {UNIX_PATH_MAX} bytes")
         return path
     host, sep, port_s = item.rpartition(":")
     if not sep or not port_s.isdigit():
@@ -124,6 +311,7 @@ class Setting:
     default: Any
     doc: str
     validate: Callable[[Any], None] | None = None
+    path: bool = False  # a file or folder: relative to the config file's folder
 
 
 _CPUS = os.cpu_count() or 1
@@ -131,14 +319,14 @@ MiB = 1024 * 1024
 
 SETTINGS: tuple[Setting, ...] = (
     # server
-    Setting("server.hostname", str, "", "Name announced in greetings and Received: headers (default: the FQDN)."),
-    Setting("server.data_dir", str, "./fastmail-data", "Folder holding the LMDB index, message segments, queue and TLS files."),
+    Setting("server.hostname", str, "", "Name announced in greetings, EHLO and Received: headers: a host name, not an IP address (default: the FQDN).", _hostname),
+    Setting("server.data_dir", str, "./fastmail-data", "Folder holding the LMDB index, message segments, queue and TLS files (made on first start; the workers' user must reach it).", _required_path, path=True),
     Setting("server.workers", int, _CPUS, "Number of worker processes (default: CPU count).", _positive),
-    Setting("server.user", str, "", "User to drop privileges to after binding, when started as root."),
-    Setting("server.group", str, "", "Group to drop privileges to (default: the user's primary group)."),
+    Setting("server.user", str, "", "User (name or uid) the workers become after binding; switching needs a master started as root (empty: stay who started fastmail, a warning when that is root).", _account),
+    Setting("server.group", str, "", "Group (name or gid) of the workers, with server.user (default: that user's primary group).", _account),
     Setting("server.grace_period", float, 10.0, "Seconds sessions get to finish on TERM or HUP.", _positive),
     Setting("server.worker_timeout", float, 30.0, "Seconds without heartbeat before a worker is killed and replaced.", _at_least(2)),
-    Setting("server.pid_file", str, "", "Write the master's pid here (empty: none)."),
+    Setting("server.pid_file", str, "", "Write the master's pid here; its folder must exist (empty: none).", _path, path=True),
     Setting("server.backlog", int, 1024, "Listen backlog of every socket (connections waiting for accept).", _at_least(16)),
     Setting("server.map_size_mb", int, 1024, "Initial LMDB map size in MiB (grown on demand).", _at_least(16)),
     Setting("server.demo", bool, False, "Create a demo domain and user on first start (on by default without a config file)."),
@@ -152,8 +340,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("listen.pop3", list, ["127.0.0.1:1110"], "POP3 with STLS (110 in production).", _addresses),
     Setting("listen.pop3s", list, ["127.0.0.1:1995"], "POP3 over implicit TLS (995 in production).", _addresses),
     # tls
-    Setting("tls.cert", str, "", "PEM certificate chain (empty: a self-signed one in DATA_DIR/tls)."),
-    Setting("tls.key", str, "", "PEM private key (empty: the self-signed one)."),
+    Setting("tls.cert", str, "", "PEM certificate chain, checked at start with its key (empty: a self-signed one in DATA_DIR/tls, made on first start).", _path, path=True),
+    Setting("tls.key", str, "", "PEM private key of tls.cert, without passphrase (empty: the key is in tls.cert's file).", _path, path=True),
     # smtp
     Setting("smtp.max_line_length", int, 4096, "Longest command line accepted, in bytes.", _at_least(512, "RFC 5321 4.5.3.1.4")),
     Setting("smtp.max_recipients", int, 100, "Recipients per message.", _at_least(100, "RFC 5321 4.5.3.1.8")),
@@ -162,7 +350,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("smtp.command_timeout", float, 300.0, "Seconds to wait for a command (RFC 5321 4.5.3.2.7: 5 minutes).", _positive),
     Setting("smtp.data_timeout", float, 180.0, "Seconds to wait for each block of DATA (RFC 5321 4.5.3.2.5: 3 minutes).", _positive),
     Setting("smtp.bare_lf", str, "normalize", "Bare LF in DATA: 'normalize' (store as CRLF; never ends DATA) or 'reject' (554 5.6.0).", _one_of("normalize", "reject")),
-    Setting("smtp.trusted_networks", list, [], "Client networks allowed to relay without AUTH (CIDR list).", _networks),
+    Setting("smtp.trusted_networks", list, [], "Client networks allowed to relay without AUTH (CIDR list; never all of 0.0.0.0/0 or ::/0).", _trusted_networks),
     Setting("smtp.sender_login_match", bool, True, "Authenticated senders may only use their own addresses and aliases in MAIL FROM."),
     Setting("smtp.auth_plaintext_without_tls", bool, False, "Allow AUTH on a connection without TLS (tests/loopback only)."),
     Setting("smtp.greeting_delay", float, 0.0, "Seconds to wait before the greeting (pre-greet traffic is rejected).", _at_least(0)),
@@ -189,7 +377,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("delivery.dns_timeout", float, 5.0, "Seconds to wait for one DNS answer (two tries).", _positive),
     Setting("delivery.port", int, 25, "TCP port of the remote mail exchangers (25; other values are for tests).", _port),
     Setting("delivery.retry_base", float, 300.0, "Seconds before the first retry after a temporary failure; doubled after each failed attempt.", _positive),
-    Setting("delivery.retry_max", float, 3600.0, "Longest delay between two attempts, in seconds.", _positive),
+    Setting("delivery.retry_max", float, 3600.0, "Longest delay between two attempts, in seconds (at least delivery.retry_base).", _positive),
     Setting("delivery.lifetime", float, 5 * 86400.0, "Seconds a message may stay in the queue; then what is still undelivered is bounced (RFC 5321 4.5.4.1: 4-5 days).", _positive),
     Setting("delivery.delay_warning", float, 4 * 3600.0, "Seconds after arrival when a sender whose message is still being retried gets one 'delayed' notice (RFC 3464; NOTIFY without DELAY: none); 0: never.", _at_least(0)),
     Setting("delivery.max_connections", int, 100, "Outbound SMTP connections of one delivery process, all destinations together.", _positive),
@@ -198,49 +386,49 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("delivery.connect_timeout", float, 30.0, "Seconds to wait for a TCP connection to a mail exchanger.", _positive),
     Setting("delivery.timeout_scale", float, 1.0, "Factor applied to the RFC 5321 4.5.3.2 reply timeouts (5 min for MAIL/RCPT, 10 min after the data...).", _positive),
     Setting("delivery.starttls", bool, True, "Use STARTTLS when the remote server offers it (opportunistic, unauthenticated: RFC 7435)."),
-    Setting("delivery.require_tls_domains", list, [], "Destination domains that get mail only over STARTTLS (not offered: retry later, then bounce)."),
+    Setting("delivery.require_tls_domains", list, [], "Destination domains that get mail only over STARTTLS (not offered: retry later, then bounce).", _domains()),
     Setting("delivery.mta_sts", bool, True, "Honour destinations' MTA-STS policies (RFC 8461): under 'enforce', only listed MX hosts, over STARTTLS with a valid certificate."),
     Setting("delivery.mta_sts_port", int, 443, "HTTPS port of mta-sts.DOMAIN policy hosts (443; other values are for tests).", _port),
-    Setting("delivery.tls_ca_file", str, "", "CA certificates (PEM) that authenticate MTA-STS policy hosts and MX hosts under an enforced policy (empty: the system's)."),
+    Setting("delivery.tls_ca_file", str, "", "CA certificates (PEM) that authenticate MTA-STS policy hosts and MX hosts under an enforced policy (empty: the system's).", _path, path=True),
     Setting("delivery.srs", bool, True, "Forwarded mail (alias to an external address) leaves with an SRS0 envelope sender at the alias's domain; mail to such addresses goes back to the original sender."),
     Setting("delivery.relayhost", str, "", "Smarthost: send all outbound mail to HOST[:PORT] ('[v6]:PORT') instead of the recipients' MX (port 25 by default); empty: MX routing.", _relayhost),
-    Setting("delivery.relayhost_user", str, "", "User name for AUTH at the smarthost (then STARTTLS is required: credentials never go in plain text)."),
-    Setting("delivery.relayhost_password_file", str, "", "File holding the smarthost password (read before privileges are dropped)."),
+    Setting("delivery.relayhost_user", str, "", "User name for AUTH at the smarthost, with delivery.relayhost_password_file (then STARTTLS is required: credentials never go in plain text).", _header_safe),
+    Setting("delivery.relayhost_password_file", str, "", "File whose first line is the smarthost password (read before privileges are dropped).", _path, path=True),
     # checks of incoming mail (issue #7): on the SMTP listener only, never for submission, LMTP or trusted networks
     Setting("checks.enabled", bool, False, "Check mail received on the SMTP listener: SPF, DKIM, DMARC, ARC, FCrDNS and the DNSBL zones; results go in one Authentication-Results header."),
     Setting("checks.resolver", str, "", "DNS server for the checks, ADDRESS[:PORT]; empty: delivery.resolver (or the system resolver).", _nameserver),
     Setting("checks.dns_timeout", float, 5.0, "Seconds to wait for one DNS answer of a check.", _positive),
     Setting("checks.timeout", float, 20.0, "Seconds all checks of one message may take together; what has not answered by then is temperror.", _positive),
     Setting("checks.fail_open", bool, True, "A check that cannot answer (DNS temperror, timeout): accept the message with the temperror recorded; false: 451 4.7.0 (the sender retries)."),
-    Setting("checks.authserv_id", str, "", "The authserv-id of our Authentication-Results header (default: server.hostname); incoming A-R headers claiming it are removed."),
+    Setting("checks.authserv_id", str, "", "The authserv-id of our Authentication-Results header, a token (default: server.hostname); incoming A-R headers claiming it are removed.", _token),
     Setting("checks.dmarc_enforce", bool, True, "Honour DMARC policies: p=reject gets 550 5.7.1, p=quarantine goes to the Junk folder; false: only record the result."),
     Setting("checks.spf_reject", bool, False, "Refuse SPF 'fail' with 550 5.7.23 (otherwise it only counts towards DMARC and the header)."),
     Setting("checks.fcrdns", str, "tag", "Forward-confirmed reverse DNS of the client: 'tag' (recorded), 'junk' (failures go to Junk), 'reject' (550 5.7.25) or 'off'.", _one_of("tag", "junk", "reject", "off")),
-    Setting("checks.dnsbl", list, [], "DNS block list zones for the client address (e.g. zen.spamhaus.org): a listed client gets 554 5.7.1."),
-    Setting("checks.dnswl", list, [], "DNS allow list zones: a listed client skips the DNSBL, greylisting and the spam filter's reject."),
+    Setting("checks.dnsbl", list, [], "DNS block list zones for the client address (e.g. zen.spamhaus.org): a listed client gets 554 5.7.1.", _domains()),
+    Setting("checks.dnswl", list, [], "DNS allow list zones: a listed client skips the DNSBL, greylisting and the spam filter's reject.", _domains()),
     Setting("greylist.enabled", bool, False, "Greylisting: the first message of an unknown (client /24, sender, recipient) triplet gets 451 4.7.1 at RCPT."),
     Setting("greylist.delay", float, 300.0, "Seconds before a retry of a greylisted triplet is accepted.", _at_least(0)),
-    Setting("greylist.expire", float, 4 * 3600.0, "Seconds a greylisted triplet waits for its retry before it is forgotten.", _positive),
+    Setting("greylist.expire", float, 4 * 3600.0, "Seconds a greylisted triplet waits for its retry before it is forgotten (longer than greylist.delay).", _positive),
     Setting("greylist.auto_whitelist", int, 5, "Messages accepted after greylisting before a client network is no longer greylisted; 0: never.", _at_least(0)),
     Setting("greylist.whitelist", list, [], "Client networks (CIDR) never greylisted.", _networks),
-    Setting("greylist.whitelist_domains", list, [], "Envelope sender domains (and their subdomains) never greylisted."),
+    Setting("greylist.whitelist_domains", list, [], "Envelope sender domains (and their subdomains) never greylisted.", _domains(leading_dot=True)),
     Setting("greylist.retain", float, 36 * 86400.0, "Seconds a triplet that passed, or an auto-whitelisted client network, is remembered after its last message (RFC 6647 4.2.2: about a month).", _positive),
-    Setting("rspamd.url", str, "", "rspamd's normal worker, e.g. http://127.0.0.1:11333 (its /checkv2 protocol); empty: no spam filter."),
+    Setting("rspamd.url", str, "", "rspamd's normal worker, e.g. http://127.0.0.1:11333 (its /checkv2 protocol); empty: no spam filter.", _http_url),
     Setting("rspamd.timeout", float, 15.0, "Seconds to wait for rspamd's verdict.", _positive),
     Setting("rspamd.fail_open", bool, True, "rspamd unreachable or slow: accept unfiltered; false: 451 4.7.0."),
-    Setting("rspamd.learn", bool, False, "Moving a message into / out of Junk over IMAP teaches rspamd spam / ham (its controller, rspamd.controller_url)."),
-    Setting("rspamd.controller_url", str, "", "rspamd's controller worker for learning, e.g. http://127.0.0.1:11334."),
-    Setting("rspamd.password", str, "", "The controller's password (Password header), if it has one."),
-    Setting("spam.reject_score", float, 15.0, "A spam score at or above this: 550 5.7.1 at DATA (nothing stored)."),
+    Setting("rspamd.learn", bool, False, "Moving a message into / out of Junk over IMAP teaches rspamd spam / ham (needs its controller, rspamd.controller_url)."),
+    Setting("rspamd.controller_url", str, "", "rspamd's controller worker for learning, e.g. http://127.0.0.1:11334.", _http_url),
+    Setting("rspamd.password", str, "", "The controller's password (Password header), if it has one.", _header_safe),
+    Setting("spam.reject_score", float, 15.0, "A spam score at or above this: 550 5.7.1 at DATA (nothing stored).", _finite),
     Setting("spam.reject_action", str, "reject", "What happens to mail rspamd wants rejected (or at spam.reject_score): 'reject' (550 5.7.1, nothing stored) or 'junk' (delivered to the Junk folder).", _one_of("reject", "junk")),
-    Setting("spam.junk_score", float, 6.0, "A spam score at or above this: delivered to the Junk folder with X-Spam-* headers."),
-    Setting("spam.junk_folder", str, "Junk", "Folder that gets junk mail (created with \\Junk when missing)."),
-    Setting("clamav.address", str, "", "clamd: unix:/PATH or HOST:PORT (INSTREAM); empty: no virus scan."),
+    Setting("spam.junk_score", float, 6.0, "A spam score at or above this (and below spam.reject_score): delivered to the Junk folder with X-Spam-* headers.", _finite),
+    Setting("spam.junk_folder", str, "Junk", "Folder that gets junk mail (created with \\Junk when missing).", _mailbox_name),
+    Setting("clamav.address", str, "", "clamd: unix:/PATH or HOST:PORT (INSTREAM); empty: no virus scan.", _clamd_address),
     Setting("clamav.timeout", float, 30.0, "Seconds to wait for clamd's verdict.", _positive),
     Setting("clamav.max_size", int, 25 * MiB, "Messages larger than this are not sent to clamd and go on unscanned (logged virus=too_big), as do those clamd refuses as over its StreamMaxLength (Debian's clamd.conf: 25M); 0: send every message.", _at_least(0)),
     Setting("clamav.fail_open", bool, False, "clamd unreachable or slow: accept unscanned; false (default): 451 4.7.0."),
     Setting("dkim.sign", bool, True, "Sign mail from authenticated senders with the From domain's keys in dkim.key_dir (ed25519 and rsa-sha256), when it has any."),
-    Setting("dkim.key_dir", str, "", "Folder of DKIM private keys, DOMAIN/SELECTOR.pem (`fastmail dkim keygen`); empty: DATA_DIR/dkim."),
+    Setting("dkim.key_dir", str, "", "Folder of DKIM private keys, DOMAIN/SELECTOR.pem (`fastmail dkim keygen`); empty: DATA_DIR/dkim.", _path, path=True),
     Setting("ratelimit.connections_per_ip", int, 0, "Connections one client address (an IPv6 /64) may open per ratelimit.connection_window on the SMTP and submission listeners (more get 421 4.7.0); 0: no limit.", _at_least(0)),
     Setting("ratelimit.connection_window", float, 60.0, "Seconds over which ratelimit.connections_per_ip counts (a sliding window).", _positive),
     Setting("ratelimit.messages_per_ip", int, 0, "Messages one client address (an IPv6 /64) may send without AUTH per ratelimit.message_window (more get 451 4.7.1 at MAIL); 0: no limit.", _at_least(0)),
@@ -248,13 +436,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ratelimit.message_window", float, 3600.0, "Seconds over which the message limits count (a sliding window).", _positive),
 )
 
+
 _BY_KEY = {s.key: s for s in SETTINGS}
+_ORDER = {s.key: i for i, s in enumerate(SETTINGS)}
+LISTENERS = ("smtp", "submission", "submissions", "lmtp", "imap", "imaps", "pop3", "pop3s")
 
 
 class Config:
     """Settings as attributes: config.smtp_max_line_length for 'smtp.max_line_length'."""
 
     source: str
+    warnings: list[ConfigWarning]
 
     if TYPE_CHECKING:  # the attributes come from SETTINGS; check-config and the tests catch a wrong name
 
@@ -262,6 +454,7 @@ class Config:
 
     def __init__(self, values: dict[str, Any], source: str = "<defaults>") -> None:
         self.source = source
+        self.warnings = []
         for key, value in values.items():
             setattr(self, key.replace(".", "_"), value)
 
@@ -310,7 +503,7 @@ class Config:
     @property
     def listeners(self) -> list[ListenerSpec]:
         specs = []
-        for name in ("smtp", "submission", "submissions", "lmtp", "imap", "imaps", "pop3", "pop3s"):
+        for name in LISTENERS:
             for i, item in enumerate(getattr(self, f"listen_{name}")):
                 address = parse_listen(item)
                 specs.append(ListenerSpec(name if i == 0 else f"{name}#{i}", address))
@@ -340,13 +533,125 @@ def _check_type(setting: Setting, value: Any) -> Any:
     if not isinstance(value, setting.type):
         want = setting.type.__name__ if isinstance(setting.type, type) else "/".join(t.__name__ for t in setting.type)
         raise ValueError(f"must be of type {want}, not {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):  # TOML has inf and nan
+        raise ValueError("must be a finite number")
     if isinstance(value, list) and not all(isinstance(x, str) for x in value):
         raise ValueError("must be a list of strings")
     return value
 
 
-def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read, validate and return the configuration.  No path: the embedded dev defaults (demo on)."""
+# -- stage 2: values together ------------------------------------------------------------------------------
+
+Problems = list[tuple[str, str]]  # (key, reason)
+
+
+def _ips(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    if host == "localhost":
+        return [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+    return [ipaddress.ip_address(host)]
+
+
+def _overlap(a: tuple[str, int] | str, b: tuple[str, int] | str) -> bool:
+    """Would the two listeners take the same connections?  A wildcard address takes its port on every
+    address of its family (an IPv6 listener is IPv6-only: fastmail.master.listeners sets IPV6_V6ONLY)."""
+    if isinstance(a, str) or isinstance(b, str):
+        return isinstance(a, str) and isinstance(b, str) and os.path.abspath(a) == os.path.abspath(b)
+    if a[1] != b[1]:
+        return False
+    return any(x.version == y.version and (x == y or x.is_unspecified or y.is_unspecified)
+               for x in _ips(a[0]) for y in _ips(b[0]))
+
+
+def _check_listeners(values: dict[str, Any], bad: set[str]) -> Problems:
+    """No two listeners take the same connections (with SO_REUSEPORT the kernel would let both bind and
+    spread one port's clients over two protocols)."""
+    problems: Problems = []
+    seen: list[tuple[str, str, tuple[str, int] | str]] = []
+    for name in LISTENERS:
+        key = f"listen.{name}"
+        if key in bad:
+            continue
+        for item in values[key]:
+            address = parse_listen(item)
+            for other_key, other_item, other in seen:
+                if _overlap(address, other):
+                    if other_key == key and other_item == item:
+                        reason = f"{item!r} is listed twice"
+                    elif other_item == item:
+                        reason = f"{item!r} is also in {other_key}"
+                    else:
+                        reason = f"{item!r} overlaps {other_item!r} of {other_key} (the same port)"
+                    problems.append((key, reason))
+                    break
+            else:
+                seen.append((key, item, address))
+    return problems
+
+
+# (key reported, the other keys it is checked with, reason or None): one rule each, run only when none of
+# its keys has a problem of its own.
+_RULES: tuple[tuple[str, tuple[str, ...], Callable[[dict[str, Any]], str | None]], ...] = (
+    ("server.group", ("server.user",), lambda v: "is set but server.user is not (the group is for the user "
+     "the workers become)" if v["server.group"] and not v["server.user"] else None),
+    ("tls.key", ("tls.cert",), lambda v: "is set but tls.cert is not (set both, or neither for the "
+     "self-signed certificate)" if v["tls.key"] and not v["tls.cert"] else None),
+    ("delivery.relayhost_user", ("delivery.relayhost",), lambda v: "is set but delivery.relayhost is not"
+     if v["delivery.relayhost_user"] and not v["delivery.relayhost"] else None),
+    ("delivery.relayhost_user", ("delivery.relayhost_password_file",), lambda v: "needs "
+     "delivery.relayhost_password_file (the password)"
+     if v["delivery.relayhost_user"] and not v["delivery.relayhost_password_file"] else None),
+    ("delivery.relayhost_password_file", ("delivery.relayhost_user",), lambda v: "is set but "
+     "delivery.relayhost_user is not" if v["delivery.relayhost_password_file"] and not v["delivery.relayhost_user"]
+     else None),
+    ("delivery.retry_max", ("delivery.retry_base",), lambda v: f"{v['delivery.retry_max']} is less than "
+     f"delivery.retry_base ({v['delivery.retry_base']})" if v["delivery.retry_max"] < v["delivery.retry_base"]
+     else None),
+    ("greylist.expire", ("greylist.delay",), lambda v: f"must be longer than greylist.delay "
+     f"({v['greylist.delay']} s): no retry could pass" if v["greylist.expire"] <= v["greylist.delay"] else None),
+    ("spam.junk_score", ("spam.reject_score",), lambda v: f"{v['spam.junk_score']} is above spam.reject_score "
+     f"({v['spam.reject_score']}): nothing would go to Junk" if v["spam.junk_score"] > v["spam.reject_score"]
+     else None),
+    ("rspamd.learn", ("rspamd.controller_url",), lambda v: "needs rspamd.controller_url"
+     if v["rspamd.learn"] and not v["rspamd.controller_url"] else None),
+)
+
+
+def _check_together(values: dict[str, Any], bad: set[str]) -> Problems:
+    """Stage 2: settings that only make sense with others."""
+    problems = _check_listeners(values, bad)
+    for key, others, rule in _RULES:
+        if key not in bad and not bad.intersection(others):
+            reason = rule(values)
+            if reason:
+                problems.append((key, reason))
+    return problems
+
+
+# Allowed (Postfix, too, shortens its timeouts under stress), but below what the RFC asks.
+_RFC_FLOORS = (
+    ("smtp.command_timeout", 300.0, "RFC 5321 4.5.3.2.7"),
+    ("smtp.data_timeout", 180.0, "RFC 5321 4.5.3.2.5"),
+    ("imap.idle_timeout", 1800.0, "RFC 9051 5.4"),
+)
+
+
+def _static_warnings(values: dict[str, Any]) -> list[ConfigWarning]:
+    return [ConfigWarning(key, f"{values[key]} s is below the {floor} s of {rfc}", "config_below_rfc",
+                          {"value": values[key], "rfc_minimum": floor})
+            for key, floor, rfc in _RFC_FLOORS if values[key] < floor]
+
+
+# -- loading -----------------------------------------------------------------------------------------------
+
+
+def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None, *,
+         serve: bool = False) -> Config:
+    """Read, validate and return the configuration.  No path: the embedded dev defaults (demo on).
+
+    Every problem found is reported at once: ConfigError.errors holds one "FILE: key: reason" line each.
+    ``serve``: check the values together and the host too (users, files, certificates: stages 2 and 3), as
+    `serve` and `check-config` do.
+    """
     values = {s.key: s.default for s in SETTINGS}
     source = "<defaults>"
     raw: dict[str, Any] = {}
@@ -359,35 +664,77 @@ def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] |
                 raw = tomllib.load(f)
         except FileNotFoundError:
             raise ConfigError(f"{source}: file not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{source}: is a folder, not a file") from None
+        except PermissionError:
+            raise ConfigError(f"{source}: permission denied") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{source}: TOML syntax: {e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{source}: not UTF-8 text") from None
+    problems: Problems = []
     flat: dict[str, Any] = {}
     for section, table in raw.items():
         if not isinstance(table, dict):
-            raise ConfigError(f"{source}: {section}: expected a [section] table")
+            problems.append((section, "expected a [section] table"))
+            continue
         for name, value in table.items():
             flat[f"{section}.{name}"] = value
     flat.update(overrides or {})
+    bad: set[str] = set()
     for key, value in flat.items():
         setting = _BY_KEY.get(key)
         if setting is None:
-            raise ConfigError(f"{source}: {key}: unknown setting")
+            problems.append((key, "unknown setting"))
+            continue
         try:
             value = _check_type(setting, value)
             if setting.validate:
                 setting.validate(value)
         except ValueError as e:
-            raise ConfigError(f"{source}: {key}: {e}") from None
+            problems.append((key, str(e)))
+            bad.add(key)
+            continue
         values[key] = value
-    if path is not None and not os.path.isabs(values["server.data_dir"]):
-        # A relative data_dir in a file is relative to that file, not to wherever serve was started.
-        values["server.data_dir"] = str(Path(path).resolve().parent / values["server.data_dir"])
-    return Config(values, source)
+    if path is not None:
+        # A relative path in a file is relative to that file, not to wherever fastmail was started.
+        base = Path(path).resolve().parent
+        for s in SETTINGS:
+            if s.path and values[s.key] and not os.path.isabs(values[s.key]):
+                values[s.key] = str(base / values[s.key])
+    cfg = Config(values, source)
+    cfg.warnings = _static_warnings(values)
+    if serve:
+        found = _check_together(values, bad)
+        problems += found
+        bad.update(k for k, _ in found)
+        from fastmail.master.preflight import SystemChecks  # fork, pwd, TLS: only for serve
+
+        found, warnings = SystemChecks(cfg, bad).run()
+        problems += found
+        cfg.warnings += warnings
+    if problems:
+        problems.sort(key=lambda p: _ORDER.get(p[0], -1))  # stable: a key's problems stay in their order
+        raise ConfigError(*(f"{source}: {key}: {reason}" for key, reason in problems))
+    return cfg
 
 
 def describe() -> str:
     """The settings reference (docs/config.md and `fastmail check-config --list`)."""
-    lines = ["# fastmail settings", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    lines = [
+        "# fastmail settings",
+        "",
+        "Every value is checked when `fastmail serve` starts or reloads (HUP), and `fastmail check-config` runs",
+        "the very same checks: the type, the range or format of each value, the values together (no two",
+        "listeners on one address and port, no tls.key without tls.cert, ...), then what the host must provide",
+        "(server.user and server.group exist and can be switched to, the data folder can be made and reached",
+        "by the workers' user, the certificate and key load and belong together, the files read exist).  Every",
+        "problem is reported, one `FILE: key: reason` line each, and nothing starts.  A relative path in a",
+        "config file is relative to that file's folder.",
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
     for s in SETTINGS:
         default = "CPU count" if s.key == "server.workers" else repr(s.default)
         tname = s.type.__name__ if isinstance(s.type, type) else "/".join(t.__name__ for t in s.type)

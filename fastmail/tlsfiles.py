@@ -1,13 +1,16 @@
-"""The embedded default's certificate: a self-signed one made on first start (cryptography)."""
+"""TLS files: the embedded default's self-signed certificate, made on first start, and the check of a
+configured certificate and key (`check_pair`, run by `fastmail serve` and `fastmail check-config`)."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
 import os
+import ssl
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -41,3 +44,63 @@ def ensure_self_signed(cert_path: Path, key_path: Path, hostname: str) -> bool:
                                   serialization.NoEncryption()))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return True
+
+
+def _read(path: Path) -> bytes | str:
+    """The file's bytes, or why it cannot be read."""
+    try:
+        return path.read_bytes()
+    except IsADirectoryError:
+        return f"{path} is a folder"
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    except OSError as e:
+        return f"{path}: {e.strerror or e}"
+
+
+def check_pair(cert_path: Path, key_path: Path,
+               now: datetime.datetime | None = None) -> tuple[list[tuple[str, str]], list[str]]:
+    """Can a server use this certificate chain and key?  Returns (problems, warnings): each problem is
+    ("cert" or "key", reason); the warnings are about the certificate's validity period.
+
+    Both files are read and parsed (PEM; a key without passphrase, since nobody is there to type one), then
+    loaded together exactly as the workers will load them (``ssl.SSLContext.load_cert_chain``), which
+    proves that the key is the certificate's.  `key_path` may be `cert_path` (both in one file)."""
+    cert_data = _read(cert_path)
+    if isinstance(cert_data, str):
+        return [("cert", cert_data)], []
+    try:
+        certs = x509.load_pem_x509_certificates(cert_data)
+    except ValueError:
+        return [("cert", f"{cert_path}: no PEM certificate in it (-----BEGIN CERTIFICATE-----)")], []
+    key_data = cert_data if key_path == cert_path else _read(key_path)
+    if isinstance(key_data, str):
+        return [("key", key_data)], []
+    try:
+        serialization.load_pem_private_key(key_data, password=None)
+    except TypeError:  # "Password was not given but private key is encrypted"
+        return [("key", f"{key_path}: the key is encrypted with a passphrase (store it without one)")], []
+    except UnsupportedAlgorithm:
+        return [("key", f"{key_path}: unsupported key type")], []
+    except ValueError:
+        where = " (set tls.key to the key's file)" if key_path == cert_path else ""
+        return [("key", f"{key_path}: no PEM private key in it{where}")], []
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # The password callback only stops OpenSSL from ever asking on a terminal.
+        ctx.load_cert_chain(str(cert_path), str(key_path), password=lambda: b"")
+    except ssl.SSLError as e:
+        if e.reason == "KEY_VALUES_MISMATCH":
+            return [("key", f"does not match tls.cert: {key_path} is not the key of {cert_path}")], []
+        return [("cert", f"{cert_path}: cannot be used with its key: {e.reason or e}")], []
+    except OSError as e:
+        return [("cert", f"{cert_path}: {e.strerror or e}")], []
+    now = now or datetime.datetime.now(datetime.UTC)
+    leaf = certs[0]
+    warnings = []
+    if leaf.not_valid_after_utc < now:
+        warnings.append(f"{cert_path}: the certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    elif leaf.not_valid_before_utc > now:
+        warnings.append(f"{cert_path}: the certificate is not valid before "
+                        f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    return [], warnings

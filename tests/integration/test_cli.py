@@ -82,3 +82,88 @@ def test_check_config(tmp_path):
     assert b": OK (" in srv.cli("check-config").stdout
     listing = srv.cli("check-config", "--list").stdout
     assert b"smtp.max_recipients" in listing and b"server.data_dir" in listing
+
+
+# -- the configuration checks of serve and check-config (issue #2) -----------------------------------------
+
+
+def _break(srv, server: str, tail: str = "") -> None:
+    """Add `server` lines to [server] and `tail` at the end of the test server's config."""
+    srv.config.write_text(srv.config.read_text().replace("[server]\n", f"[server]\n{server}", 1) + tail)
+
+
+def _errors(res) -> list[str]:
+    lines = res.stderr.decode().splitlines()
+    assert lines and all(line.startswith("fastmail: error: ") for line in lines), res.stderr
+    return [line.removeprefix("fastmail: error: ") for line in lines]
+
+
+def test_check_config_lists_every_problem(tmp_path):
+    srv = make_server(tmp_path, workers=1)
+    _break(srv, 'user = "fastmail-no-such-user"\ngroup = "fastmail-no-such-group"\n',
+           f'\n[tls]\ncert = "{tmp_path / "missing.pem"}"\n')
+    srv.config.write_text(srv.config.read_text().replace(
+        f'submission = ["127.0.0.1:{srv.ports["submission"]}"]', f'submission = ["127.0.0.1:{srv.ports["smtp"]}"]'))
+    res = srv.cli("check-config", check=False)
+    assert res.returncode == 1 and res.stdout == b""
+    c = srv.config
+    assert _errors(res) == [
+        f"{c}: server.user: user 'fastmail-no-such-user' does not exist",
+        f"{c}: server.group: group 'fastmail-no-such-group' does not exist",
+        f"{c}: listen.submission: '127.0.0.1:{srv.ports['smtp']}' is also in listen.smtp",
+        f"{c}: tls.cert: {tmp_path / 'missing.pem'} does not exist",
+    ]
+    # the commands that do not serve still work: an operator can manage accounts meanwhile
+    assert b"example.org" in srv.cli("domain", "list").stdout
+
+
+def test_serve_with_a_bad_config_binds_nothing(tmp_path):
+    import socket
+    import subprocess
+
+    from .conftest import fastmail_cmd
+
+    srv = make_server(tmp_path, workers=1)
+    cert, other_key = _cert_pair(tmp_path)
+    _break(srv, 'user = "fastmail-no-such-user"\n', f'\n[tls]\ncert = "{cert}"\nkey = "{other_key}"\n')
+    res = subprocess.run(fastmail_cmd("serve", "-c", str(srv.config)), capture_output=True, timeout=60)
+    assert res.returncode == 1, res
+    assert _errors(res) == [f"{srv.config}: server.user: user 'fastmail-no-such-user' does not exist",
+                            f"{srv.config}: tls.key: does not match tls.cert: {other_key} is not the key of {cert}"]
+    assert b"event=listen" not in res.stderr and b"master_start" not in res.stderr
+    for port in srv.ports.values():  # nothing was left listening either
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _cert_pair(tmp_path):
+    """A certificate and the key of another one."""
+    from fastmail.tlsfiles import ensure_self_signed
+
+    ensure_self_signed(tmp_path / "a.pem", tmp_path / "a.key", "mx.example.org")
+    ensure_self_signed(tmp_path / "b.pem", tmp_path / "b.key", "mx.example.org")
+    return tmp_path / "a.pem", tmp_path / "b.key"
+
+
+def test_first_start_of_the_embedded_default(tmp_path, monkeypatch):
+    """No config file: the checks pass, then the first start makes the data folder, a self-signed
+    certificate (which the checks of the next start accept) and the demo user."""
+    import subprocess
+
+    from fastmail import config
+    from fastmail.cli import DEMO_USER, bootstrap
+    from fastmail.tlsfiles import check_pair
+
+    from .conftest import fastmail_cmd
+
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load(serve=True)
+    bootstrap(cfg)
+    cert, key = cfg.tls_files
+    assert cert == tmp_path / "fastmail-data" / "tls" / "cert.pem" and check_pair(cert, key) == ([], [])
+    assert (tmp_path / "fastmail-data" / "demo-credentials.txt").read_text().startswith(f"user: {DEMO_USER}\n")
+    config.load(serve=True)
+    res = subprocess.run(fastmail_cmd("user", "list", "--json"), capture_output=True, timeout=60, cwd=tmp_path)
+    assert [u["address"] for u in orjson.loads(res.stdout)] == [DEMO_USER]
+    res = subprocess.run(fastmail_cmd("check-config"), capture_output=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.startswith(b"<defaults>: OK (8 listeners"), res

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import smtplib
 import tempfile
 from pathlib import Path
@@ -37,6 +38,7 @@ def test_workers_run_as_configured_user_and_serve(tmp_path):
             assert _uid(srv.proc.pid) == 0
             workers = srv.worker_pids()
             assert len(workers) == 2 and all(_uid(p) == nobody for p in workers)
+            assert "workers_as_root" not in srv.log.read_text()
             assert os.stat(srv.data / "index" / "data.mdb").st_uid == nobody
             with smtplib.SMTP("127.0.0.1", srv.ports["submission"], timeout=30) as s:
                 s.starttls(context=insecure_tls_context())
@@ -51,3 +53,23 @@ def test_workers_run_as_configured_user_and_serve(tmp_path):
             srv.kill_tree()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_root_without_user_warns_and_serves(tmp_path):
+    """Started as root with server.user unset, the workers stay root: the embedded default and containers do
+    that, so it works, but it says so in the log (and check-config says it too)."""
+    srv = make_server(tmp_path, workers=1)
+    res = srv.cli("check-config")
+    assert f"{srv.config}: server.user: warning: running workers as root; set server.user".encode() in res.stderr
+    srv.start()
+    try:
+        (warning,) = [line for line in srv.log.read_text().splitlines() if "event=workers_as_root" in line]
+        assert "level=warning" in warning and 'reason="running workers as root; set server.user"' in warning
+        assert [_uid(p) for p in srv.worker_pids()] == [0]  # the one worker (no delivery process here)
+        with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as s:
+            assert s.noop()[0] == 250
+        pid = srv.proc.pid
+        os.kill(pid, signal.SIGTERM)
+        assert srv.proc.wait(timeout=20) == 0
+    finally:
+        srv.kill_tree()
