@@ -78,7 +78,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def bootstrap(cfg: Config) -> None:
-    """First-start work done before any worker exists: data folder, self-signed certificate, demo account.
+    """First-start work done before any worker exists: data folder, self-signed certificate, demo account;
+    then, started as root with server.user, everything in the data folder is given to that user (last, so
+    what this start made is included).
 
     The store is opened in a short-lived child process, so the master never holds an LMDB environment.
     """
@@ -101,15 +103,6 @@ def bootstrap(cfg: Config) -> None:
             from fastmail import log
 
             log.event("tls_self_signed", cert=cert, key=key, hostname=cfg.hostname)
-    if os.geteuid() == 0 and cfg.user:
-        from fastmail.master.privileges import resolve_credentials
-
-        creds = resolve_credentials(cfg.user, cfg.group)
-        if creds is not None:
-            for root, dirs, files in os.walk(data):
-                for name in dirs + files:
-                    os.chown(os.path.join(root, name), creds.uid, creds.gid)
-            os.chown(data, creds.uid, creds.gid)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: open the store, make the demo account, report, exit
@@ -130,6 +123,17 @@ def bootstrap(cfg: Config) -> None:
     message = b"".join(chunks).decode()
     if os.waitstatus_to_exitcode(status) != 0:
         raise BootError(message or "store bootstrap failed")
+    # Only now, after the store child made index/ and segments/ (on a first start) and the demo account's
+    # file, is everything there: all of it goes to the workers' user, who writes segments after the drop.
+    if os.geteuid() == 0 and cfg.user:
+        from fastmail.master.privileges import give_tree, resolve_credentials
+
+        creds = resolve_credentials(cfg.user, cfg.group)
+        if creds is not None:
+            try:
+                give_tree(data, creds)
+            except OSError as e:
+                raise BootError(f"cannot give {data} to {cfg.user}: {e.filename}: {e.strerror}") from None
     if message:
         print(message, file=sys.stderr, flush=True)
 

@@ -18,6 +18,7 @@ import grp
 import logging
 import os
 import pwd
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ __all__ = [
     "Credentials",
     "access_as",
     "drop_privileges",
+    "give_tree",
     "lookup_group",
     "lookup_user",
     "prctl",
@@ -96,6 +98,36 @@ def resolve_credentials(user: str, group: str = "") -> Credentials | None:
             )
         return None
     return Credentials(uid=uid, gid=gid, user=name)
+
+
+def give_tree(path: str | os.PathLike[str], creds: Credentials) -> int:
+    """Make ``path`` and everything under it ``creds``' (uid and gid); returns how many entries changed.
+
+    For the root master's data folder, which the workers' user can write to: the walk goes by directory
+    descriptors and never follows a symbolic link (a link planted there changes owner itself, never its
+    target), and a file with more than one hard link is left as it is unless it is already the user's (a
+    hard link to a file elsewhere would otherwise hand that file over).  Entries that are already right are
+    not touched (no ctime change)."""
+    uid, gid = creds.uid, creds.gid
+    changed = 0
+
+    def own(name: str | os.PathLike[str], dir_fd: int | None) -> None:
+        nonlocal changed
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if (st.st_uid, st.st_gid) == (uid, gid):
+            return
+        if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode) and st.st_uid != uid:
+            log.warning("event=chown_skipped reason=\"hard link\" path=%s", os.path.join(os.fspath(path),
+                                                                                       os.fspath(name)))
+            return
+        os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+        changed += 1
+
+    own(path, None)
+    for _root, dirs, files, root_fd in os.fwalk(path, follow_symlinks=False):
+        for name in dirs + files:
+            own(name, root_fd)
+    return changed
 
 
 ROOT_WORKERS = "running workers as root; set server.user"

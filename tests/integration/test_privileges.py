@@ -3,6 +3,7 @@ open the store and TLS key, then run as that user (ARCHITECTURE §1)."""
 
 from __future__ import annotations
 
+import imaplib
 import os
 import pwd
 import shutil
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import make_server
+from .conftest import Server, free_port, make_server
 from .wire import insecure_tls_context
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges (CI runs as root)")
@@ -73,3 +74,51 @@ def test_root_without_user_warns_and_serves(tmp_path):
         assert srv.proc.wait(timeout=20) == 0
     finally:
         srv.kill_tree()
+
+
+@pytest.mark.parametrize("made", [False, True], ids=["missing", "empty"])
+def test_first_start_on_empty_data_dir_gives_everything_to_the_user(made):
+    """The production first start: nothing in the data folder yet (or no folder at all), no CLI run before,
+    master as root, server.user set.  Everything the master makes there (index/, segments/, the demo
+    account's file, the self-signed certificate) must be the user's, or the first message gets 451 4.3.0
+    (the workers cannot make a segment) until the next start."""
+    base = Path(tempfile.mkdtemp(prefix="fastmail-first-"))
+    base.chmod(0o755)
+    try:
+        ports: dict[str, int] = {}
+        for name in ("smtp", "submission", "submissions", "lmtp", "imap", "imaps", "pop3", "pop3s"):
+            while (port := free_port()) in ports.values():
+                pass
+            ports[name] = port
+        srv = Server(base, ports, workers=1)
+        srv.config.write_text(srv.config.read_text().replace(
+            "[server]\n", '[server]\nuser = "nobody"\ndemo = true\n', 1))
+        if made:
+            srv.data.mkdir()
+        assert not srv.data.exists() or not any(srv.data.iterdir())
+        srv.start()
+        try:
+            password = (srv.data / "demo-credentials.txt").read_text().split("password: ")[1].strip()
+            with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=30) as s:
+                refused = s.sendmail("x@remote.test", ["demo@fastmail.test"], b"Subject: first start\r\n\r\nhi\r\n")
+            assert refused == {}
+            with imaplib.IMAP4("127.0.0.1", ports["imap"], timeout=30) as m:
+                m.login("demo@fastmail.test", password)
+                m.select("INBOX")
+                typ, data = m.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+                assert typ == "OK" and b"Subject: first start" in data[0][1]
+            assert srv.stop() == 0
+        finally:
+            srv.kill_tree()
+        nobody = pwd.getpwnam("nobody")
+        wrong = []
+        for root, dirs, files in os.walk(srv.data):
+            for path in [root, *(os.path.join(root, n) for n in dirs + files)]:
+                st = os.lstat(path)
+                if (st.st_uid, st.st_gid) != (nobody.pw_uid, nobody.pw_gid):
+                    wrong.append(f"{path} {st.st_uid}:{st.st_gid}")
+        assert sorted(set(wrong)) == []
+        assert (srv.data / "segments").is_dir() and (srv.data / "index" / "data.mdb").is_file()
+        assert b"Subject: first start" in srv.messages("demo@fastmail.test")[0]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
