@@ -5,6 +5,9 @@
 Session events are written by `event()` without the logging module's per-record machinery, and a worker
 buffers them (`buffer()`): they leave in one write() per flush interval instead of one per line, which
 under load was a fifth of a worker's time.  Everything else goes through `logging` with the same format.
+
+Values are a client's strings as often as ours: quoted when they need it, with every control character
+escaped inside the quotes, and (in event lines) cut at MAX_VALUE characters — a line is always one line.
 """
 
 from __future__ import annotations
@@ -19,19 +22,34 @@ _LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warni
            logging.CRITICAL: "critical"}
 
 
-_NEEDS_QUOTES = re.compile(r'[\s"=\\]')
+# Characters that make a value need quotes: white space, quotes, "=", backslash, and every control character
+# (C0, DEL, C1 and the Unicode line and paragraph separators).  Inside quotes, the controls are escaped, so a
+# client's string (a HELO name, an address, a parameter) can never end a line or forge one: not for grep, and
+# not for readers that split lines on \v, \f, \x1c-\x1e, \x85 or U+2028 (Python's str.splitlines does).
+_NEEDS_QUOTES = re.compile(r'[\s"=\\\x00-\x1f\x7f-\x9f\u2028\u2029]')
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord('"'): '\\"', ord("\\"): "\\\\",
+                 0x2028: "\\u2028", 0x2029: "\\u2029"})
+
+# The longest value an event line carries (characters): a client's string longer than this (a 4 KiB HELO
+# name, say) is cut, and the cut says how much is missing.
+MAX_VALUE = 512
 
 
-def _kv_value(value: object) -> str:
+def _kv_value(value: object, limit: int = 0) -> str:
+    if type(value) is int:
+        return str(value)
     text = value if type(value) is str else str(value)
+    if limit and len(text) > limit:
+        text = f"{text[:limit]}...[{len(text) - limit} more]"
     if text and _NEEDS_QUOTES.search(text) is None:
         return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
-    return f'"{escaped}"'
+    return '"' + text.translate(_ESCAPES) + '"'
 
 
 def kv(**fields: object) -> str:
-    """``event=worker_start kind=worker pid=12``: values with spaces, quotes or ``=`` are quoted."""
+    """``event=worker_start kind=worker pid=12``: values with spaces, quotes, ``=`` or control characters are
+    quoted, with the controls escaped (``"a\\x0bb"``)."""
     return " ".join(f"{k}={_kv_value(v)}" for k, v in fields.items() if v is not None)
 
 
@@ -85,8 +103,10 @@ os.register_at_fork(after_in_child=lambda: setattr(_sink, "pid", os.getpid()))
 
 
 def event(name: str, level: int = logging.INFO, **fields: object) -> None:
+    """One ``event=NAME key=value ...`` line; a None value is left out, each value bounded by MAX_VALUE."""
     if level >= _sink.level:
-        _sink.write(level, kv(event=name, **fields))
+        values = (f"{k}={_kv_value(v, MAX_VALUE)}" for k, v in fields.items() if v is not None)
+        _sink.write(level, " ".join([f"event={name}", *values]))
 
 
 def buffer(enabled: bool = True) -> None:

@@ -85,3 +85,20 @@ NO_VALID_RCPTS = Reply(554, "5.5.1", "No valid recipients")
 BARE_LF = Reply(554, "5.6.0", "Message contains bare CR or LF; use CRLF line endings")
 NEED_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
 LMTP_NO_HELO = Reply(500, "5.5.1", "This is LMTP: use LHLO")
+
+# -- for the log: a short name for why a command was refused ----------------------------------------------
+
+_NAMES = {v: k.lower() for k, v in list(globals().items()) if isinstance(v, Reply) and v.code >= 400}
+# By code and enhanced code: those of one constant only (a reply with its text changed), and the replies the
+# address parser builds (fastmail._core.smtp.SMTPSyntaxError).
+_CODES: dict[tuple[int, str], str | None] = {}
+for _reply, _name in _NAMES.items():
+    _CODES[_reply.code, _reply.enhanced] = None if (_reply.code, _reply.enhanced) in _CODES else _name
+_CODES.update({(501, "5.5.4"): "syntax", (501, "5.1.3"): "bad_address", (553, "5.6.7"): "need_smtputf8"})
+del _reply, _name
+
+
+def reason(reply: Reply) -> str:
+    """``user_unknown``, ``relay_denied``, ``too_big``…: the name of the condition a negative reply stands for
+    (its constant here, lower-cased), else the one its codes belong to, else the codes."""
+    return _NAMES.get(reply) or _CODES.get((reply.code, reply.enhanced)) or f"{reply.code}_{reply.enhanced}"

@@ -12,6 +12,11 @@ protocol in fastmail.server.smtp) from `next_request()`:
 While a request is outstanding, further input is buffered and not interpreted (pipelining stays correct:
 replies go out in command order).  Recipient and sender policy are asked synchronously through `Policy`.
 All transitions live in this file.
+
+For the log, the machine tells the driver of each refused command (`refused_hook`, a `Refusal`: the command
+verb, the reply, the transaction, the address), counts the commands and refusals of the session and says why
+it closed (`end`, `end_reply`).  A transaction gets its queue id when MAIL is accepted (`new_qid`), so every
+line about a message carries the same id, from its first refused RCPT to its acceptance.
 """
 
 from __future__ import annotations
@@ -81,6 +86,7 @@ class Envelope:
     bdat: bool = False  # BDAT used in this transaction: DATA is then out of sequence
     too_big: bool = False
     bare_lf: bool = False
+    qid: str = ""  # the queue id (hex), given when MAIL is accepted; "" without a new_qid factory
 
 
 @dataclass
@@ -136,6 +142,23 @@ class Close:
 
 Request = StartTLS | Authenticate | Deliver | Close
 
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A refused command, for the driver's log line.  Never AUTH data or message content: for MAIL and RCPT
+    the address (as parsed) or, when it was not parsed (a syntax error, or refused before parsing), the
+    argument as sent (`arg`, at most 512 bytes, to be escaped by whoever prints it); nothing of any other
+    command's argument."""
+
+    verb: str  # the command ("" for a line too long to read)
+    reply: Reply
+    envelope: Envelope | None  # the transaction at the time (its qid and sender)
+    address: str | None = None  # MAIL: the sender ("<>" for the null path); RCPT: the recipient
+    arg: str | None = None
+
+
+RefusedHook = Callable[[Refusal], None]
+
 # The driver's policy checks of a transaction (greylisting, rate limits: fastmail.hygiene), synchronous like
 # Policy; a Reply refuses the command (not counted as a client error), None lets it go on.
 MailHook = Callable[[Session, str | None], Reply | None]  # (session, sender or None for <>) at MAIL
@@ -160,10 +183,14 @@ class SMTPConnection:
         sender_login_match: bool = True,
         mail_hook: MailHook | None = None,
         rcpt_hook: RcptHook | None = None,
+        refused_hook: RefusedHook | None = None,
+        new_qid: Callable[[], str] | None = None,
     ) -> None:
         self.session = session
         self.mail_hook = mail_hook
         self.rcpt_hook = rcpt_hook
+        self.refused_hook = refused_hook
+        self.new_qid = new_qid
         self.policy = policy
         self.hostname = hostname
         self.limits = limits
@@ -173,7 +200,14 @@ class SMTPConnection:
         self.lmtp = session.mode is Mode.LMTP
         self.state = State.GREET
         self.envelope: Envelope | None = None
-        self.errors = 0
+        self.errors = 0  # failed commands that count towards max_errors
+        self.commands = 0  # command lines read (not AUTH continuation lines)
+        self.refusals = 0  # negative replies to commands, counted or not
+        self.end: str | None = None  # why it closed: quit, timeout, shutdown, too_many_errors, bad_bdat
+        self.end_reply: Reply | None = None  # the 421 it closed with, if any
+        self._verb = ""  # the command being answered, and for MAIL/RCPT its argument and parsed address
+        self._args = b""
+        self._address: str | None = None
         self._lines = core_lines.LineReader(limits.max_line_length)
         self._data: Any = None  # core DataDecoder during DATA
         self._bdat_left = 0
@@ -214,6 +248,11 @@ class SMTPConnection:
     def in_data(self) -> bool:
         return self.state in (State.DATA, State.BDAT)
 
+    @property
+    def last_command(self) -> str:
+        """The verb of the last command line read ("" before the first), for "lost connection after RCPT"."""
+        return self._verb
+
     def tls_started(self) -> None:
         """The transport is now TLS: the session starts over (RFC 3207 §4.2)."""
         self.session.tls = True
@@ -237,6 +276,10 @@ class SMTPConnection:
         `refused`: a check refused the message (nothing stored); that reply for it."""
         env = self.envelope
         assert env is not None
+        delivered = refused is None and not failed and any(
+            r.external or any(u not in over_quota for u in r.users) for r in env.rcpts)
+        if not delivered:
+            self.refusals += 1  # the message, once (the driver logged why)
         if refused is not None:
             for _ in env.rcpts if self.lmtp else (None,):
                 self._reply(refused)
@@ -251,7 +294,6 @@ class SMTPConnection:
         elif failed:
             self._reply(R.LOCAL_ERROR)
         else:
-            delivered = any(r.external or any(u not in over_quota for u in r.users) for r in env.rcpts)
             self._reply(Reply(250, "2.0.0", f"Ok: queued as {qid}") if delivered else R.MAILBOX_FULL)
         self.envelope = None
         self._resume(State.READY)
@@ -260,12 +302,12 @@ class SMTPConnection:
         """The server is stopping: say so and close (RFC 5321 §3.8)."""
         if self.state is not State.CLOSED:
             self._reply(R.SHUTTING_DOWN)
-            self._close()
+            self._close("shutdown", R.SHUTTING_DOWN)
 
     def timed_out(self) -> None:
         if self.state is not State.CLOSED:
             self._reply(R.TIMEOUT)
-            self._close()
+            self._close("timeout", R.TIMEOUT)
 
     # -- internals ------------------------------------------------------------------------------------
 
@@ -274,14 +316,30 @@ class SMTPConnection:
 
     def _error(self, reply: Reply) -> None:
         """A failed command: reply, count it, and close after too many (a flood or a confused client)."""
-        self._reply(reply)
+        self._refuse(reply)
         self.errors += 1
         if self.errors >= self.limits.max_errors and self.state is not State.CLOSED:
             self._reply(R.TOO_MANY_ERRORS)
-            self._close()
+            self._close("too_many_errors", R.TOO_MANY_ERRORS)
 
-    def _close(self) -> None:
+    def _refuse(self, reply: Reply, notify: bool = True) -> None:
+        """A negative reply to the command being answered, told to the driver's refused_hook unless the driver
+        gave the reply itself (its MAIL/RCPT hooks log their own refusals)."""
+        self._reply(reply)
+        self.refusals += 1
+        hook = self.refused_hook
+        if notify and hook is not None:
+            verb, address, arg = self._verb, None, None
+            if verb == "MAIL" or verb == "RCPT":
+                address = self._address
+                if address is None:
+                    arg = self._args[:512].decode("utf-8", "replace")
+            hook(Refusal(verb, reply, self.envelope, address, arg))
+
+    def _close(self, reason: str = "", reply: Reply | None = None) -> None:
         self.state = State.CLOSED
+        if self.end is None:  # the first reason holds (a bad BDAT may also be the error too many)
+            self.end, self.end_reply = reason or None, reply
         self._requests.append(Close())
 
     def _request(self, request: Request, resume: State) -> None:
@@ -311,6 +369,7 @@ class SMTPConnection:
             try:
                 line = self._lines.readline()
             except core_lines.LineTooLong:
+                self._verb, self._args, self._address = "", b"", None
                 self._error(R.LINE_TOO_LONG)
                 continue
             if line is None:
@@ -322,6 +381,8 @@ class SMTPConnection:
 
     def _command(self, line: bytes) -> None:
         verb, args = core_smtp.parse_command(line)
+        self.commands += 1
+        self._verb, self._args, self._address = verb, args, None
         handler = _HANDLERS.get(verb)
         if handler is None:
             self._error(R.UNRECOGNIZED)
@@ -466,6 +527,7 @@ class SMTPConnection:
         except core_smtp.SMTPSyntaxError as e:
             self._error(Reply(e.code, e.enhanced, e.text))
             return
+        self._address = "<>" if address is None else _join(address)
         if not _keys_ok(params, _MAIL_PARAMS) or (params and not self.session.esmtp):
             self._error(R.BAD_PARAM)  # parameters are extensions: none after HELO (RFC 5321 §4.1.1.11)
             return
@@ -500,9 +562,10 @@ class SMTPConnection:
         if self.mail_hook is not None:
             refused = self.mail_hook(self.session, sender)
             if refused is not None:
-                self._reply(refused)
+                self._refuse(refused, notify=False)
                 return
-        self.envelope = Envelope(sender, params, smtputf8="SMTPUTF8" in params)
+        self.envelope = Envelope(sender, params, smtputf8="SMTPUTF8" in params,
+                                 qid=self.new_qid() if self.new_qid is not None else "")
         self.state = State.MAIL
         self._reply(R.SENDER_OK)
 
@@ -515,13 +578,14 @@ class SMTPConnection:
             return
         env.rcpt_tried = True
         if len(env.rcpts) >= self.limits.max_recipients:
-            self._reply(R.TOO_MANY_RCPTS)  # RFC 5321 §4.5.3.1.10: 452, and not a client error
+            self._refuse(R.TOO_MANY_RCPTS)  # RFC 5321 §4.5.3.1.10: 452, and not a client error
             return
         try:
             address, params = core_smtp.parse_rcpt_to(args, env.smtputf8)
         except core_smtp.SMTPSyntaxError as e:
             self._error(Reply(e.code, e.enhanced, e.text))
             return
+        self._address = _join(address)
         if not _keys_ok(params, _RCPT_PARAMS) or not _notify_ok(params.get("NOTIFY")) or (params and not self.session.esmtp):
             self._error(R.BAD_PARAM)
             return
@@ -545,13 +609,13 @@ class SMTPConnection:
         size = env.mail_params.get("SIZE")
         declared = int(size) if size else 0
         if users and all(self.policy.over_quota(u, declared) for u in users) and not external:
-            self._reply(R.MAILBOX_FULL_TEMP)
+            self._refuse(R.MAILBOX_FULL_TEMP)
             return
         rcpt = _join(address) if domain else "postmaster"
         if self.rcpt_hook is not None:
             refused = self.rcpt_hook(self.session, env, rcpt)
             if refused is not None:
-                self._reply(refused)
+                self._refuse(refused, notify=False)
                 return
         env.rcpts.append(Recipient(rcpt, params, users, external))
         self.state = State.RCPT
@@ -601,13 +665,13 @@ class SMTPConnection:
         env = self.envelope
         assert env is not None
         if decoder.too_big:
-            self.envelope = None
             self.state = State.READY
             self._error(R.TOO_BIG)
-        elif (decoder.bare_lf or decoder.bare_cr) and not self.limits.normalize_bare_lf:
             self.envelope = None
+        elif (decoder.bare_lf or decoder.bare_cr) and not self.limits.normalize_bare_lf:
             self.state = State.READY
             self._error(R.BARE_LF)
+            self.envelope = None
         else:
             env.content = decoder.getvalue()
             env.bare_lf = decoder.bare_lf
@@ -619,7 +683,7 @@ class SMTPConnection:
         if not 1 <= len(parts) <= 2 or not parts[0].isdigit() or (len(parts) == 2 and parts[1].upper() != b"LAST"):
             # The chunk length is unknown, so the stream cannot be resynchronised (RFC 3030 §2).
             self._error(R.SYNTAX_PARAMS)
-            self._close()
+            self._close("bad_bdat")
             return
         self._bdat_left = int(parts[0])
         self._bdat_last = len(parts) == 2
@@ -663,15 +727,15 @@ class SMTPConnection:
                 self._reply(R.CHUNK_OK.with_text("chunk discarded"))
             return True
         if env.too_big:
-            self.envelope = None
             self.state = State.READY
             self._error(R.TOO_BIG)
+            self.envelope = None
             return True
         content, bare = core_data.crlf_normalize(b"".join(env.chunks))
         if bare and not self.limits.normalize_bare_lf:
-            self.envelope = None
             self.state = State.READY
             self._error(R.BARE_LF)
+            self.envelope = None
             return True
         env.content = content
         env.bare_lf = bare
@@ -690,7 +754,7 @@ class SMTPConnection:
 
     def cmd_quit(self, args: bytes) -> None:
         self._reply(R.BYE.with_text(f"{self.hostname} closing connection"))
-        self._close()
+        self._close("quit")
 
     def cmd_vrfy(self, args: bytes) -> None:
         if not args:

@@ -4,7 +4,8 @@ A subclass sets `self.conn` (the protocol's state machine, with `.waiting`, `.cl
 `.shutdown()`) in `start()`, drives it in `_pump()`, and releases what it holds in `finish()`.  This base
 keeps the rest the same for all three:
 
-- the client's address (`peer`, IPv4-mapped IPv6 unwrapped; a unix socket is local);
+- the client's address (`peer`, IPv4-mapped IPv6 unwrapped; a unix socket is local) and port (`port`, None
+  on a unix socket), and the session id `sid` that ties a connection's log lines together;
 - membership in the worker's `sessions` (graceful stop) and in the timeout sweep (fastmail.server.deadlines:
   a subclass sets `deadline`, the sweep calls `on_timeout()`);
 - back-pressure: reading is paused while the machine waits for a request to be answered or while the
@@ -67,12 +68,17 @@ class LoginThrottle:
         q.append(now)
 
 
-def peer_address(transport: asyncio.BaseTransport) -> str:
+def peer_endpoint(transport: asyncio.BaseTransport) -> tuple[str, int | None]:
+    """The client's (IP, port); a unix socket is local, with no port."""
     peer = transport.get_extra_info("peername")
     if not isinstance(peer, tuple):
-        return "127.0.0.1"  # a unix socket: local
+        return "127.0.0.1", None
     ip = str(peer[0])
-    return ip[7:] if ip.startswith("::ffff:") else ip
+    return (ip[7:] if ip.startswith("::ffff:") else ip), peer[1]
+
+
+def peer_address(transport: asyncio.BaseTransport) -> str:
+    return peer_endpoint(transport)[0]
 
 
 def is_loopback(ip: str) -> bool:
@@ -90,6 +96,7 @@ class Session(asyncio.Protocol):
         self.conn: Any = None
         self.deadline: float | None = None  # time.monotonic(); swept by fastmail.server.deadlines
         self.peer = ""
+        self.port: int | None = None
         self._write_paused = False
         self._reading_paused = False
         self.started = time.monotonic()
@@ -114,7 +121,7 @@ class Session(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.peer = peer_address(transport)
+        self.peer, self.port = peer_endpoint(transport)
         self.services.sessions.add(self)
         deadlines.sessions.watch(self)
         self.start()

@@ -3,6 +3,9 @@
 Thin on purpose: it moves bytes, answers the state machine's requests (TLS upgrade, password check, durable
 delivery), keeps the per-state timeouts and applies back-pressure (reading is paused while a request is
 outstanding or while the client does not read our replies).
+
+It also writes the session's log lines (docs/smtp.md, "Logs"): connect, each refused command (told by the state
+machine's refused_hook), the accepted or refused message with its queue id, and disconnect with the counts.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from fastmail import log
 from fastmail.hygiene import dmarc, ratelimit
 from fastmail.hygiene.inbound import Transaction
+from fastmail.proto import replies as R
 from fastmail.proto import smtp as P
 from fastmail.proto.replies import Reply
 from fastmail.server.session import Session
@@ -23,6 +27,18 @@ from fastmail.store.store import Incoming, new_qid
 
 if TYPE_CHECKING:
     from fastmail.server.worker import Services
+
+# Refused commands logged one line each, per session; past this they are only counted (the disconnect line's
+# refused=), so a client looping on a refused command cannot flood the log.
+MAX_REFUSAL_LINES = 50
+
+
+def _new_qid_hex() -> str:
+    return new_qid().hex()
+
+
+def _status(reply: Reply) -> str:
+    return f"{reply.code} {reply.enhanced}" if reply.enhanced else str(reply.code)
 
 
 class SMTPProtocol(Session):
@@ -34,6 +50,8 @@ class SMTPProtocol(Session):
         self.messages = 0
         self._awl_counted = False  # a greylist pass of this transaction was counted for auto-whitelisting
         self._dnswl: asyncio.Task[str | None] | None = None  # the client's DNSWL lookup (greylisting)
+        self._refusal_lines = 0
+        self._end: str | None = None  # why the session ended, when the driver ended it (else the machine says)
 
     def start(self) -> None:
         cfg = self.services.config
@@ -51,8 +69,11 @@ class SMTPProtocol(Session):
             sender_login_match=cfg.smtp_sender_login_match,
             mail_hook=self._check_mail if self.mode is not P.Mode.LMTP else None,
             rcpt_hook=self._check_rcpt if self.mode is P.Mode.SMTP and cfg.greylist_enabled else None,
+            refused_hook=self._refused,
+            new_qid=_new_qid_hex,
         )
-        log.event("connect", sid=self.sid, listener=self.listener, peer=self.peer, tls=int(self.implicit_tls))
+        log.event("connect", sid=self.sid, listener=self.listener, peer=self.peer, port=self.port,
+                  tls=int(self.implicit_tls))
         if self.mode is P.Mode.SMTP and cfg.greylist_enabled and cfg.checks_dnswl and not session.trusted:
             # looked up while the client says EHLO and MAIL; a client on a DNSWL is not greylisted
             self._dnswl = asyncio.get_running_loop().create_task(self.services.inbound.dnswl(self.peer))
@@ -71,7 +92,9 @@ class SMTPProtocol(Session):
         if limiter is None or limiter.hit(ratelimit.CONNECTIONS, ratelimit.ip_key(self.peer), limit,
                                           float(cfg.ratelimit_connection_window)):
             return False
-        log.event("connect_refused", sid=self.sid, listener=self.listener, peer=self.peer, reason="ratelimit")
+        log.event("connect_refused", sid=self.sid, listener=self.listener, peer=self.peer, port=self.port,
+                  reply=_status(ratelimit.TOO_MANY_CONNECTIONS), reason="ratelimit")
+        self._end = "ratelimit"
         assert self.transport is not None
         self.transport.write(ratelimit.TOO_MANY_CONNECTIONS.encode())
         self.transport.close()
@@ -92,7 +115,9 @@ class SMTPProtocol(Session):
         limiter = self.services.inbound.ratelimit
         if limiter is None or not limiter.over(kind, key, limit, float(cfg.ratelimit_message_window)):
             return None
-        log.event("mail_refused", sid=self.sid, peer=session.peer, user=session.user, reason="ratelimit")
+        log.event("refused", sid=self.sid, cmd="MAIL", reply=_status(ratelimit.TOO_MANY_MESSAGES),
+                  reason="ratelimit", peer=session.peer, helo=session.helo or None, user=session.user,
+                  sender=sender or "<>")
         return ratelimit.TOO_MANY_MESSAGES
 
     def _count_message(self, session: P.Session) -> None:
@@ -118,11 +143,12 @@ class SMTPProtocol(Session):
         decision = grey.check(session.peer, env.sender or "", rcpt, count=not self._awl_counted)
         if decision.outcome == "pass":
             self._awl_counted = True  # one pass per transaction counts towards auto-whitelisting
-        if decision.outcome != "greylisted":
+        reply = decision.reply
+        if reply is None:
             return None
         log.event("greylisted", sid=self.sid, peer=session.peer, sender=env.sender or "<>", rcpt=rcpt,
-                  wait=f"{decision.wait:.0f}")
-        return decision.reply
+                  qid=env.qid or None, reply=_status(reply), wait=f"{decision.wait:.0f}")
+        return reply
 
     def _on_dnswl(self) -> bool:
         """The client is on a checks.dnswl zone, as far as the lookup started at connect knows by now (one not
@@ -132,15 +158,45 @@ class SMTPProtocol(Session):
             return False
         return task.result() is not None
 
+    def _refused(self, r: P.Refusal) -> None:
+        """The state machine refused a command: one line, Postfix's "reject:" — the reply, why, the client, and
+        the transaction (queue id, sender) and address it was about."""
+        self._refusal_lines += 1
+        if self._refusal_lines > MAX_REFUSAL_LINES:
+            return
+        conn = self.conn
+        assert conn is not None
+        session, env, verb = conn.session, r.envelope, r.verb
+        qid = sender = rcpts = None
+        if env is not None:
+            qid, sender = env.qid or None, env.sender or "<>"
+            if verb == "DATA" or verb == "BDAT":
+                rcpts = len(env.rcpts)
+        if verb == "MAIL":
+            sender = r.address
+        log.event("refused", sid=self.sid, qid=qid, cmd=verb[:32] or None, reply=_status(r.reply),
+                  reason=R.reason(r.reply), peer=self.peer, helo=session.helo or None, user=session.user,
+                  sender=sender, rcpt=r.address if verb == "RCPT" else None, rcpts=rcpts, arg=r.arg)
+
     def finish(self, exc: Exception | None) -> None:
         if self._dnswl is not None and not self._dnswl.done():
             self._dnswl.cancel()
         conn = self.conn
-        if conn is not None and not conn.closed and conn.in_data:
+        secs = f"{time.monotonic() - self.started:.3f}"
+        if conn is None:
+            log.event("disconnect", sid=self.sid, messages=0, secs=secs, end=self._end or "lost")
+            return
+        if not conn.closed and conn.in_data:
             # Abrupt disconnect: whatever was in flight without a reply is simply not accepted.
-            log.event("disconnect_in_data", level=logging.WARNING, sid=self.sid)
-        log.event("disconnect", sid=self.sid, messages=self.messages,
-                  secs=f"{time.monotonic() - self.started:.3f}")
+            env = conn.envelope
+            log.event("disconnect_in_data", level=logging.WARNING, sid=self.sid,
+                      qid=env.qid or None if env is not None else None)
+        end = conn.end or self._end
+        session = conn.session
+        log.event("disconnect", sid=self.sid, messages=self.messages, secs=secs, commands=conn.commands,
+                  refused=conn.refusals, helo=session.helo or None, user=session.user, end=end or "lost",
+                  reply=_status(conn.end_reply) if conn.end_reply is not None else None,
+                  after=conn.last_command or None if end is None else None)
 
     # -- driving the state machine ----------------------------------------------------------------------
 
@@ -185,6 +241,7 @@ class SMTPProtocol(Session):
                 await self._deliver(request.envelope)
         except Exception:
             logging.getLogger("fastmail.smtp").exception("request %s failed", type(request).__name__)
+            self._end = "error"
             self._close()
             return
         self._pump()
@@ -193,6 +250,8 @@ class SMTPProtocol(Session):
         if await self._upgrade_tls():
             assert self.conn is not None
             self.conn.tls_started()
+        else:
+            self._end = "tls_failed"
 
     async def _authenticate(self, req: P.Authenticate) -> None:
         conn = self.conn
@@ -224,8 +283,8 @@ class SMTPProtocol(Session):
         conn = self.conn
         assert conn is not None
         services = self.services
-        qid = new_qid()
-        qhex = qid.hex()
+        qhex = env.qid  # given at MAIL (the state machine's new_qid)
+        qid = bytes.fromhex(qhex)
         header = P.received_header(conn.session, env, qhex, services.hostname)
         content = env.content
         folder = "INBOX"
@@ -236,8 +295,13 @@ class SMTPProtocol(Session):
             content, verdict = await inbound.check(content, tx, authenticate=not conn.session.trusted)
             if verdict.reply is not None:
                 code, enhanced, text = verdict.reply
-                log.event("refused", sid=self.sid, qid=qhex, sender=env.sender or "<>", rcpts=len(env.rcpts),
-                          reply=f"{code} {enhanced}", **verdict.log)
+                fields: dict[str, Any] = {
+                    "sid": self.sid, "qid": qhex, "cmd": "BDAT" if env.bdat else "DATA",
+                    "reply": f"{code} {enhanced}", "reason": "checks", "peer": self.peer, "helo": conn.session.helo or None,
+                    "sender": env.sender or "<>", "rcpts": len(env.rcpts)}
+                for key, value in verdict.log.items():
+                    fields.setdefault(key, value)
+                log.event("refused", **fields)
                 conn.deliver_done(qhex, refused=Reply(code, enhanced, text))
                 return
             header += verdict.headers
@@ -272,11 +336,18 @@ class SMTPProtocol(Session):
             log.event("store_failed", level=logging.ERROR, sid=self.sid, qid=qhex, error=repr(e))
             conn.deliver_done(qhex, failed=True)
             return
-        self.messages += 1
         self._count_message(conn.session)
-        log.event("accepted", sid=self.sid, qid=qhex, sender=env.sender or "<>", rcpts=len(env.rcpts),
-                  local=len(users) - len(outcome.over_quota), remote=len(remote), size=len(raw),
-                  over_quota=len(outcome.over_quota) or None, mode=self.mode.value)
+        local = len(users) - len(outcome.over_quota)
+        if local > 0 or remote:
+            self.messages += 1
+            log.event("accepted", sid=self.sid, qid=qhex, sender=env.sender or "<>", rcpts=len(env.rcpts),
+                      local=local, remote=len(remote), size=len(raw),
+                      over_quota=len(outcome.over_quota) or None, mode=self.mode.value, user=conn.session.user)
+        else:  # every recipient over quota: nothing stored, the client gets 552 5.2.2
+            log.event("refused", sid=self.sid, qid=qhex, cmd="BDAT" if env.bdat else "DATA",
+                      reply=_status(R.MAILBOX_FULL), reason="mailbox_full", peer=self.peer,
+                      helo=conn.session.helo or None, user=conn.session.user, sender=env.sender or "<>",
+                      rcpts=len(env.rcpts), size=len(raw))
         conn.deliver_done(qhex, set(outcome.over_quota))
 
 
