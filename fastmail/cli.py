@@ -436,14 +436,23 @@ def cmd_dkim_show(args: argparse.Namespace) -> int:
 # -- argument parsing ----------------------------------------------------------------------------------
 
 
+def _common_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("-c", "--config", default=default, metavar="FILE",
+                        help="TOML config file (default: the embedded dev settings)")
+    parser.add_argument("--data-dir", default=default, help="override server.data_dir")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # -c FILE and --data-dir go before or after the subcommand (`fastmail -c F dkim keygen D` as well as
+    # `fastmail dkim keygen D -c F`): the main parser sets them (default None), and each subcommand's copy
+    # sets them only when given (SUPPRESS), so it never overwrites a value given before the subcommand.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", help="TOML config file (default: the embedded dev settings)")
-    common.add_argument("--data-dir", help="override server.data_dir")
+    _common_options(common, argparse.SUPPRESS)
     jsonp = argparse.ArgumentParser(add_help=False)
     jsonp.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = argparse.ArgumentParser(prog="fastmail", description="fastmail mail server")
+    _common_options(p, None)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", parents=[common], help="run the server (master + workers)")
@@ -455,14 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--list", action="store_true", help="print every setting with its default and meaning")
     s.set_defaults(func=cmd_check_config)
 
-    d = sub.add_parser("domain", help="local domains").add_subparsers(dest="action", required=True)
+    d = sub.add_parser("domain", parents=[common], help="local domains").add_subparsers(dest="action", required=True)
     for action in ("add", "del"):
         x = d.add_parser(action, parents=[common])
         x.add_argument("domain")
         x.set_defaults(func=cmd_domain)
     d.add_parser("list", parents=[common, jsonp]).set_defaults(func=cmd_domain)
 
-    u = sub.add_parser("user", help="users (mailboxes)").add_subparsers(dest="action", required=True)
+    u = sub.add_parser("user", parents=[common], help="users (mailboxes)").add_subparsers(dest="action", required=True)
     for action in ("add", "passwd"):
         x = u.add_parser(action, parents=[common])
         x.add_argument("address")
@@ -480,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_user)
     u.add_parser("list", parents=[common, jsonp]).set_defaults(func=cmd_user)
 
-    a = sub.add_parser("alias", help="aliases: address or @domain -> targets").add_subparsers(dest="action", required=True)
+    a = sub.add_parser("alias", parents=[common], help="aliases: address or @domain -> targets").add_subparsers(dest="action", required=True)
     x = a.add_parser("add", parents=[common])
     x.add_argument("address", help="alias address, or @domain for a catch-all")
     x.add_argument("targets", nargs="+", help="local or external addresses")
@@ -490,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_alias)
     a.add_parser("list", parents=[common, jsonp]).set_defaults(func=cmd_alias)
 
-    q = sub.add_parser("queue", help="the outbound queue").add_subparsers(dest="action", required=True)
+    q = sub.add_parser("queue", parents=[common], help="the outbound queue").add_subparsers(dest="action", required=True)
     x = q.add_parser("list", parents=[common, jsonp])
     x.add_argument("--state", choices=["queued", "deferred", "failed", "held"], help="only entries in this state")
     x.add_argument("--domain", help="only entries with a recipient in this domain")
@@ -507,12 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("id")
         x.set_defaults(func=cmd_queue)
 
-    m = sub.add_parser("mailbox", help="mailboxes of a user").add_subparsers(dest="action", required=True)
+    m = sub.add_parser("mailbox", parents=[common], help="mailboxes of a user").add_subparsers(dest="action", required=True)
     x = m.add_parser("list", parents=[common, jsonp])
     x.add_argument("user")
     x.set_defaults(func=cmd_mailbox)
 
-    g = sub.add_parser("message", help="messages in a mailbox").add_subparsers(dest="action", required=True)
+    g = sub.add_parser("message", parents=[common], help="messages in a mailbox").add_subparsers(dest="action", required=True)
     x = g.add_parser("list", parents=[common, jsonp])
     x.add_argument("user")
     x.add_argument("mailbox")
@@ -523,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("uid", type=int)
     x.set_defaults(func=cmd_message)
 
-    k = sub.add_parser("dkim", help="DKIM signing keys").add_subparsers(dest="action", required=True)
+    k = sub.add_parser("dkim", parents=[common], help="DKIM signing keys").add_subparsers(dest="action", required=True)
     x = k.add_parser("keygen", parents=[common, jsonp], help="make a key and print the DNS record to publish")
     x.add_argument("domain")
     x.add_argument("--selector", help="the key's selector (default: ed<yyyymm> or rsa<yyyymm>, UTC)")

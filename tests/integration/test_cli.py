@@ -167,3 +167,43 @@ def test_first_start_of_the_embedded_default(tmp_path, monkeypatch):
     assert [u["address"] for u in orjson.loads(res.stdout)] == [DEMO_USER]
     res = subprocess.run(fastmail_cmd("check-config"), capture_output=True, timeout=60, cwd=tmp_path)
     assert res.returncode == 0 and res.stdout.startswith(b"<defaults>: OK (8 listeners"), res
+
+
+def test_config_option_before_or_after_the_subcommand(tmp_path):
+    """`-c FILE` (and --data-dir) go before the subcommand, as docs/dkim.md writes them, or after it, as
+    docs/operations.md does; given in both places, the later one counts."""
+    import re
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    from .conftest import fastmail_cmd
+
+    srv = make_server(tmp_path, workers=1)
+    cfg = str(srv.config)
+
+    def run(*argv: str) -> bytes:
+        res = subprocess.run(fastmail_cmd(*argv), capture_output=True, timeout=60, cwd=tmp_path)
+        assert res.returncode == 0, (argv, res.stderr)
+        return res.stdout
+
+    for argv in (["-c", cfg, "domain", "list", "--json"], ["domain", "list", "--json", "-c", cfg],
+                 ["domain", "-c", cfg, "list", "--json"], ["-c", "/nonexistent.toml", "domain", "list", "--json",
+                                                            "--config", cfg]):
+        assert orjson.loads(run(*argv)) == ["example.org"], argv
+    other = tmp_path / "other-data"
+    run("--data-dir", str(other), "-c", cfg, "domain", "add", "other.test")
+    assert orjson.loads(run("domain", "list", "--json", "-c", cfg, "--data-dir", str(other))) == ["other.test"]
+
+    # the keygen lines of docs/dkim.md, as written there, with this server's file
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "dkim.md").read_text()
+    lines = [line.split("#", 1)[0] for line in guide.splitlines() if re.match(r"fastmail -c \S+ dkim keygen ", line)]
+    assert len(lines) == 2
+    for line in lines:
+        argv = shlex.split(line)[1:]
+        argv[1] = cfg
+        assert b"publish this TXT record" in run(*argv)
+    keys = orjson.loads(run("dkim", "list", "--json", "-c", cfg))
+    assert sorted(k["algorithm"] for k in keys) == ["ed25519", "rsa"]
+    assert keys == orjson.loads(run("-c", cfg, "dkim", "list", "--json"))
+    assert all(k["path"].startswith(str(srv.data / "dkim")) for k in keys)

@@ -344,7 +344,7 @@ def _inline_commands(path: Path) -> list[tuple[int, list[str]]]:
     """The leading words of each `fastmail ...` code span (`fastmail user add`, `fastmail check-config`)."""
     found = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
-        for m in re.finditer(r"`(?:/usr/local/bin/)?fastmail ([^`]*)`", line):
+        for m in re.finditer(r"`(?:/usr/local/bin/)?fastmail (?:(?:-c|--config|--data-dir) \S+ )*([^`]*)`", line):
             words = re.match(r"[a-z][a-z-]*(?: [a-z][a-z-]*)?", m.group(1))
             found.append((n, words.group(0).split() if words else [m.group(1)]))
     return found
@@ -377,9 +377,9 @@ def test_guide_and_deploy_commands_parse():
 
 
 def test_the_command_check_can_fail():
-    """A line like the ones checked above, with -c before the subcommand, is refused by the parser."""
+    """A line like the ones checked above, with an action that does not exist, is refused by the parser."""
     with pytest.raises(SystemExit):
-        cli.build_parser().parse_args(["-c", "/etc/fastmail/fastmail.toml", "domain", "list"])
+        cli.build_parser().parse_args(["-c", "/etc/fastmail/fastmail.toml", "domain", "show"])
 
 
 def test_named_subcommands_exist():
