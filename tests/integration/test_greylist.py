@@ -90,7 +90,8 @@ def test_first_attempt_is_greylisted_with_a_retry_hint_then_passes(server: Serve
 
 
 def test_a_retry_before_the_delay_is_greylisted_again(tmp_path) -> None:
-    srv = start(tmp_path, workers=1, extra=GREYLIST.replace("delay = 1.0", "delay = 600.0"))
+    slow = GREYLIST.replace("delay = 1.0", "delay = 600.0").replace("expire = 600.0", "expire = 3600.0")
+    srv = start(tmp_path, workers=1, extra=slow)
     try:
         first = attempt(srv, "127.0.2.1", "bob@sender.test", ["alice@example.org"])["alice@example.org"]
         again = attempt(srv, "127.0.2.1", "bob@sender.test", ["alice@example.org"])["alice@example.org"]
