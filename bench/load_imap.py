@@ -183,7 +183,8 @@ async def session(t: ImapTarget, select: bool = True) -> Client:
 async def warm_up(ctx: Ctx, t: ImapTarget) -> dict[str, Any]:
     """Untimed except for the record: first SELECT (Dovecot indexes the Maildir), then the checks that
     need the whole answer (sizes, dates, every body's bytes, every planted word), each FETCH kind once."""
-    box, out, problems = ctx.box, {}, []
+    box, problems = ctx.box, []
+    out: dict[str, Any] = {}
     n = len(box.messages)
     c = await session(t, select=False)
     t0 = time.perf_counter()
@@ -390,9 +391,13 @@ async def _status_messages(c: Client) -> int:
 
 async def op_idle(ctx: Ctx, t: ImapTarget, meter: Meter) -> dict[str, Any]:
     """--idle sessions: connect, LOGIN, SELECT INBOX, IDLE (50 connecting at a time); the tree's memory
-    once they all idle (and the server is quiet) against its memory before, per session; DONE, LOGOUT."""
+    once they all idle (and the server is quiet) against its memory before, per session; DONE, LOGOUT.
+    The server is restarted first (same data): in a long-running process the earlier ops leave freed
+    memory in its heap that new sessions would reuse unseen (a per-session figure of 0–3 KiB), so both
+    servers are measured fresh, and their baseline is a fresh server's."""
     n = ctx.args.idle
-    roots = t.pids()
+    t.restart()
+    roots = meter.roots = t.pids()
     settle(roots)
     base = tree_memory(roots)
     sem = asyncio.Semaphore(50)

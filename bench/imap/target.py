@@ -48,6 +48,11 @@ class ImapTarget(ABC):
     def stop(self) -> dict[str, Any]:
         """Stop gracefully; return {"exit_code": ..., "log": {"problems": [...], ...}}."""
 
+    def restart(self) -> None:
+        """Stop the server and start it again on the same data (no reseeding): the IDLE op measures the
+        memory of sessions on a fresh server, not what earlier ops left in its heap."""
+        raise NotImplementedError
+
     def versions(self) -> dict[str, str]:
         return {}
 

@@ -151,6 +151,15 @@ class DovecotTarget(ImapTarget):
         (self.dir / "passwd").write_text("".join(passwd))
         self.conf = self.dir / "dovecot.conf"
         self.conf.write_text(self._conf(self.dir, uid))
+        self._spawn()
+
+    def restart(self) -> None:
+        code = self._stop_master()
+        if code != 0:
+            raise RuntimeError(f"dovecot exited with {code} on the restart's stop\n{self._log_tail()}")
+        self._spawn()
+
+    def _spawn(self) -> None:
         log = self.dir / "dovecot.stderr"
         with open(log, "ab") as f:
             self.proc = subprocess.Popen(["dovecot", "-F", "-c", str(self.conf)], stdout=f, stderr=subprocess.STDOUT,
@@ -183,6 +192,19 @@ class DovecotTarget(ImapTarget):
         return [self.proc.pid] if self.proc is not None else []
 
     def stop(self) -> dict[str, Any]:
+        code = self._stop_master()
+        if self.inotify_was is not None:
+            try:
+                INOTIFY.write_text(str(self.inotify_was))
+            except OSError:
+                pass
+            self.inotify_was = None
+        log = scan_dovecot_log(self.dir)
+        log["problems"] = [p for p in log["problems"] if "master: Warning: Killed with signal 15" not in p]
+        return {"exit_code": code, "log": log}
+
+    def _stop_master(self) -> int | None:
+        """`doveadm stop`, the master's exit status; no process of the instance may outlive it."""
         code: int | None = None
         if self.proc is not None:
             pid = self.proc.pid
@@ -205,15 +227,7 @@ class DovecotTarget(ImapTarget):
                 except ProcessLookupError:
                     pass
             self.proc = None
-        if self.inotify_was is not None:
-            try:
-                INOTIFY.write_text(str(self.inotify_was))
-            except OSError:
-                pass
-            self.inotify_was = None
-        log = scan_dovecot_log(self.dir)
-        log["problems"] = [p for p in log["problems"] if "master: Warning: Killed with signal 15" not in p]
-        return {"exit_code": code, "log": log}
+        return code
 
     def versions(self) -> dict[str, str]:
         res = subprocess.run(["dovecot", "--version"], capture_output=True, text=True, timeout=30)

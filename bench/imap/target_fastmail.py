@@ -110,6 +110,15 @@ workers = {self.workers}
         self._smtp._cli("domain", "add", DOMAIN)
         for user in self.users():
             self._smtp._cli("user", "add", user, "--password-stdin", input=PASSWORD.encode() + b"\n")
+        self._spawn()
+
+    def restart(self) -> None:
+        code = stop_process(self.proc)
+        if code != 0:
+            raise RuntimeError(f"fastmail exited with {code} on the restart's stop\n{self.log.read_text()[-2000:]}")
+        self._spawn()
+
+    def _spawn(self) -> None:
         with open(self.log, "ab") as logf:
             self.proc = subprocess.Popen([self.python, "-m", "fastmail", "serve", "-c", str(self.config)],
                                          stdout=logf, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT)
