@@ -276,7 +276,11 @@ UNIX_PATH_MAX = 107
 
 
 def parse_listen(item: str) -> tuple[str, int] | str:
-    """'127.0.0.1:25', '[::1]:25', ':25' (all IPv4+IPv6 via '::'), or 'unix:/path'."""
+    """'127.0.0.1:25', '[::1]:25', ':25' or 'unix:/path'.
+
+    ':25' (host "") is every address, IPv4 and IPv6: one dual-stack socket on '::' with IPV6_V6ONLY off
+    (0.0.0.0 on a host without IPv6).  '[::]:25' is every IPv6 address only (IPV6_V6ONLY on), so that it
+    goes with '0.0.0.0:25' as two listeners (fastmail.master.listeners)."""
     if item.startswith("unix:"):
         path = item[5:]
         if not path:
@@ -294,8 +298,10 @@ def parse_listen(item: str) -> tuple[str, int] | str:
         raise ValueError(f"{item!r}: port out of range")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
+        if not host:
+            raise ValueError(f"{item!r}: empty IPv6 address (':PORT' is every address, '[::]:PORT' every IPv6 one)")
     if host == "":
-        host = "::"
+        return ("", port)
     if host not in ("localhost",):
         try:
             ipaddress.ip_address(host)
@@ -548,12 +554,15 @@ Problems = list[tuple[str, str]]  # (key, reason)
 def _ips(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     if host == "localhost":
         return [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")]
+    if host == "":  # ":PORT": both wildcards (one dual-stack socket)
+        return [ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::")]
     return [ipaddress.ip_address(host)]
 
 
 def _overlap(a: tuple[str, int] | str, b: tuple[str, int] | str) -> bool:
     """Would the two listeners take the same connections?  A wildcard address takes its port on every
-    address of its family (an IPv6 listener is IPv6-only: fastmail.master.listeners sets IPV6_V6ONLY)."""
+    address of its family (an IPv6 listener such as "[::]:25" is IPv6-only: fastmail.master.listeners sets
+    IPV6_V6ONLY); ":25" takes it on every address of both."""
     if isinstance(a, str) or isinstance(b, str):
         return isinstance(a, str) and isinstance(b, str) and os.path.abspath(a) == os.path.abspath(b)
     if a[1] != b[1]:

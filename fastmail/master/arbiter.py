@@ -297,6 +297,7 @@ class Arbiter:
     def _log_listeners(self, config: Any, sets: list[dict[str, socket.socket]]) -> None:
         for spec in config.listeners:
             sock = sets[0][spec.name]
+            dual = None
             if sock.family == socket.AF_UNIX:
                 address = format_address(spec.address)
                 count = 1
@@ -304,7 +305,9 @@ class Arbiter:
                 host, port = sock.getsockname()[:2]
                 address = format_address((host, port))
                 count = len({id(s[spec.name]) for s in sets})
-            log.info(kv(event="listen", name=spec.name, address=address, sockets=count))
+                if sock.family == socket.AF_INET6 and not sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+                    dual = "yes"  # ":PORT": IPv4 too
+            log.info(kv(event="listen", name=spec.name, address=address, dual_stack=dual, sockets=count))
 
     # ---- signals ----
 

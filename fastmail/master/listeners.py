@@ -45,9 +45,14 @@ class ListenerSpec:
 
     ``name`` is the protocol role ("smtp", "submission", "submissions", "lmtp", "lmtp_unix", "imap",
     ...) and the key of the socket in ``WorkerContext.sockets``.  ``address`` is ``(host, port)`` for
-    TCP — host an IPv4 or IPv6 literal without brackets ("::1"), or a name resolved once at bind time;
-    port 0 picks a free port once and binds every worker's socket to that same port — or a ``str``:
-    the path of a unix socket.
+    TCP — host an IPv4 or IPv6 literal without brackets ("::1"), a name resolved once at bind time, or
+    "" for every address of both families; port 0 picks a free port once and binds every worker's socket
+    to that same port — or a ``str``: the path of a unix socket.
+
+    Which connections a TCP listener takes: "" — every address, IPv4 and IPv6, through one dual-stack
+    socket on "::" with IPV6_V6ONLY off, or "0.0.0.0" on a host without IPv6; "::" (or any other IPv6
+    address) — IPv6 only (IPV6_V6ONLY on), so that "0.0.0.0" and "::" on one port are two listeners
+    that do not collide.
     """
 
     name: str
@@ -84,7 +89,8 @@ def _strip_brackets(host: str) -> str:
 
 def _resolve(spec: ListenerSpec, port: int) -> tuple[socket.AddressFamily, tuple[object, ...]]:
     assert not isinstance(spec.address, str)
-    host = _strip_brackets(spec.address[0]) or "0.0.0.0"
+    host = _strip_brackets(spec.address[0])
+    assert host, "the dual-stack listener is bound by bind_tcp"
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
@@ -119,23 +125,50 @@ def bind_tcp(spec: ListenerSpec, *, backlog: int = DEFAULT_BACKLOG, port: int | 
     if isinstance(spec.address, str):
         raise TypeError("bind_tcp needs a (host, port) listener")
     real_port = int(spec.address[1]) if port is None else port
-    family, sockaddr = _resolve(spec, real_port)
     shown = (_strip_brackets(spec.address[0]), real_port)
+    if not shown[0]:
+        # ":PORT": every address, IPv4 and IPv6, through one dual-stack socket; IPv4 only where this host
+        # has no IPv6 (no AF_INET6 sockets, or "::" cannot be bound).
+        if socket.has_ipv6:
+            try:
+                return _listen(spec, shown, socket.AF_INET6, ("::", real_port, 0, 0), backlog, v6only=False)
+            except _NoIPv6:
+                pass
+        return _listen(spec, shown, socket.AF_INET, ("0.0.0.0", real_port), backlog)
+    family, sockaddr = _resolve(spec, real_port)
+    # Any other IPv6 address, "::" included, is IPv6-only: "[::]:25" must not swallow IPv4, so that an
+    # operator can list "0.0.0.0:25" and "[::]:25" as two listeners.
+    return _listen(spec, shown, family, sockaddr, backlog, v6only=True)
+
+
+class _NoIPv6(Exception):
+    """The host cannot bind an IPv6 socket at all (the dual-stack listener then takes IPv4 only)."""
+
+
+_NO_IPV6 = (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT, errno.EADDRNOTAVAIL)
+
+
+def _listen(spec: ListenerSpec, shown: tuple[str, int], family: socket.AddressFamily, sockaddr: tuple[object, ...],
+            backlog: int, *, v6only: bool = True) -> socket.socket:
+    dual = family == socket.AF_INET6 and not v6only
     try:
         sock = socket.socket(family, socket.SOCK_STREAM)
     except OSError as e:
+        if dual and e.errno in _NO_IPV6:
+            raise _NoIPv6 from None
         raise _bind_error(spec, shown, e) from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
-            # "::" must not swallow IPv4: an operator lists 0.0.0.0 and :: as two listeners.
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(v6only))
         sock.bind(sockaddr)
         sock.listen(backlog)
         sock.setblocking(False)
     except OSError as e:
         sock.close()
+        if dual and e.errno in _NO_IPV6:
+            raise _NoIPv6 from None
         raise _bind_error(spec, shown, e) from None
     return sock
 

@@ -143,6 +143,14 @@ def test_formats(tmp_path, text, key, reason):
     ('imap = ["[::1]:1143"]\nimaps = ["[::]:1143"]', "listen.imaps", "overlaps '[::1]:1143' of listen.imap"),
     ('smtp = ["localhost:2525"]\nsubmission = ["[::1]:2525"]', "listen.submission", "overlaps"),
     ('lmtp = ["unix:/tmp/x.sock"]\nsmtp = ["unix:/tmp/../tmp/x.sock"]', "listen.lmtp", "overlaps"),
+    # ":PORT" is every address of both families (one dual-stack socket): it overlaps all of them
+    ('smtp = [":2525"]\nsubmission = ["0.0.0.0:2525"]', "listen.submission", "overlaps ':2525' of listen.smtp"),
+    ('smtp = [":2525"]\nsubmission = ["[::]:2525"]', "listen.submission", "overlaps ':2525' of listen.smtp"),
+    ('smtp = ["0.0.0.0:2525", "[::]:2525"]\nsubmission = [":2525"]', "listen.submission",
+     "overlaps '0.0.0.0:2525' of listen.smtp"),
+    ('smtp = [":2525"]\nsubmission = ["[::1]:2525"]', "listen.submission", "overlaps ':2525' of listen.smtp"),
+    ('smtp = ["127.0.0.1:2525"]\nsubmission = [":2525"]', "listen.submission", "overlaps '127.0.0.1:2525'"),
+    ('smtp = [":2525", ":2525"]', "listen.smtp", "is listed twice"),
 ])
 def test_two_listeners_on_one_address(tmp_path, listen, key, reason):
     p = _write(tmp_path, f"[listen]\n{listen}\n")
@@ -161,6 +169,21 @@ def test_listeners_that_do_not_overlap(tmp_path, monkeypatch):
                                                                "'0.0.0.0:2525' of listen.smtp (the same port)"]
     p.write_text('[listen]\nsmtp = ["0.0.0.0:2525", "[::]:2525"]\nsubmission = ["127.0.0.1:2587"]\n')
     assert len(config.load(p, serve=True).listeners) == 9
+    p.write_text('[listen]\nsmtp = [":2525"]\nsubmission = ["127.0.0.1:2587", ":2588"]\n')
+    assert [s.address for s in config.load(p, serve=True).listeners][:3] == [
+        ("", 2525), ("127.0.0.1", 2587), ("", 2588)]
+
+
+@pytest.mark.parametrize("item, address", [
+    (":25", ("", 25)),  # every address, IPv4 and IPv6: fastmail.master.listeners binds one dual-stack socket
+    ("[::]:25", ("::", 25)),  # IPv6 only (IPV6_V6ONLY), to be combined with 0.0.0.0:25
+    ("0.0.0.0:25", ("0.0.0.0", 25)),
+    ("[::1]:24", ("::1", 24)),
+    ("127.0.0.1:2525", ("127.0.0.1", 2525)),
+    ("unix:/run/fastmail/lmtp.sock", "/run/fastmail/lmtp.sock"),
+])
+def test_parse_listen(item, address):
+    assert config.parse_listen(item) == address
 
 
 @pytest.mark.parametrize("text, key, reason", [
