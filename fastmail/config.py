@@ -359,7 +359,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("smtp.trusted_networks", list, [], "Client networks allowed to relay without AUTH (CIDR list; never all of 0.0.0.0/0 or ::/0).", _trusted_networks),
     Setting("smtp.sender_login_match", bool, True, "Authenticated senders may only use their own addresses and aliases in MAIL FROM."),
     Setting("smtp.auth_plaintext_without_tls", bool, False, "Allow AUTH on a connection without TLS (tests/loopback only)."),
-    Setting("smtp.greeting_delay", float, 0.0, "Seconds to wait before the greeting (pre-greet traffic is rejected).", _at_least(0)),
+    Setting("smtp.greeting_delay", float, 0.0, "Seconds the SMTP listener waits before its greeting (not submission, LMTP, trusted networks); a client that talks first gets 554 5.5.1 and is disconnected.", _at_least(0)),
     # imap
     Setting("imap.max_line_length", int, 64 * 1024, "Longest IMAP command line (literals excluded), in bytes.", _at_least(8192, "RFC 7162 4")),
     Setting("imap.max_message_size", int, 50 * MiB, "Largest APPEND, in bytes (advertised as APPENDLIMIT; larger literals are refused before they are sent).", _at_least(64 * 1024)),

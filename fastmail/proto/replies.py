@@ -77,6 +77,7 @@ AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")
 AUTH_BAD_B64 = Reply(501, "5.5.2", "Cannot decode response")
 AUTH_MECH = Reply(504, "5.5.4", "Unrecognized authentication mechanism")
 USER_UNKNOWN = Reply(550, "5.1.1", "User unknown")
+PREGREET = Reply(554, "5.5.1", "Protocol error: talked before the greeting")  # smtp.greeting_delay
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by authenticated user")
 TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")

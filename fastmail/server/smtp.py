@@ -52,12 +52,26 @@ class SMTPProtocol(Session):
         self._dnswl: asyncio.Task[str | None] | None = None  # the client's DNSWL lookup (greylisting)
         self._refusal_lines = 0
         self._end: str | None = None  # why the session ended, when the driver ended it (else the machine says)
+        self._greeting: asyncio.TimerHandle | None = None  # smtp.greeting_delay pending
 
     def start(self) -> None:
         cfg = self.services.config
         session = P.Session(peer=self.peer, mode=self.mode, tls=self.implicit_tls)
         session.trusted = self.services.is_trusted(self.peer)
         if self._connection_limited(session):
+            return
+        delay = float(cfg.smtp_greeting_delay)
+        if delay > 0 and self.mode is P.Mode.SMTP and not session.trusted and not self.implicit_tls:
+            # RFC 5321 §4.3.1 / §3.1: a client waits for the greeting; one that talks first is a bot that
+            # does not read replies (Postfix's postscreen "pregreet" test, sendmail's greet_pause)
+            self._greeting = asyncio.get_running_loop().call_later(delay, self._greet, session)
+            return
+        self._greet(session)
+
+    def _greet(self, session: P.Session) -> None:
+        cfg = self.services.config
+        self._greeting = None
+        if self.transport is None or self.transport.is_closing():
             return
         self.conn = P.SMTPConnection(
             session,
@@ -178,7 +192,36 @@ class SMTPProtocol(Session):
                   reason=R.reason(r.reply), peer=self.peer, helo=session.helo or None, user=session.user,
                   sender=sender, rcpt=r.address if verb == "RCPT" else None, rcpts=rcpts, arg=r.arg)
 
+    def data_received(self, data: bytes) -> None:
+        if self._greeting is not None:  # bytes before the greeting (smtp.greeting_delay)
+            self._refuse_before_greeting(R.PREGREET, "pregreet", data)
+            return
+        super().data_received(data)
+
+    def _refuse_before_greeting(self, reply: Reply, end: str, data: bytes = b"") -> None:
+        """Instead of the greeting: `reply` (RFC 5321 §3.1 allows 554 and 421 there), then close."""
+        if self._greeting is not None:
+            self._greeting.cancel()
+            self._greeting = None
+        self._end = end
+        if end == "pregreet":
+            log.event("refused", sid=self.sid, cmd="CONNECT", reply=_status(reply), reason=end, peer=self.peer,
+                      arg=data[:64].decode("latin-1"))
+        assert self.transport is not None
+        if not self.transport.is_closing():
+            self.transport.write(reply.encode())
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        if self._greeting is not None:
+            self._refuse_before_greeting(R.SHUTTING_DOWN, "shutdown")
+            return
+        super().shutdown()
+
     def finish(self, exc: Exception | None) -> None:
+        if self._greeting is not None:
+            self._greeting.cancel()
+            self._greeting = None
         if self._dnswl is not None and not self._dnswl.done():
             self._dnswl.cancel()
         conn = self.conn
