@@ -14,6 +14,7 @@ from typing import Any
 SENDER = "sender@remote.test"
 DOMAIN = "example.org"
 RECIPIENT = f"bench@{DOMAIN}"
+CLIENT_NAME = "client.remote.test"  # smtp-source -M: the HELO name
 
 
 class Target(ABC):
@@ -30,6 +31,9 @@ class Target(ABC):
     stores_lf: bool = False
     host = "127.0.0.1"
     port = 0
+    # The run's shared services (bench/smtp/services.py: "dns", "rspamd", "clamd") this target calls: their
+    # CPU is reported with its rounds.
+    uses: tuple[str, ...] = ()
 
     @abstractmethod
     def start(self, workdir: Path) -> None:
@@ -47,6 +51,10 @@ class Target(ABC):
     @abstractmethod
     def stop(self) -> dict[str, Any]:
         """Stop gracefully; return what is worth keeping: {"exit_code": ..., "log": {...}}."""
+
+    def check_log(self, log: dict[str, Any], accepted: int) -> list[str]:
+        """Problems in what stop() returned as "log" beyond the stored count (e.g. a check that did not run)."""
+        return []
 
     def versions(self) -> dict[str, str]:
         return {}

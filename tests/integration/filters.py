@@ -8,11 +8,12 @@ test string anywhere in a scanned file, so also in a base64 attachment that clam
 databases).  It listens on a unix socket in the temp dir and on a free 127.0.0.1 port; StreamMaxLength is
 `stream_max` (1 MiB by default, so a test can pass it cheaply).
 
-`Rspamd`: rspamd with a normal worker and a controller on free 127.0.0.1 ports; the stock rules of
-/usr/share/rspamd and the stock module settings of /etc/rspamd/modules.d, but its own top-level config
-(options, actions, workers, logging, a sqlite3 Bayes classifier: no redis), its own LOCAL_CONFDIR (the
-modules that would reach the Internet are disabled there: rbl/surbl/emails, asn, fuzzy_check, phishing, the
-maps fetched from maps.rspamd.com), its own DBDIR/RUNDIR/LOGDIR, and DNS sent only to the given test server.
+`Rspamd`: rspamd with a normal worker (`normal_workers` processes, 1 by default) and a controller on free
+127.0.0.1 ports; the stock rules of /usr/share/rspamd and the stock module settings of /etc/rspamd/modules.d,
+but its own top-level config (options — plus `options`, empty by default —, actions, workers, logging, a
+sqlite3 Bayes classifier: no redis), its own LOCAL_CONFDIR (the modules that would reach the Internet are
+disabled there: rbl/surbl/emails, asn, fuzzy_check, phishing, the maps fetched from maps.rspamd.com), its own
+DBDIR/RUNDIR/LOGDIR, and DNS sent only to the given test server.
 Actions: greylist 4, add header 6, reject 15 (rspamd's defaults, and fastmail's spam.junk_score and
 spam.reject_score); GTUBE forces "reject" whatever the score.  The controller has the password
 CONTROLLER_PASSWORD and no secure_ip, so learning without it is refused.  Settings ID "fastmail-test-rewrite"
@@ -180,6 +181,8 @@ class Rspamd:
     controller_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     started_in: float = 0.0  # seconds from exec to both workers answering /ping
+    normal_workers: int = 1  # processes of the normal worker (the one that scans); the benchmark sets CPU count
+    options: str = ""  # more settings for the options block (e.g. "check_local = true;" for the benchmark)
 
     def __post_init__(self) -> None:
         while self.controller_port == self.port:
@@ -254,6 +257,7 @@ options {{
   allow_raw_input = true;
   task_timeout = 8s;
   explicit_modules = ["settings"];
+  {self.options}
   dns {{
     nameserver = ["{self.nameserver}"];
     timeout = 1s;
@@ -270,7 +274,7 @@ logging {{
 worker "normal" {{
   bind_socket = "127.0.0.1:{self.port}";
   mime = true;
-  count = 1;
+  count = {self.normal_workers};
 }}
 
 worker "controller" {{
