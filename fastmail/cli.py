@@ -60,6 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fastmail.delivery.runner import delivery_main, delivery_prepare
     from fastmail.master.arbiter import Arbiter
     from fastmail.server.worker import worker_main, worker_prepare
+    from fastmail.tlsfiles import TLSLoadError
 
     cfg = _load(args, serve=True)  # every problem of the file listed, before anything is bound
     log.setup(args.log_level)
@@ -67,10 +68,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.event(w.event, level=logging.WARNING, key=w.key, reason=w.reason, **w.fields)
     bootstrap(cfg)
 
-    def reload() -> Config:  # HUP: the same checks; on a problem the master keeps the running config
+    def reload() -> Config:  # start and HUP: the same checks; on a problem the master keeps the running config
         new = _load(args, serve=True)
         for w in new.warnings:
             log.event(w.event, level=logging.WARNING, key=w.key, reason=w.reason, **w.fields)
+        # The certificate and key are read here, once per (re)load, and the children forked with this config
+        # inherit the context: a worker respawned after a failed reload never reads the (broken) files again.
+        try:
+            new.server_tls()
+        except TLSLoadError as e:
+            raise ConfigError(f"{new.source}: {'tls.cert' if new.tls_cert else 'server.data_dir'}: {e}") from None
         return new
 
     return Arbiter(reload, worker_main, extra_kinds={"delivery": delivery_main},

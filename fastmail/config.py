@@ -26,6 +26,7 @@ import math
 import os
 import re
 import socket
+import ssl
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -461,8 +462,26 @@ class Config:
     def __init__(self, values: dict[str, Any], source: str = "<defaults>") -> None:
         self.source = source
         self.warnings = []
+        self._tls: tuple[ssl.SSLContext | None] | None = None  # server_tls(), once loaded
         for key, value in values.items():
             setattr(self, key.replace(".", "_"), value)
+
+    def server_tls(self) -> ssl.SSLContext | None:
+        """The server's TLS context made from ``tls_files``, loaded once per Config object: the master loads
+        it at start and at each reload (fastmail.cli), and every child it forks with this Config inherits
+        that context instead of reading the files again.  So a worker respawned after a reload that failed
+        (the files on disk broken) serves the certificate of the last good load.  None when no certificate
+        is configured and the self-signed one does not exist.  Raises fastmail.tlsfiles.TLSLoadError (the
+        file and the reason); a failed load is tried again on the next call."""
+        if self._tls is None:
+            from fastmail.tlsfiles import server_context
+
+            cert, key = self.tls_files
+            if not self.tls_cert and not cert.exists():
+                self._tls = (None,)
+            else:
+                self._tls = (server_context(cert, key),)
+        return self._tls[0]
 
     # -- the master's view (fastmail.master.arbiter duck-types these) --
     @property

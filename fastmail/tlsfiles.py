@@ -1,5 +1,6 @@
-"""TLS files: the embedded default's self-signed certificate, made on first start, and the check of a
-configured certificate and key (`check_pair`, run by `fastmail serve` and `fastmail check-config`)."""
+"""TLS files: the embedded default's self-signed certificate, made on first start, the check of a
+configured certificate and key (`check_pair`, run by `fastmail serve` and `fastmail check-config`), and the
+server's context loaded from them (`server_context`, by the master at each start and reload)."""
 
 from __future__ import annotations
 
@@ -104,3 +105,24 @@ def check_pair(cert_path: Path, key_path: Path,
         warnings.append(f"{cert_path}: the certificate is not valid before "
                         f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
     return [], warnings
+
+
+class TLSLoadError(Exception):
+    """The certificate or key cannot be loaded; the message names the file and the reason."""
+
+
+def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
+    """The server side TLS context of this certificate chain and key (TLS 1.2 at least).  TLSLoadError, with
+    the file and the reason, when they cannot be loaded together."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        # The password callback only stops OpenSSL from ever asking on a terminal.
+        ctx.load_cert_chain(str(cert_path), str(key_path), password=lambda: b"")
+    except (ssl.SSLError, OSError) as e:
+        problems, _ = check_pair(cert_path, key_path)  # says which file and why, where OpenSSL says "PEM lib"
+        if problems:  # every reason names its file
+            raise TLSLoadError("; ".join(reason for _, reason in problems)) from None
+        detail = (e.reason if isinstance(e, ssl.SSLError) else e.strerror) or str(e)
+        raise TLSLoadError(f"{cert_path} with key {key_path}: {detail}") from None
+    return ctx

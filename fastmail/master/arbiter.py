@@ -22,6 +22,11 @@ Shaped after gunicorn's arbiter:
   new, then replace the processes one at a time — start the new one, wait for its first heartbeat,
   then TERM the old one — so every socket always has a live acceptor.  If a new process fails to boot
   the reload stops there and the remaining old processes keep running.
+* Every slot keeps the config object it was started with, and a respawn forks with that object: after a
+  reload that failed, a worker that dies is replaced with the last configuration that booted, never with
+  the one that failed.  What ``load_config`` loaded into that object in the master (fastmail's TLS
+  context: ``Config.server_tls``) is inherited through fork, so a respawn does not depend on files that
+  may have changed on disk since.
 
 The master stays root when started as root: a HUP may bring a listener on a port below 1024 or a new
 unix socket path.  Only forked children drop privileges, before they run any session code.  Started as

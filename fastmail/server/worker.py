@@ -37,6 +37,7 @@ from fastmail.server.smtp import SMTPProtocol
 from fastmail.store import mime
 from fastmail.store.mailboxes import Mailboxes
 from fastmail.store.store import Store, normalize_address
+from fastmail.tlsfiles import TLSLoadError
 
 _MODES = {"smtp": P.Mode.SMTP, "submission": P.Mode.SUBMISSION, "submissions": P.Mode.SUBMISSION, "lmtp": P.Mode.LMTP}
 
@@ -68,13 +69,9 @@ class StorePolicy:
 
 
 def make_tls_context(cfg: Config) -> ssl.SSLContext | None:
-    cert, key = cfg.tls_files
-    if not cert.exists():
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(cert), str(key))
-    return ctx
+    """The context the master loaded for this configuration (inherited through fork), or loaded now when this
+    process was not forked by a master that did (tests).  TLSLoadError when it cannot load."""
+    return cfg.server_tls()
 
 
 class Services:
@@ -152,8 +149,8 @@ def worker_prepare(ctx: WorkerContext) -> Services:
         raise BootError(f"store cannot open at {cfg.data_dir}: {e}") from e
     try:
         services = Services(cfg, store)
-    except (OSError, ssl.SSLError) as e:
-        raise BootError(f"TLS certificate/key cannot load: {e}") from e
+    except TLSLoadError as e:
+        raise BootError(f"TLS certificate or key cannot be loaded: {e}") from e
     _warm_up()
     return services
 
@@ -176,6 +173,16 @@ def worker_main(ctx: WorkerContext) -> None:
     services.store.close()
 
 
+def implicit_tls_context(services: Services, name: str) -> ssl.SSLContext:
+    """The context of an implicit-TLS listener.  A certificate that is configured but cannot be loaded never
+    gets here (worker_prepare fails first, naming the file and the reason): None means none exists."""
+    if services.tls_context is None:
+        cert, _ = services.config.tls_files
+        raise BootError(f"listener {name}: implicit TLS needs a certificate, and there is none: tls.cert is not "
+                        f"set and the self-signed one ({cert}) does not exist")
+    return services.tls_context
+
+
 async def _serve(ctx: WorkerContext, services: Services) -> None:
     loop = asyncio.get_running_loop()
     loop.run_in_executor(services._auth_pool, auth.verify_password, None, "")  # dummy hash before first login
@@ -195,9 +202,7 @@ async def _serve(ctx: WorkerContext, services: Services) -> None:
         else:
             implicit = base == "submissions"
             factory = partial(SMTPProtocol, services, mode, name, implicit)
-        if implicit and services.tls_context is None:
-            raise BootError(f"listener {name}: implicit TLS needs a certificate")
-        ssl_ctx = services.tls_context if implicit else None
+        ssl_ctx = implicit_tls_context(services, name) if implicit else None
         if sock.family == socket.AF_UNIX:
             server = await loop.create_unix_server(factory, sock=sock, ssl=ssl_ctx, backlog=services.config.backlog)
         else:

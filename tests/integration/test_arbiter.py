@@ -491,6 +491,15 @@ def test_hup_with_bad_config_or_failing_boot_keeps_old_workers(start_master: Cal
     assert m.live_pids() == old
     assert {int(ask(port)[0]) for _ in range(50)} <= set(old.values())
     assert all(ask(port)[1] == "1" for _ in range(10))
+    # A worker that dies now is replaced with the configuration that is running (the last good one), not
+    # with the one that failed, and the master goes on.
+    os.kill(old[0], signal.SIGKILL)
+    m.wait_event("worker_start", index=0, count=2, kind="worker", generation=1)
+    m.wait_ready(3, generation=1)
+    new = m.live_pids()
+    assert new[1] == old[1] and new[0] != old[0]
+    assert m.proc.poll() is None and not m.events("boot_error")
+    wait_until(lambda: new[0] in {int(ask(port)[0]) for _ in range(20)}, 10, "the replacement to answer")
 
 
 def test_term_lets_sessions_finish_and_exits_0(start_master: Callable[..., Master], tmp_path: Path) -> None:
