@@ -323,12 +323,55 @@ def test_missing_and_garbage_certificates(tmp_path):
         assert problem.startswith(f"{p}: {key_name}: ") and reason in problem, (tls, problem)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
 def test_unreadable_certificate(tmp_path):
-    cert, key = _pair(tmp_path, "good")
-    cert.chmod(0)
-    (problem,) = _problems(_server(tmp_path, f'[tls]\ncert = "{cert}"\nkey = "{key}"\n'))
-    assert problem.endswith(f"tls.cert: {cert}: Permission denied")
+    """As root (CI), checked by a forked child that switches to nobody: root reads every file."""
+    import json
+    import pwd
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        base = tmp_path
+    else:
+        base = Path(tempfile.mkdtemp(prefix="fastmail-config-"))  # pytest's tmp_path is private to root
+        base.chmod(0o755)
+    try:
+        cert, key = _pair(base, "good")
+        p = _server(base, f'[tls]\ncert = "{cert}"\nkey = "{key}"\n')
+        config.load(p, serve=True)  # readable: no problem (and every module the check imports is loaded)
+        cert.chmod(0)
+        if os.geteuid() != 0:
+            problems = _problems(p)
+        else:
+            nobody = pwd.getpwnam("nobody")
+            os.chown(base / "data", nobody.pw_uid, nobody.pw_gid)
+            key.chmod(0o644)
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: nobody, then the same check, its problems back through the pipe
+                try:
+                    os.setgroups([])
+                    os.setgid(nobody.pw_gid)
+                    os.setuid(nobody.pw_uid)
+                    try:
+                        config.load(p, serve=True)
+                        out: list[str] = []
+                    except ConfigError as e:
+                        out = e.errors
+                    except Exception as e:  # noqa: BLE001 - reported to the parent
+                        out = [repr(e)]
+                    os.write(w, json.dumps(out).encode())
+                finally:
+                    os._exit(0)
+            os.close(w)
+            with os.fdopen(r, "rb") as f:
+                problems = json.loads(f.read() or b"null")
+            os.waitpid(pid, 0)
+        assert problems is not None and len(problems) == 1, problems
+        assert problems[0] == f"{p}: tls.cert: {cert}: Permission denied"
+    finally:
+        if base != tmp_path:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def test_key_must_match_the_certificate(tmp_path):
