@@ -7,7 +7,9 @@ order among equal preferences; with no MX record (NODATA) the domain itself is t
 Failures are typed: `DNSPermanent` (NXDOMAIN, null MX: bounce) and `DNSTemporary` (SERVFAIL, timeout,
 refused, a network error: retry later, never bounce).  Positive answers are cached for their TTL (the
 smallest TTL of the answer's records); a CNAME chain is followed by the resolver library, and the records
-of the wanted type are picked from the answer.
+of the wanted type are picked from the answer.  Questions asked again while the first is on its way wait
+for its answer instead of going out again (a hundred sessions opening to one MX host ask for its address
+once).  Negative answers are not cached: c-ares gives no SOA with them (RFC 2308 §5).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import ipaddress
 import random
 import time
+from functools import partial
 from typing import Any
 
 import aiodns
@@ -50,6 +53,17 @@ _TYPES = {"MX": pycares.QUERY_TYPE_MX, "A": pycares.QUERY_TYPE_A, "AAAA": pycare
 MAX_CACHE = 10_000
 
 
+def order(mx: tuple[tuple[int, str], ...]) -> list[str]:
+    """The hosts of sorted (preference, host) pairs in the order to try them: by preference, in random
+    order among equal preferences (RFC 5321 §5.1)."""
+    if len(mx) == 1:
+        return [mx[0][1]]
+    shuffled = list(mx)
+    random.shuffle(shuffled)
+    shuffled.sort(key=lambda m: m[0])  # stable: the random order stays among equals
+    return [h for _, h in shuffled]
+
+
 class Resolver:
     """`nameserver`: "ADDRESS[:PORT]" ("[v6]:PORT" for IPv6), or "" for the system's resolv.conf."""
 
@@ -57,6 +71,7 @@ class Resolver:
         kwargs: dict[str, Any] = {"timeout": timeout, "tries": tries}
         self._resolver = aiodns.DNSResolver(nameservers=[nameserver] if nameserver else None, **kwargs)
         self._cache: dict[tuple[str, str], tuple[float, list[Any]]] = {}
+        self._asking: dict[tuple[str, str], asyncio.Future[list[Any]]] = {}
         self.queries = 0
 
     def close(self) -> None:
@@ -65,9 +80,24 @@ class Resolver:
     async def _query(self, name: str, qtype: str) -> list[Any]:
         key = (name, qtype)
         hit = self._cache.get(key)
-        now = time.monotonic()
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > time.monotonic():
             return hit[1]
+        asking = self._asking.get(key)
+        if asking is None:
+            asking = self._asking[key] = asyncio.ensure_future(self._ask(key))
+            asking.add_done_callback(partial(self._answered, key))
+        # shielded: a waiter that is cancelled leaves the question to the others waiting for it
+        return await asyncio.shield(asking)
+
+    def _answered(self, key: tuple[str, str], task: asyncio.Future[list[Any]]) -> None:
+        if self._asking.get(key) is task:
+            del self._asking[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have gone
+
+    async def _ask(self, key: tuple[str, str]) -> list[Any]:
+        name, qtype = key
+        now = time.monotonic()
         self.queries += 1
         try:
             result = await self._resolver.query_dns(name, qtype)
@@ -90,28 +120,32 @@ class Resolver:
             self._cache[key] = (now + ttl, records)
         return records
 
-    async def route(self, domain: str) -> list[str]:
-        """The hosts to try for `domain`, best first.  Raises DNSPermanent or DNSTemporary."""
+    async def mx(self, domain: str) -> tuple[tuple[int, str], ...]:
+        """The mail exchangers of `domain` as (preference, host), sorted, each host once (at its best
+        preference).  Raises DNSPermanent or DNSTemporary."""
         if domain.startswith("["):  # an address literal (RFC 5321 §4.1.3): no DNS at all
-            return [domain]
+            return ((0, domain),)
         try:
             records = await self._query(domain, "MX")
         except _NoData:
-            return [domain]  # RFC 5321 §5.1: no MX: the domain itself, as an implicit MX of preference 0
+            return ((0, domain),)  # RFC 5321 §5.1: no MX: the domain itself, as an implicit MX of preference 0
         except _NXDomain:
             raise DNSPermanent("5.1.2", f"domain {domain} does not exist") from None
-        mxs = [(r.data.priority, r.data.exchange.rstrip(".").lower()) for r in records]
-        real = [(p, h) for p, h in mxs if h]
+        mxs = sorted((r.data.priority, r.data.exchange.rstrip(".").lower()) for r in records)
+        real: list[tuple[int, str]] = []
+        seen: set[str] = set()
+        for p, h in mxs:
+            if h and h not in seen:
+                seen.add(h)
+                real.append((p, h))
         if not real:
             # RFC 7505 §3: a single MX "." of preference 0: the domain accepts no mail.
             raise DNSPermanent("5.1.10", f"domain {domain} accepts no mail (null MX)")
-        random.shuffle(real)  # random among equal preferences (§5.1); sort() is stable
-        real.sort(key=lambda m: m[0])
-        hosts: list[str] = []
-        for _, host in real:
-            if host not in hosts:
-                hosts.append(host)
-        return hosts
+        return tuple(real)
+
+    async def route(self, domain: str) -> list[str]:
+        """The hosts to try for `domain`, best first.  Raises DNSPermanent or DNSTemporary."""
+        return order(await self.mx(domain))
 
     async def txt(self, name: str) -> list[bytes]:
         """The TXT records of `name` ([] when none or no such name).  Raises DNSTemporary."""

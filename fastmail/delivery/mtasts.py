@@ -4,7 +4,9 @@
 cached yet (or the cached policy expired) it fetches `https://mta-sts.<domain>/.well-known/mta-sts.txt`
 over verified TLS (§3.3: HTTP 200, no redirects, at most 64 KiB, text/plain), parses it (§3.2) and caches
 it for its max_age.  A failed lookup or fetch keeps using an unexpired cached policy (§5.1); with none, the
-domain has no policy (plain opportunistic TLS).
+domain has no policy (plain opportunistic TLS).  That a domain publishes no `_mta-sts` record at all is
+remembered for NO_POLICY_TTL seconds (most domains publish none: without this, every session to them would
+cost a TXT question), and one lookup per domain runs at a time (the others wait for its answer).
 
 Enforcement is the runner's (§5): in mode `enforce` only MX hosts matching a pattern are used, STARTTLS is
 required and the server certificate must verify for the MX host name (else: deferred, never sent in
@@ -23,6 +25,7 @@ from fastmail.delivery.dns import DNSError, Resolver
 
 MAX_POLICY = 64 * 1024
 MAX_AGE_LIMIT = 31_557_600  # §3.2: at most one year
+NO_POLICY_TTL = 300.0  # seconds a domain found without a TXT record is taken to have no policy
 
 
 @dataclass(frozen=True)
@@ -88,9 +91,23 @@ class STS:
         self.port = port
         self.timeout = timeout
         self.cache: dict[str, Policy] = {}
+        self.none_until: dict[str, float] = {}  # domain -> when to look for a record again
+        self._looking: dict[str, asyncio.Task[Policy | None]] = {}
         self.fetches = 0
 
     async def policy(self, domain: str) -> Policy | None:
+        until = self.none_until.get(domain)
+        if until is not None:
+            if until > time.monotonic():
+                return None
+            del self.none_until[domain]
+        task = self._looking.get(domain)
+        if task is None:
+            task = self._looking[domain] = asyncio.ensure_future(self._policy(domain))
+            task.add_done_callback(lambda t: self._looking.pop(domain, None) if self._looking.get(domain) is t else None)
+        return await asyncio.shield(task)
+
+    async def _policy(self, domain: str) -> Policy | None:
         now = time.time()
         cached = self.cache.get(domain)
         if cached is not None and cached.expired(now):
@@ -101,6 +118,10 @@ class STS:
         except DNSError:
             return cached
         if ident is None:
+            if cached is None:
+                if len(self.none_until) >= 10_000:
+                    self.none_until.clear()
+                self.none_until[domain] = time.monotonic() + NO_POLICY_TTL
             return cached  # §5.1: no record: an unexpired cached policy still holds
         if cached is not None and cached.id == ident:
             return cached

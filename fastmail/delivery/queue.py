@@ -96,18 +96,48 @@ def due(store: Store, now: float, skip: set[bytes], limit: int = 1000,
         mine: Callable[[bytes], bool] | None = None) -> tuple[list[bytes], float | None]:
     """Queue ids whose attempt is due (not in `skip`, and `mine` when given), and the time of the next one
     not yet due (of any owner: an early wake-up costs one read)."""
-    out: list[bytes] = []
+    found = due_entries(store, now, skip, limit, mine, held=True)
+    return [q for q, _ in found.entries], found.next_due
+
+
+@dataclass
+class Due:
+    entries: list[tuple[bytes, dict[str, Any]]]  # queue id, record
+    next_due: float | None  # when the first entry not yet due is (`now` when the limit cut the scan short)
+    last: int | None  # schedule time (ms) of the last due key looked at: a later scan may start near it
+
+
+def due_entries(store: Store, now: float, skip: set[bytes], limit: int = 1000,
+                mine: Callable[[bytes], bool] | None = None, start: int = 0, held: bool = False) -> Due:
+    """The records of the entries due at `now` (in schedule order, not in `skip`, `mine` when given, held
+    ones left out unless `held`), read in one transaction, looking only at schedule keys from time `start`
+    (ms) on."""
+    out: list[tuple[bytes, dict[str, Any]]] = []
     horizon = int(now * 1000)
+    last = None
+    unpack = R.SCHEDULE_KEY.unpack
     with store.read() as txn:
-        for key in txn.cursor(db=store.db["schedule"]).iternext(values=False):
-            at, qid = R.SCHEDULE_KEY.unpack(key)
+        cursor = txn.cursor(db=store.db["schedule"])
+        if not (cursor.set_range(R.SCHEDULE_KEY.pack(start, bytes(12))) if start else cursor.first()):
+            return Due(out, None, last)
+        queue = store.db["queue"]
+        for key in cursor.iternext(values=False):
+            at, qid = unpack(key)
             if at > horizon:
-                return out, at / 1000
-            if qid not in skip and (mine is None or mine(qid)):
-                out.append(qid)
-                if len(out) >= limit:
-                    return out, now
-    return out, None
+                return Due(out, at / 1000, last)
+            last = at
+            if qid in skip or (mine is not None and not mine(qid)):
+                continue
+            raw = txn.get(qid, db=queue)
+            if raw is None:
+                continue
+            rec = R.loads(raw)
+            if rec.get("held") and not held:
+                continue
+            out.append((qid, rec))
+            if len(out) >= limit:
+                return Due(out, now, last)
+    return Due(out, None, last)
 
 
 def load(store: Store, qid: bytes) -> dict[str, Any] | None:

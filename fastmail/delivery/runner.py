@@ -2,13 +2,22 @@
 
 Forked and supervised by the master like a worker; opens LMDB itself after the fork.  Its loop:
 
-  * look at the schedule (`queue.due`): every entry whose next attempt is due and that is not already
-    being tried starts an attempt; then sleep until the next one is due or a wake-up datagram arrives
-    (fastmail.delivery.wake: workers send one after committing queue entries, so new mail goes at once);
-  * an attempt groups the pending recipients of an entry by domain; each group is a job for that
-    destination.  A destination keeps up to `delivery.max_connections_per_domain` sessions, each taking
-    job after job (connection reuse) and closing after `delivery.connection_reuse_time` idle; all
-    destinations together hold at most `delivery.max_connections`;
+  * look at the schedule (`queue.due_entries`): every entry whose next attempt is due and that is not
+    already being tried starts an attempt; then sleep until the next one is due or a wake-up datagram
+    arrives (fastmail.delivery.wake: workers send one after committing queue entries, so new mail goes at
+    once).  A scan reads the schedule from a little before where the last one stopped (keys are times,
+    and what is in flight stays in the schedule until its result is written), so it costs what is new,
+    not what is in flight; a full scan runs when a cooldown ends and every FULL_SCAN seconds;
+  * an attempt groups the pending recipients of an entry by domain and routes each group: the domain's
+    MX hosts (dns.py) and the TLS they must be reached with (per-domain policy, MTA-STS).  A *destination*
+    is such a route — the MX hosts with their preferences, port and TLS demands — so domains served by
+    the same mail exchangers share it, its sessions and its limit, like Postfix's connection cache by
+    next hop.  A destination keeps up to `delivery.max_connections_per_domain` sessions, each taking job
+    after job (connection reuse) and closing after `delivery.connection_reuse_time` idle, or at once when
+    another destination waits for one of the `delivery.max_connections` slots of the process;
+  * a session reads a message's body when it takes the job (so memory holds the bodies being sent, not
+    those waiting): inline when small (a read from the page cache is cheaper than a thread hop), in a
+    thread otherwise;
   * results (per recipient: sent, deferred, failed) go through one committer thread that applies many of
     them in one synced transaction (`queue.apply`: retry schedule with backoff, expiry after the queue
     lifetime, bounces, removal).
@@ -36,7 +45,7 @@ from fastmail import log
 from fastmail.config import Config, split_hostport
 from fastmail.delivery import queue as Q
 from fastmail.delivery import srs, wake
-from fastmail.delivery.dns import DNSError, DNSPermanent, Resolver
+from fastmail.delivery.dns import DNSError, DNSPermanent, Resolver, order
 from fastmail.delivery.mtasts import STS
 from fastmail.delivery.outbound import Session, SessionError, client_tls_context, open_session
 from fastmail.master.errors import BootError
@@ -44,9 +53,27 @@ from fastmail.master.worker import WorkerContext, install_worker_signals, start_
 from fastmail.proto import smtp_client as C
 from fastmail.store.store import Store
 
-RELAY = "[relayhost]"  # the one destination when delivery.relayhost is set
+RELAY = "[relayhost]"  # the one MX host when delivery.relayhost is set
 MAX_INFLIGHT = 10_000  # queue entries being tried at once by one process
+SCAN_BATCH = 1000  # entries one scan starts at most
+SCAN_MARGIN_MS = 2000  # a scan starts this long before where the last one stopped (commits land late)
+FULL_SCAN = 30.0  # seconds between two scans of the whole schedule
 ERROR_COOLDOWN = 60.0  # seconds an entry whose attempt hit an internal error waits
+INLINE_READ = 256 * 1024  # bodies up to this size are read on the event loop
+
+
+@dataclass
+class Route:
+    """Where mail for a domain goes and how: the destination's key and what a session needs."""
+
+    key: tuple[Any, ...]  # (mx, port, require_tls, verified, auth): equal keys share sessions
+    mx: tuple[tuple[int, str], ...]  # (preference, host), sorted; filtered by an enforced MTA-STS policy
+    port: int
+    require_tls: bool
+    tls: ssl.SSLContext | None
+    auth: tuple[str, str] | None
+    sts: str  # the MTA-STS mode ("" when none)
+    implicit: str  # the domain, when it has no MX record (it is its own mail exchanger), else ""
 
 
 @dataclass
@@ -54,16 +81,19 @@ class Job:
     qid: bytes
     domain: str
     indexes: list[int]  # recipients of the entry in this job
-    message: C.Message
+    message: C.Message  # its body is read when a session takes the job
+    size: int
     attempt: int
+    sts: str
     done: asyncio.Future[dict[int, Q.RcptResult]]
 
 
-@dataclass
+@dataclass(eq=False)
 class Destination:
-    domain: str
+    route: Route
     jobs: deque[Job] = field(default_factory=deque)
     active: int = 0  # connection tasks
+    live: int = 0  # of which with an open session
     idle: int = 0  # of which waiting for a job
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -121,9 +151,13 @@ class Runner:
         self.committer = ResultCommitter(store, self.policy)
         self.inflight: set[bytes] = set()
         self.cooldown: dict[bytes, float] = {}  # queue id -> not before (after an internal error)
-        self.dests: dict[str, Destination] = {}
+        self.dests: dict[tuple[Any, ...], Destination] = {}
         self.connections: asyncio.Semaphore | None = None
+        self.wanting = 0  # connection tasks waiting for a slot: idle sessions give theirs up
         self.wakeup = asyncio.Event()
+        self.wake_at = 0.0  # when the loop looks at the schedule next on its own
+        self.last_scanned: int | None = None  # schedule time (ms) where the last scan stopped
+        self.next_full = 0.0
         self.stopping = False
         self.tasks: set[asyncio.Task[Any]] = set()
         self.attempts = 0
@@ -136,6 +170,7 @@ class Runner:
         self.verified_tls = ssl.create_default_context(cafile=cfg.delivery_tls_ca_file or None)
         self.verified_tls.minimum_version = ssl.TLSVersion.TLSv1_2
         self.sts: STS | None = None
+        self._mine = (lambda q: wake.owner(q, self.processes) == self.index) if processes > 1 else None
 
     # -- the loop -------------------------------------------------------------------------------------------
 
@@ -154,16 +189,18 @@ class Runner:
             self.wakeup.set()
 
         loop.add_reader(sock.fileno(), on_datagram)
+        stop_waiter = loop.create_task(stopped.wait())
+        stop_waiter.add_done_callback(lambda _: self.wakeup.set())
         try:
             while not stopped.is_set():
                 self.wakeup.clear()
                 next_due = self.scan()
                 delay = 30.0 if next_due is None else min(30.0, max(0.0, next_due - time.time()))
-                waiters = [asyncio.ensure_future(self.wakeup.wait()), asyncio.ensure_future(stopped.wait())]
-                await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-                for w in waiters:
-                    w.cancel()
+                self.wake_at = time.time() + delay
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wakeup.wait(), delay)
         finally:
+            stop_waiter.cancel()
             loop.remove_reader(sock.fileno())
             sock.close()
 
@@ -171,19 +208,26 @@ class Runner:
         now = time.time()
         room = MAX_INFLIGHT - len(self.inflight)
         if room <= 0:
-            return None  # each attempt that ends wakes the loop again
+            return None  # attempts that end wake the loop again
+        full = self.last_scanned is None or now >= self.next_full
         if self.cooldown:
+            before = len(self.cooldown)
             self.cooldown = {q: t for q, t in self.cooldown.items() if t > now}
+            full = full or len(self.cooldown) < before  # what cooled down lies behind the last scan
         skip = self.inflight | set(self.cooldown) if self.cooldown else self.inflight
-        qids, next_due = Q.due(self.store, now, skip, min(room, 1000),
-                               lambda q: wake.owner(q, self.processes) == self.index)
+        start = 0 if full else max(0, self.last_scanned - SCAN_MARGIN_MS)  # type: ignore[operator]
+        found = Q.due_entries(self.store, now, skip, min(room, SCAN_BATCH), self._mine, start)
+        if full:
+            self.next_full = now + FULL_SCAN
+        if found.last is not None and (full or self.last_scanned is None or found.last > self.last_scanned):
+            self.last_scanned = found.last
+        elif full:
+            self.last_scanned = int(now * 1000)
+        next_due = found.next_due
         if self.cooldown:
             soonest = min(self.cooldown.values())
             next_due = soonest if next_due is None else min(next_due, soonest)
-        for qid in qids:
-            rec = Q.load(self.store, qid)
-            if rec is None or rec.get("held"):
-                continue
+        for qid, rec in found.entries:
             self.inflight.add(qid)
             self._spawn(self.attempt(qid, rec))
         return next_due
@@ -215,42 +259,37 @@ class Runner:
             # deliver it again) in a tight loop
             self.cooldown[qid] = time.time() + ERROR_COOLDOWN
             log.event("attempt_error", level=logging.ERROR, qid=qid.hex(), error=repr(e), retry_in=ERROR_COOLDOWN)
+            self.wakeup.set()
         finally:
             self.inflight.discard(qid)
-            self.wakeup.set()  # look at the schedule again: this entry's next attempt, a new bounce
+            if len(self.inflight) < MAX_INFLIGHT // 2:
+                self.wakeup.set()  # room for more
 
     async def _attempt(self, qid: bytes, rec: dict[str, Any]) -> None:
-        now = time.time()
         todo = Q.pending(rec)
         if not todo:  # only failed recipients (a DSN is due) or nothing left: one update does it
-            self._effect(rec, await self.committer.submit(Q.Update(qid, {}, finish=False, now=now)))
-            return
-        try:
-            body = await asyncio.get_running_loop().run_in_executor(None, self.store.read_blob, qid)
-        except Exception as e:
-            log.event("blob_unreadable", level=logging.ERROR, qid=rec["id"], error=repr(e))
-            results = {i: Q.RcptResult("deferred", f"451 4.3.0 message body unreadable: {e}", "4.3.0") for i in todo}
-            self._effect(rec, await self.committer.submit(Q.Update(qid, results, finish=True, now=now)))
+            self._effect(rec, await self.committer.submit(Q.Update(qid, {}, finish=False, now=time.time())))
             return
         groups: dict[tuple[str, str], list[int]] = {}
+        rcpts = rec["rcpts"]
         for i in todo:
-            # one transaction per destination (recipient domain, or the smarthost) and envelope sender
-            dest = RELAY if self.relay else Q.domain_of(rec["rcpts"][i]["to"])
-            groups.setdefault((dest, self._sender_for(rec, rec["rcpts"][i])), []).append(i)
+            # one transaction per recipient domain (or the smarthost) and envelope sender
+            domain = RELAY if self.relay else Q.domain_of(rcpts[i]["to"])
+            groups.setdefault((domain, self._sender_for(rec, rcpts[i])), []).append(i)
         params = rec.get("params") or {}
         self.attempts += 1
         jobs = []
         loop = asyncio.get_running_loop()
         for (domain, sender), indexes in groups.items():
-            rcpts = [C.Recipient(rec["rcpts"][i]["to"], rec["rcpts"][i].get("notify"), rec["rcpts"][i].get("orcpt"))
-                     for i in indexes]
+            recipients = [C.Recipient(rcpts[i]["to"], rcpts[i].get("notify"), rcpts[i].get("orcpt")) for i in indexes]
             smtputf8 = bool(params.get("smtputf8")) or not sender.isascii() or \
-                any(not r.address.isascii() for r in rcpts)
-            msg = C.Message(sender, rcpts, body, ret=params.get("ret"), envid=params.get("envid"),
+                any(not r.address.isascii() for r in recipients)
+            msg = C.Message(sender, recipients, b"", ret=params.get("ret"), envid=params.get("envid"),
                             eight_bit=(params.get("body") or "").upper() == "8BITMIME", smtputf8=smtputf8)
-            job = Job(qid, domain, indexes, msg, rec.get("attempts", 0) + 1, loop.create_future())
+            job = Job(qid, domain, indexes, msg, int(rec.get("size") or 0), rec.get("attempts", 0) + 1, "",
+                      loop.create_future())
             jobs.append(job)
-            self._enqueue(job)
+            await self._dispatch(job)
         if len(jobs) == 1:
             results = await jobs[0].done
             self._effect(rec, await self.committer.submit(Q.Update(qid, results, finish=True, now=time.time())))
@@ -265,7 +304,7 @@ class Runner:
     def _sender_for(self, rec: dict[str, Any], r: dict[str, Any]) -> str:
         """MAIL FROM for recipient `r`: the envelope sender, or its SRS0 form when `r` is a forward (reached
         through a local alias) of mail from another domain."""
-        sender = rec["sender"]
+        sender: str = rec["sender"]
         alias = r.get("rcpt") or ""
         if (self.srs_key is None or not sender or not alias or alias.lower() == r["to"].lower()
                 or self.store.is_local_domain(Q.domain_of(sender))
@@ -276,20 +315,37 @@ class Runner:
     def _effect(self, rec: dict[str, Any], effect: Q.Effect) -> None:
         if effect.bounce:
             log.event("dsn", qid=rec["id"], dsn=effect.bounce, to=rec["sender"], via=effect.dsn_to)
-            if effect.dsn_to == "remote" and self.processes > 1:
-                wake.notify(self.cfg.data_dir, self.processes)  # the bounce's queue id may be another's
+            if effect.dsn_to == "remote":
+                if self.processes > 1:
+                    wake.notify(self.cfg.data_dir, self.processes)  # the bounce's queue id may be another's
+                self.wakeup.set()
         if effect.removed:
             log.event("queue_done", qid=rec["id"])
         elif effect.next_attempt is not None:
             log.event("queue_deferred", qid=rec["id"], next_in=f"{max(0.0, effect.next_attempt - time.time()):.1f}")
+            if effect.next_attempt < self.wake_at:
+                self.wakeup.set()  # due before the loop would look again
 
-    # -- destinations and their connections ----------------------------------------------------------------
+    # -- routes, destinations and their connections --------------------------------------------------------
 
-    def _enqueue(self, job: Job) -> None:
-        key = RELAY if self.relay else job.domain
-        dest = self.dests.get(key)
+    async def _dispatch(self, job: Job) -> None:
+        """Route `job` and queue it at its destination; a domain that cannot be routed ends the job here."""
+        try:
+            route = await self._route(job.domain)
+        except DNSError as e:
+            permanent = isinstance(e, DNSPermanent)
+            self._finish(job, "failed" if permanent else "deferred", f"{550 if permanent else 451} {e.enhanced} {e.text}",
+                         e.enhanced)
+            return
+        except SessionError as e:
+            self._finish(job, "deferred", str(e.reply), e.reply.status())
+            return
+        job.sts = route.sts
+        dest = self.dests.get(route.key)
         if dest is None:
-            dest = self.dests[key] = Destination(key)
+            dest = self.dests[route.key] = Destination(route)
+        else:
+            dest.route = route  # the latest answer (same hosts and demands; fresher TLS context)
         dest.jobs.append(job)
         if dest.idle:
             dest.arrived.set()
@@ -298,35 +354,101 @@ class Runner:
             dest.active += 1
             self._spawn(self._connection(dest))
 
+    async def _route(self, domain: str) -> Route:
+        """The route of `domain`: its MX hosts (or the smarthost), filtered and made to require verified
+        TLS by an enforced MTA-STS policy (RFC 8461 §5).  Raises DNSError, or SessionError when no MX
+        host is allowed by the policy."""
+        if self.relay is not None:
+            relay, port = self.relay
+            host = f"[{relay}]" if _is_ip(relay) else relay  # A/AAAA only: no MX lookup for a smarthost
+            auth = self.relay_auth
+            require = auth is not None
+            relay_mx: tuple[tuple[int, str], ...] = ((0, host),)
+            return Route((relay_mx, port, require, False, "", ""), relay_mx, port, require, self.tls_context, auth,
+                         "", "")
+        assert self.resolver is not None
+        mx = await self.resolver.mx(domain)
+        implicit = domain if mx == ((0, domain),) and not domain.startswith("[") else ""
+        require = domain in self.require_tls
+        context = self.tls_context
+        verified = False
+        sts = await self.sts.policy(domain) if self.sts is not None else None
+        mode = sts.mode if sts is not None else ""
+        if sts is not None and mode in ("enforce", "testing"):
+            outside = [h for _, h in mx if not sts.allows(h)]
+            if outside:
+                log.event("mta_sts_mismatch", domain=domain, mode=mode, mx=",".join(outside))
+            if mode == "enforce":
+                # RFC 8461 §5: only listed MX hosts, STARTTLS required, the certificate valid for the MX name
+                mx = tuple(m for m in mx if sts.allows(m[1]))
+                if not mx:
+                    raise SessionError(C.local_reply(451, "4.7.5", f"no MX of {domain} matches its MTA-STS policy"))
+                require = verified = True
+                context = self.verified_tls
+        key = (mx, self.port, require, verified, mode, implicit)
+        return Route(key, mx, self.port, require, context, None, mode, implicit)
+
+    def _finish(self, job: Job, state: str, reply: str, status: str, mx: str = "none") -> None:
+        """`job` ends without a transaction: every recipient gets the same result."""
+        for rcpt in job.message.rcpts:
+            log.event("delivery", qid=job.qid.hex(), rcpt=rcpt.address, mx=mx, result=state, reply=reply,
+                      attempt=job.attempt)
+        if not job.done.done():
+            job.done.set_result({i: Q.RcptResult(state, reply, status) for i in job.indexes})
+
     async def _connection(self, dest: Destination) -> None:
-        assert self.connections is not None
+        sem = self.connections
+        assert sem is not None
         try:
-            async with self.connections:
+            if sem.locked():
+                self.wanting += 1
+                for other in self.dests.values():
+                    if other.idle:
+                        other.arrived.set()  # an idle session elsewhere gives its slot up
+                try:
+                    await sem.acquire()
+                finally:
+                    self.wanting -= 1
+            else:
+                await sem.acquire()
+            try:
                 while dest.jobs and not self.stopping:
                     try:
-                        session = await self._open(dest.domain)
-                    except DNSError as e:
-                        state = "failed" if isinstance(e, DNSPermanent) else "deferred"
-                        code = 550 if isinstance(e, DNSPermanent) else 451
-                        self._fail_all(dest, state, f"{code} {e.enhanced} {e.text}", e.enhanced)
+                        session = await self._open(dest.route, dest.jobs[0].domain)
+                    except (DNSError, SessionError) as e:
+                        if dest.live:
+                            # the sessions open take the jobs (a server limiting our connections says 421)
+                            log.event("connect_given_up", mx=dest.route.mx[0][1], live=dest.live, reply=str(e))
+                            return
+                        if isinstance(e, DNSError):
+                            permanent = isinstance(e, DNSPermanent)
+                            state = "failed" if permanent else "deferred"
+                            reply, status = f"{550 if permanent else 451} {e.enhanced} {e.text}", e.enhanced
+                        else:
+                            # only our own verdicts are final here (a loop); a remote refusal is retried
+                            state = "failed" if e.reply.local and e.reply.permanent else "deferred"
+                            reply, status = str(e.reply), e.reply.status()
+                        while dest.jobs:
+                            self._finish(dest.jobs.popleft(), state, reply, status)
                         return
-                    except SessionError as e:
-                        # only our own verdicts are final here (a loop); a remote refusal is retried
-                        state = "failed" if e.reply.local and e.reply.permanent else "deferred"
-                        self._fail_all(dest, state, str(e.reply), e.reply.status())
-                        return
+                    dest.live += 1
                     try:
                         await self._serve(dest, session)
                     finally:
+                        dest.live -= 1
                         await session.close()
+            finally:
+                sem.release()
         finally:
             dest.active -= 1
-            if not dest.active and not dest.jobs:
-                self.dests.pop(dest.domain, None)
+            if not dest.active and not dest.jobs and self.dests.get(dest.route.key) is dest:
+                del self.dests[dest.route.key]
 
     async def _serve(self, dest: Destination, session: Session) -> None:
         while session.usable and not self.stopping:
             if not dest.jobs:
+                if self.wanting:
+                    return  # another destination waits for a connection slot: give this one up
                 dest.idle += 1
                 dest.arrived.clear()
                 try:
@@ -335,60 +457,44 @@ class Runner:
                     return
                 finally:
                     dest.idle -= 1
-                if not dest.jobs:
-                    continue
+                continue
             job = dest.jobs.popleft()
+            msg = job.message
             try:
-                replies = await session.deliver(job.message)
+                msg.body = await self._read(job)
+            except Exception as e:
+                log.event("blob_unreadable", level=logging.ERROR, qid=job.qid.hex(), error=repr(e))
+                self._finish(job, "deferred", f"451 4.3.0 message body unreadable: {e}", "4.3.0")
+                continue
+            try:
+                replies = await session.deliver(msg)
             except Exception as e:
                 replies = [C.local_reply(451, "4.3.0", f"local error: {e!r}")] * len(job.indexes)
+            msg.body = b""
             results: dict[int, Q.RcptResult] = {}
-            for i, rcpt, reply in zip(job.indexes, job.message.rcpts, replies, strict=True):
+            qid = job.qid.hex()
+            tls = session.tls_version or "none"
+            for i, rcpt, reply in zip(job.indexes, msg.rcpts, replies, strict=True):
                 state = "sent" if reply.ok else "failed" if reply.permanent else "deferred"
-                results[i] = Q.RcptResult(state, str(reply), reply.status(), session.host)
-                log.event("delivery", qid=job.qid.hex(), rcpt=rcpt.address, mx=session.host, ip=session.ip,
-                          tls=session.tls_version or "none", sts=session.sts or None, result=state,
-                          reply=str(reply), attempt=job.attempt)
+                text = str(reply)
+                results[i] = Q.RcptResult(state, text, reply.status(), session.host)
+                log.event("delivery", qid=qid, rcpt=rcpt.address, mx=session.host, ip=session.ip, tls=tls,
+                          sts=job.sts or None, result=state, reply=text, attempt=job.attempt)
             if not job.done.done():
                 job.done.set_result(results)
 
-    def _fail_all(self, dest: Destination, state: str, reply: str, status: str) -> None:
-        """No session could be had: every job waiting for this destination gets the same result."""
-        while dest.jobs:
-            job = dest.jobs.popleft()
-            results = {i: Q.RcptResult(state, reply, status) for i in job.indexes}
-            for rcpt in job.message.rcpts:
-                log.event("delivery", qid=job.qid.hex(), rcpt=rcpt.address, mx="none", result=state, reply=reply,
-                          attempt=job.attempt)
-            if not job.done.done():
-                job.done.set_result(results)
+    async def _read(self, job: Job) -> bytes:
+        if job.size <= INLINE_READ:
+            return self.store.read_blob(job.qid)
+        return await asyncio.get_running_loop().run_in_executor(None, self.store.read_blob, job.qid)
 
-    async def _open(self, domain: str) -> Session:
-        """A session with the best reachable mail exchanger of `domain` (RFC 5321 §5.1: MX by preference,
-        each of its addresses; on to the next when one cannot be reached or will not talk)."""
+    async def _open(self, route: Route, domain: str) -> Session:
+        """A session with the best reachable mail exchanger of `route` (RFC 5321 §5.1: MX by preference,
+        random among equals, each of its addresses; on to the next when one cannot be reached or will not
+        talk).  `domain`: the recipient domain of the first job waiting, for the log."""
         assert self.resolver is not None
-        port = self.port
-        auth = None
-        if domain == RELAY and self.relay is not None:
-            relay, port = self.relay
-            hosts = [f"[{relay}]" if _is_ip(relay) else relay]  # A/AAAA only: no MX lookup for a smarthost
-            auth = self.relay_auth
-        else:
-            hosts = await self.resolver.route(domain)
-        require = domain in self.require_tls or auth is not None
-        context = self.tls_context
-        sts = await self.sts.policy(domain) if self.sts is not None and domain != RELAY else None
-        if sts is not None and sts.mode in ("enforce", "testing"):
-            outside = [h for h in hosts if not sts.allows(h)]
-            if outside:
-                log.event("mta_sts_mismatch", domain=domain, mode=sts.mode, mx=",".join(outside))
-            if sts.mode == "enforce":
-                # RFC 8461 §5: only listed MX hosts, STARTTLS required, the certificate valid for the MX name
-                hosts = [h for h in hosts if sts.allows(h)]
-                if not hosts:
-                    raise SessionError(C.local_reply(451, "4.7.5", f"no MX of {domain} matches its MTA-STS policy"))
-                require = True
-                context = self.verified_tls
+        hosts = order(route.mx)
+        require = route.require_tls
         last: SessionError | None = None
         dns_errors: list[DNSError] = []
         for host in hosts:
@@ -399,15 +505,15 @@ class Runner:
                 continue
             for ip in addresses:
                 for tls in (True, False):
-                    ctx = context if tls else None
+                    ctx = route.tls if tls else None
                     if ctx is None and tls and not require:
                         continue
                     try:
-                        session = await open_session(host, ip, port, hostname=self.hostname, tls_context=ctx,
-                                                     require_tls=require, auth=auth,
+                        session = await open_session(host, ip, route.port, hostname=self.hostname, tls_context=ctx,
+                                                     require_tls=require, auth=route.auth,
                                                      connect_timeout=self.cfg.delivery_connect_timeout,
                                                      timeout_scale=self.timeout_scale)
-                        session.sts = sts.mode if sts is not None else ""
+                        session.sts = route.sts
                         return session
                     except SessionError as e:
                         last = e
@@ -418,9 +524,9 @@ class Runner:
             raise last
         if dns_errors:
             raise dns_errors[0]
-        if hosts == [domain] and domain != RELAY:
-            raise DNSPermanent("5.1.2", f"domain {domain} has no MX and no address")
-        raise SessionError(C.local_reply(451, "4.4.4", f"no address for any mail exchanger of {domain}"))
+        if route.implicit:
+            raise DNSPermanent("5.1.2", f"domain {route.implicit} has no MX and no address")
+        raise SessionError(C.local_reply(451, "4.4.4", f"no address for any mail exchanger ({', '.join(hosts)})"))
 
 
 def _is_ip(host: str) -> bool:

@@ -3,6 +3,7 @@ NXDOMAIN, SERVFAIL, CNAME, TTL cache, address literals, IPv6 before IPv4."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -78,3 +79,24 @@ def test_servfail_is_temporary(dns):
     assert e.value.enhanced == "4.4.3"
     with pytest.raises(DNSTemporary):
         run(dns, lambda r: r.addresses("broken.test"))
+
+
+def test_the_same_question_asked_at_once_goes_out_once(dns):
+    async def together(r):
+        answers = await asyncio.gather(*(r.mx("multi.test") for _ in range(20)),
+                                       *(r.addresses("a.multi.test") for _ in range(20)))
+        return answers, r.queries
+
+    before = len(dns.asked)
+    answers, queries = run(dns, together)
+    assert queries == 3 and len(dns.asked) - before == 3  # MX, AAAA, A: once each
+    assert len({a for a in answers[:20]}) == 1 and answers[0][0] == (10, "a.multi.test")
+    assert all(a == ["::1", "::2", "127.0.0.2"] for a in answers[20:])
+
+
+def test_errors_reach_every_waiter(dns):
+    async def together(r):
+        return await asyncio.gather(*(r.mx("broken.test") for _ in range(5)), return_exceptions=True)
+
+    errors = run(dns, together)
+    assert all(isinstance(e, DNSTemporary) for e in errors)

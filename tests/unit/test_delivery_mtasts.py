@@ -1,8 +1,14 @@
-"""fastmail.delivery.mtasts: the TXT record, the policy file and MX patterns (RFC 8461 §3.1, §3.2, §4.1)."""
+"""fastmail.delivery.mtasts: the TXT record, the policy file and MX patterns (RFC 8461 §3.1, §3.2, §4.1); a
+domain without a record is remembered."""
 
 from __future__ import annotations
 
-from fastmail.delivery.mtasts import mx_matches, parse_policy, parse_txt
+import asyncio
+import ssl
+import time
+
+from fastmail.delivery import mtasts
+from fastmail.delivery.mtasts import STS, mx_matches, parse_policy, parse_txt
 
 
 def test_txt_record():
@@ -33,3 +39,33 @@ def test_mx_patterns():
     assert not mx_matches("*.example.net", "a.b.example.net")  # one label only
     assert not mx_matches("*.example.net", "example.net")
     assert not mx_matches("mail.example.com", "mail.example.com.evil.test")
+
+
+class FakeResolver:
+    def __init__(self, records: list[bytes]) -> None:
+        self.records = records
+        self.asked = 0
+
+    async def txt(self, name: str) -> list[bytes]:
+        self.asked += 1
+        await asyncio.sleep(0.01)
+        return self.records
+
+
+def test_a_domain_without_a_record_is_not_asked_again_for_a_while():
+    resolver = FakeResolver([])
+    sts = STS(resolver, ssl.create_default_context())  # type: ignore[arg-type]
+
+    async def main() -> list[object]:
+        first = await asyncio.gather(*(sts.policy("plain.test") for _ in range(10)))  # one lookup for all
+        again = await sts.policy("plain.test")
+        return [*first, again]
+
+    assert asyncio.run(main()) == [None] * 11
+    assert resolver.asked == 1
+    until = sts.none_until["plain.test"]
+    assert time.monotonic() + mtasts.NO_POLICY_TTL - 5 < until <= time.monotonic() + mtasts.NO_POLICY_TTL
+    # once that time has passed the record is looked for again (a domain may start publishing one)
+    sts.none_until["plain.test"] = time.monotonic() - 1
+    assert asyncio.run(sts.policy("plain.test")) is None
+    assert resolver.asked == 2

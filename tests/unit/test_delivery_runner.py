@@ -10,6 +10,7 @@ from fastmail import config
 from fastmail.delivery import queue as Q
 from fastmail.delivery import wake
 from fastmail.delivery.runner import Runner
+from fastmail.store import records as R
 from fastmail.store.store import Incoming, Store, new_qid
 
 
@@ -46,5 +47,50 @@ def test_scan_starts_only_what_is_due_and_free(tmp_path):
         next_due = asyncio.run(main())
         assert sorted(started) == sorted(set(mine) - {busy, cooling, held})
         assert next_due is not None and next_due == runner.cooldown[cooling]  # it wakes when the cooldown ends
+    finally:
+        store.close()
+
+
+def _reschedule(store: Store, qid: bytes, at: float) -> None:
+    """Give `qid` the schedule key of time `at` (as a commit landing late would)."""
+    def op(txn):
+        rec = R.loads(txn.get(qid, db=store.db["queue"]))
+        txn.delete(Q.schedule_key(qid, rec["next_attempt"]), db=store.db["schedule"])
+        rec["next_attempt"] = at
+        txn.put(qid, R.dumps(rec), db=store.db["queue"])
+        txn.put(Q.schedule_key(qid, at), b"", db=store.db["schedule"])
+
+    store._writing(op)
+
+
+def test_scans_after_the_first_start_near_where_the_last_one_stopped(tmp_path):
+    cfg = config.load(None, {"server.data_dir": str(tmp_path)})
+    store = Store(cfg.data_dir, map_size=1 << 24)
+    try:
+        runner = Runner(cfg, store)
+        started: list[bytes] = []
+
+        async def fake_attempt(qid: bytes, rec: dict) -> None:
+            started.append(qid)  # and stays in flight
+
+        runner.attempt = fake_attempt  # type: ignore[method-assign]
+
+        async def scan() -> list[bytes]:
+            started.clear()
+            runner.scan()
+            await asyncio.sleep(0)
+            return list(started)
+
+        now = time.time()
+        first = [_queued(store) for _ in range(5)]
+        assert sorted(asyncio.run(scan())) == sorted(first)  # a full scan
+        late = _queued(store)
+        _reschedule(store, late, now - 1.0)  # committed after the scan, stamped before its end: within the margin
+        old = _queued(store)
+        _reschedule(store, old, now - 60.0)  # far behind: left to the next full scan
+        assert asyncio.run(scan()) == [late]  # the in-flight five are not started again
+        assert asyncio.run(scan()) == []
+        runner.next_full = 0.0
+        assert asyncio.run(scan()) == [old]
     finally:
         store.close()
