@@ -37,18 +37,27 @@ def client_tls_context() -> ssl.SSLContext:
     return ctx
 
 
+_TIMEOUT = object()
+
+
 class _Protocol(asyncio.Protocol):
-    def __init__(self, client: C.Client) -> None:
+    def __init__(self, client: C.Client, scale: float = 1.0) -> None:
         self.client = client
+        self.scale = scale  # delivery.timeout_scale
+        self.loop = asyncio.get_running_loop()
+        self.since = 0.0  # when the wait began or the server last sent something
+        self.timer: asyncio.TimerHandle | None = None
+        self.limit = 0.0  # the current wait's timeout (0: the one the client's state calls for)
         self.transport: asyncio.Transport | None = None
         self.events: deque[C.Event] = deque()
-        self.waiter: asyncio.Future[None] | None = None
+        self.waiter: asyncio.Future[object] | None = None
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport is no asyncio.Transport
 
     def data_received(self, data: bytes) -> None:
+        self.since = self.loop.time()
         self._push(self.client.receive(data))
         self.flush()
 
@@ -70,20 +79,46 @@ class _Protocol(asyncio.Protocol):
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out)
 
-    async def next_event(self, timeout: float) -> C.Event:
-        while not self.events:
+    async def next_event(self, timeout: float = 0.0) -> C.Event:
+        """The next event, or Failed once the server has been silent for `timeout` seconds (0: for the
+        timeout of the reply the client now expects, RFC 5321 §4.5.3.2, scaled)."""
+        events = self.events
+        while not events:
             if self.closed:
                 return C.Failed(C.local_reply(421, "4.4.2", "connection lost"))
-            self.waiter = asyncio.get_running_loop().create_future()
+            waiter = self.waiter = self.loop.create_future()
+            self.since = self.loop.time()
+            self.limit = timeout
+            self.timer = self.loop.call_at(self.since + self._timeout(), self._expire, waiter)
             try:
-                await asyncio.wait_for(self.waiter, timeout)
-            except TimeoutError:
+                await waiter
+            finally:
+                if self.timer is not None:
+                    self.timer.cancel()
+                    self.timer = None
+                self.waiter = None
+            if waiter.result() is _TIMEOUT:
+                waited = self._timeout()
                 self._push(self.client.connection_lost())
                 self.abort()
-                return C.Failed(C.local_reply(421, "4.4.2", f"timeout after {timeout:g} s waiting for the server"))
-            finally:
-                self.waiter = None
-        return self.events.popleft()
+                return C.Failed(C.local_reply(421, "4.4.2", f"timeout after {waited:g} s waiting for the server"))
+        return events.popleft()
+
+    def _timeout(self) -> float:
+        return self.limit or self.client.timeout * self.scale
+
+    def _expire(self, waiter: asyncio.Future[object]) -> None:
+        """The timer of a wait: fires at the deadline as it was when armed; replies since then (each one
+        resetting the clock, for the next reply expected) push it on.  One timer per wait, re-armed only
+        when it fires: cheaper than a timer per reply."""
+        if waiter.done():
+            return
+        deadline = self.since + self._timeout()
+        if deadline > self.loop.time():
+            self.timer = self.loop.call_at(deadline, self._expire, waiter)
+        else:
+            self.timer = None
+            waiter.set_result(_TIMEOUT)
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -112,7 +147,7 @@ class Session:
         proto.flush()
         proto.events.extend(pending)
         while True:
-            event = await proto.next_event(proto.client.timeout * self.scale)
+            event = await proto.next_event()
             if isinstance(event, C.Done):
                 self.messages += 1
                 # a Ready (or Failed) follows; leave it for the next message or close
@@ -150,14 +185,14 @@ async def open_session(
     client = C.Client(hostname, tls=tls_context is not None, require_tls=require_tls, auth=auth)
     try:
         transport, proto = await asyncio.wait_for(
-            loop.create_connection(lambda: _Protocol(client), ip, port), connect_timeout)
+            loop.create_connection(lambda: _Protocol(client, timeout_scale), ip, port), connect_timeout)
     except (OSError, TimeoutError) as e:
         what = "timeout" if isinstance(e, TimeoutError) else (e.strerror or repr(e))
         raise SessionError(C.local_reply(421, "4.4.1", f"connect to {host}[{ip}]:{port}: {what}")) from None
     session = Session(proto, host, ip, timeout_scale)
     try:
         while True:
-            event = await proto.next_event(client.timeout * timeout_scale)
+            event = await proto.next_event()
             if isinstance(event, C.Ready):
                 session.extensions = event.extensions
                 return session

@@ -34,6 +34,7 @@ from fastmail import log
 from fastmail.delivery import dsn
 from fastmail.store import mime
 from fastmail.store import records as R
+from fastmail.store.segments import LOCATION
 from fastmail.store.store import Incoming, Store, StoreError, new_qid
 
 PENDING = ("queued", "deferred")
@@ -97,22 +98,29 @@ def due(store: Store, now: float, skip: set[bytes], limit: int = 1000,
     """Queue ids whose attempt is due (not in `skip`, and `mine` when given), and the time of the next one
     not yet due (of any owner: an early wake-up costs one read)."""
     found = due_entries(store, now, skip, limit, mine, held=True)
-    return [q for q, _ in found.entries], found.next_due
+    return [e.qid for e in found.entries], found.next_due
+
+
+@dataclass
+class Entry:
+    qid: bytes
+    rec: dict[str, Any]
+    location: bytes | None  # of its blob (segments.LOCATION), None when it has none
 
 
 @dataclass
 class Due:
-    entries: list[tuple[bytes, dict[str, Any]]]  # queue id, record
+    entries: list[Entry]
     next_due: float | None  # when the first entry not yet due is (`now` when the limit cut the scan short)
     last: int | None  # schedule time (ms) of the last due key looked at: a later scan may start near it
 
 
 def due_entries(store: Store, now: float, skip: set[bytes], limit: int = 1000,
                 mine: Callable[[bytes], bool] | None = None, start: int = 0, held: bool = False) -> Due:
-    """The records of the entries due at `now` (in schedule order, not in `skip`, `mine` when given, held
-    ones left out unless `held`), read in one transaction, looking only at schedule keys from time `start`
-    (ms) on."""
-    out: list[tuple[bytes, dict[str, Any]]] = []
+    """The entries due at `now` (in schedule order, not in `skip`, `mine` when given, held ones left out
+    unless `held`): records and blob locations read in one transaction, looking only at schedule keys from
+    time `start` (ms) on."""
+    out: list[Entry] = []
     horizon = int(now * 1000)
     last = None
     unpack = R.SCHEDULE_KEY.unpack
@@ -121,6 +129,7 @@ def due_entries(store: Store, now: float, skip: set[bytes], limit: int = 1000,
         if not (cursor.set_range(R.SCHEDULE_KEY.pack(start, bytes(12))) if start else cursor.first()):
             return Due(out, None, last)
         queue = store.db["queue"]
+        blobs = store.db["blobs"]
         for key in cursor.iternext(values=False):
             at, qid = unpack(key)
             if at > horizon:
@@ -134,7 +143,8 @@ def due_entries(store: Store, now: float, skip: set[bytes], limit: int = 1000,
             rec = R.loads(raw)
             if rec.get("held") and not held:
                 continue
-            out.append((qid, rec))
+            blob = txn.get(qid, db=blobs)
+            out.append(Entry(qid, rec, bytes(blob[:24]) if blob else None))
             if len(out) >= limit:
                 return Due(out, now, last)
     return Due(out, None, last)
@@ -202,18 +212,35 @@ def _failure(rec: dict[str, Any], r: dict[str, Any], policy: Policy) -> dsn.Fail
                        retry_until=rec["arrived"] + policy.lifetime if delayed else 0.0)
 
 
+@dataclass
+class _Applied:
+    """One update applied to the record as read before the write transaction (phase 1 of `apply`)."""
+
+    raw: bytes  # the record it was applied to
+    rec: dict[str, Any]  # the record after it
+    failed: list[int]
+    delayed: list[int]
+    old_key: bytes | None  # its schedule key before
+
+
 def apply(store: Store, updates: list[Update], policy: Policy) -> list[Effect]:
     """Apply attempt results (and expiry, rescheduling, bounces, removal) in one synced transaction."""
-    # 1. What the bounces will be (a read of the current records and the originals).
+    # 1. The updates applied to the records as they are now, and what the bounces will be (a read of the
+    #    current records and of the originals).  The write transaction reuses each result whose record has
+    #    not changed meanwhile (it rarely has: no second decode and apply).
     bounces: dict[bytes, tuple[bytes, list[int]]] = {}
+    applied: list[_Applied | None] = []
     with store.read() as txn:
-        recs = {up.qid: txn.get(up.qid, db=store.db["queue"]) for up in updates}
-    for up in updates:
-        raw_rec = recs.get(up.qid)
+        raws = [txn.get(up.qid, db=store.db["queue"]) for up in updates]
+    for up, raw_rec in zip(updates, raws, strict=True):
         if raw_rec is None:
+            applied.append(None)
             continue
         rec = R.loads(raw_rec)
-        dsn_for = _dsn_for(rec, *_apply(rec, up, policy))
+        old_key = None if rec.get("held") else schedule_key(up.qid, rec["next_attempt"])
+        failed, delayed = _apply(rec, up, policy)
+        applied.append(_Applied(bytes(raw_rec), rec, failed, delayed, old_key))
+        dsn_for = _dsn_for(rec, failed, delayed)
         if dsn_for:
             try:
                 original = store.read_blob(up.qid)
@@ -238,28 +265,47 @@ def apply(store: Store, updates: list[Update], policy: Policy) -> list[Effect]:
 
     def op(txn: lmdb.Transaction) -> list[Effect]:
         released.clear()
-        effects = []
-        for up in updates:
-            effects.append(_write(store, txn, up, policy, bounces, loc_of, metas, released))
-        return effects
+        return [_write(store, txn, up, policy, bounces, loc_of, metas, released, before)
+                for up, before in zip(updates, applied, strict=True)]
 
     effects: list[Effect] = store._writing(op)
-    for loc in released:
+    for loc in _contiguous(released):
         store.segments.release(loc)
     return effects
 
 
+def _contiguous(locations: list[bytes]) -> list[bytes]:
+    """Released blob locations with the adjacent ones of a segment joined: one hole punched for a run of
+    messages stored one after the other (the usual case: they were written in one batch)."""
+    if len(locations) < 2:
+        return locations
+    ranges = sorted(LOCATION.unpack(loc) for loc in locations)
+    out = []
+    seg, start, length = ranges[0]
+    for s, o, n in ranges[1:]:
+        if s == seg and o == start + length:
+            length += n
+        else:
+            out.append(LOCATION.pack(seg, start, length))
+            seg, start, length = s, o, n
+    out.append(LOCATION.pack(seg, start, length))
+    return out
+
+
 def _write(store: Store, txn: lmdb.Transaction, up: Update, policy: Policy,
            bounces: dict[bytes, tuple[bytes, list[int]]], loc_of: dict[bytes, bytes],
-           metas: dict[bytes, Any], released: list[bytes]) -> Effect:
+           metas: dict[bytes, Any], released: list[bytes], before: _Applied | None) -> Effect:
     db = store.db
     effect = Effect(up.qid.hex())
     raw = txn.get(up.qid, db=db["queue"])
     if raw is None:
         return effect  # deleted by an operator meanwhile
-    rec = R.loads(raw)
-    old_key = None if rec.get("held") else schedule_key(up.qid, rec["next_attempt"])
-    failed, delayed = _apply(rec, up, policy)
+    if before is not None and before.raw == raw:
+        rec, failed, delayed, old_key = before.rec, before.failed, before.delayed, before.old_key
+    else:
+        rec = R.loads(raw)
+        old_key = None if rec.get("held") else schedule_key(up.qid, rec["next_attempt"])
+        failed, delayed = _apply(rec, up, policy)
     prepared = bounces.get(up.qid)
     dsn_for = _dsn_for(rec, failed, delayed)
     if dsn_for and (prepared is None or prepared[1] != dsn_for):

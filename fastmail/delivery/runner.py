@@ -83,6 +83,7 @@ class Job:
     indexes: list[int]  # recipients of the entry in this job
     message: C.Message  # its body is read when a session takes the job
     size: int
+    location: bytes | None  # of the body, when known
     attempt: int
     sts: str
     done: asyncio.Future[dict[int, Q.RcptResult]]
@@ -227,9 +228,9 @@ class Runner:
         if self.cooldown:
             soonest = min(self.cooldown.values())
             next_due = soonest if next_due is None else min(next_due, soonest)
-        for qid, rec in found.entries:
-            self.inflight.add(qid)
-            self._spawn(self.attempt(qid, rec))
+        for e in found.entries:
+            self.inflight.add(e.qid)
+            self._spawn(self.attempt(e.qid, e.rec, e.location))
         return next_due
 
     def _spawn(self, coro: Any) -> None:
@@ -251,9 +252,9 @@ class Runner:
 
     # -- one attempt of one queue entry --------------------------------------------------------------------
 
-    async def attempt(self, qid: bytes, rec: dict[str, Any]) -> None:
+    async def attempt(self, qid: bytes, rec: dict[str, Any], location: bytes | None = None) -> None:
         try:
-            await self._attempt(qid, rec)
+            await self._attempt(qid, rec, location)
         except Exception as e:
             # e.g. the queue write failed: leave the entry alone for a while rather than try it (and perhaps
             # deliver it again) in a tight loop
@@ -265,7 +266,7 @@ class Runner:
             if len(self.inflight) < MAX_INFLIGHT // 2:
                 self.wakeup.set()  # room for more
 
-    async def _attempt(self, qid: bytes, rec: dict[str, Any]) -> None:
+    async def _attempt(self, qid: bytes, rec: dict[str, Any], location: bytes | None) -> None:
         todo = Q.pending(rec)
         if not todo:  # only failed recipients (a DSN is due) or nothing left: one update does it
             self._effect(rec, await self.committer.submit(Q.Update(qid, {}, finish=False, now=time.time())))
@@ -286,8 +287,8 @@ class Runner:
                 any(not r.address.isascii() for r in recipients)
             msg = C.Message(sender, recipients, b"", ret=params.get("ret"), envid=params.get("envid"),
                             eight_bit=(params.get("body") or "").upper() == "8BITMIME", smtputf8=smtputf8)
-            job = Job(qid, domain, indexes, msg, int(rec.get("size") or 0), rec.get("attempts", 0) + 1, "",
-                      loop.create_future())
+            job = Job(qid, domain, indexes, msg, int(rec.get("size") or 0), location, rec.get("attempts", 0) + 1,
+                      "", loop.create_future())
             jobs.append(job)
             await self._dispatch(job)
         if len(jobs) == 1:
@@ -484,9 +485,11 @@ class Runner:
                 job.done.set_result(results)
 
     async def _read(self, job: Job) -> bytes:
-        if job.size <= INLINE_READ:
-            return self.store.read_blob(job.qid)
-        return await asyncio.get_running_loop().run_in_executor(None, self.store.read_blob, job.qid)
+        if job.size > INLINE_READ:
+            return await asyncio.get_running_loop().run_in_executor(None, self.store.read_blob, job.qid)
+        if job.location is not None:  # blobs are immutable: where it was when the attempt began, it still is
+            return self.store.segments.read(job.location)
+        return self.store.read_blob(job.qid)
 
     async def _open(self, route: Route, domain: str) -> Session:
         """A session with the best reachable mail exchanger of `route` (RFC 5321 §5.1: MX by preference,

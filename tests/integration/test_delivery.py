@@ -339,6 +339,30 @@ def test_4xx_then_success_is_retried(srv, dns, receivers):
     assert not bounces_in_inbox(srv, SENDER, "erin@retry.test")
 
 
+def test_a_server_that_stops_answering_times_out_and_is_retried(tmp_path, dns, rloop, mx_port):
+    """RFC 5321 §4.5.3.2: 10 min for the reply to the end of data (here scaled by delivery.timeout_scale to
+    3 s); the attempt is then deferred, never bounced."""
+    dns.set("stall.test", ("MX", (10, "mx.stall.test.")))
+    dns.set("mx.stall.test", ("A", "127.0.0.32"))
+    rx = Receiver(rloop, "127.0.0.32", mx_port)
+    rx.stall_data = True
+    rx.start()
+    s = make_server(tmp_path, workers=1, extra=config(dns, mx_port, timeout_scale=0.005, retry_base=600.0, retry_max=600.0))
+    s.start()
+    try:
+        t0 = time.monotonic()
+        send(s, SENDER, ["sid@stall.test"], message("stalled", "sid@stall.test"))
+        entry = wait_for(lambda: [e for e in entries_for(s, "sid@stall.test") if e["attempts"] >= 1], why="attempt")[0]
+        assert time.monotonic() - t0 >= 2.5
+        r = entry["rcpts"][0]
+        assert r["state"] == "deferred" and r["reply"] == "421 4.4.2 timeout after 3 s waiting for the server"
+        assert not bounces_in_inbox(s, SENDER, "sid@stall.test")
+    finally:
+        s.stop()
+        s.kill_tree()
+        rloop.run(_stop(rx))
+
+
 def test_servfail_is_retried_never_bounced(srv, dns, receivers):
     dns.servfail.add("flaky.test")
     send(srv, SENDER, ["fay@flaky.test"], message("servfail", "fay@flaky.test"))

@@ -11,6 +11,7 @@ import pytest
 from fastmail.delivery import dsn
 from fastmail.delivery import queue as Q
 from fastmail.store import records as R
+from fastmail.store.segments import LOCATION
 from fastmail.store.store import Incoming, Store, StoreError, new_qid
 
 RAW = b"From: a@example.org\r\nSubject: hi\r\n\r\nbody line\r\n"
@@ -83,6 +84,34 @@ def test_deferred_is_rescheduled_with_backoff_then_sent_removes_entry_and_blob(s
                                       now=now + 900)], POLICY)
     assert eff.removed and Q.load(store, qid) is None
     assert schedule(store) == [] and store.blob_location(qid) is None
+
+
+def test_updates_of_one_entry_in_one_batch_apply_in_order(store):
+    """Several destinations of one entry report in the same batch: each update sees the one before."""
+    qid = queued(store, rcpts=("x@one.test", "y@two.test"))
+    now = Q.load(store, qid)["arrived"] + 1
+    effects = Q.apply(store, [Q.Update(qid, {0: Q.RcptResult("sent", "250 ok", "2.0.0")}, now=now),
+                              Q.Update(qid, {1: Q.RcptResult("deferred", "451 later", "4.0.0")}, now=now),
+                              Q.Update(qid, {}, finish=True, now=now)], POLICY)
+    assert [e.removed for e in effects] == [False, False, False] and effects[2].next_attempt == now + 300
+    rec = Q.load(store, qid)
+    assert [r["state"] for r in rec["rcpts"]] == ["sent", "deferred"] and rec["attempts"] == 1
+    assert schedule(store) == [(int((now + 300) * 1000), qid)]
+
+
+def test_blobs_released_together_are_punched_as_one_range_per_run(store, monkeypatch):
+    qids = [queued(store) for _ in range(3)]
+    fourth = queued(store)
+    punched: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(store.segments, "release", lambda loc: punched.append(LOCATION.unpack(loc)))
+    locs = [LOCATION.unpack(store.blob_location(q)) for q in [*qids, fourth]]
+    sent = {0: Q.RcptResult("sent", "250 ok", "2.0.0")}
+    now = Q.load(store, fourth)["arrived"] + 1
+    # written one after the other: released together (in any order) they are one run
+    Q.apply(store, [Q.Update(q, sent, finish=True, now=now) for q in [qids[2], fourth, qids[0], qids[1]]], POLICY)
+    assert punched == [(locs[0][0], locs[0][1], sum(n for _, _, n in locs))]
+    assert Q._contiguous([LOCATION.pack(1, 0, 10), LOCATION.pack(1, 20, 5), LOCATION.pack(2, 10, 5),
+                          LOCATION.pack(1, 10, 10)]) == [LOCATION.pack(1, 0, 25), LOCATION.pack(2, 10, 5)]
 
 
 def test_permanent_failure_bounces_into_the_local_senders_inbox(store):

@@ -29,7 +29,7 @@ def test_scan_starts_only_what_is_due_and_free(tmp_path):
         runner = Runner(cfg, store, index=0, processes=2)
         started: list[bytes] = []
 
-        async def fake_attempt(qid: bytes, rec: dict) -> None:
+        async def fake_attempt(qid: bytes, rec: dict, location: bytes | None = None) -> None:
             started.append(qid)
 
         runner.attempt = fake_attempt  # type: ignore[method-assign]
@@ -70,7 +70,7 @@ def test_scans_after_the_first_start_near_where_the_last_one_stopped(tmp_path):
         runner = Runner(cfg, store)
         started: list[bytes] = []
 
-        async def fake_attempt(qid: bytes, rec: dict) -> None:
+        async def fake_attempt(qid: bytes, rec: dict, location: bytes | None = None) -> None:
             started.append(qid)  # and stays in flight
 
         runner.attempt = fake_attempt  # type: ignore[method-assign]
