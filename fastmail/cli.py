@@ -440,6 +440,32 @@ def cmd_dkim_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- fsck ----------------------------------------------------------------------------------------------
+
+
+def cmd_fsck(args: argparse.Namespace) -> int:
+    """Check the index against the message segments (docs/fsck.md); with --repair, fix what was found.
+    Safe while the server runs.  Exit 0: clean; 1: problems were found (repaired or not, as reported)."""
+    from fastmail.store import fsck
+
+    store = _store(args)
+    try:
+        report = fsck.repair(store) if args.repair else fsck.check(store)
+    finally:
+        store.close()
+    lines = [f.text() for f in report.problems] + [f"note: {f.text()}" for f in report.notes]
+    left = sum(1 for f in report.problems if not f.repaired)
+    if report.clean:
+        lines.append("clean")
+    elif args.repair:
+        lines.append(f"{len(report.problems)} problem(s) found, {len(report.problems) - left} repaired"
+                     + (f", {left} left" if left else ""))
+    else:
+        lines.append(f"{len(report.problems)} problem(s) found; `fastmail fsck --repair` fixes them")
+    _print(args, report.as_dict(), "\n".join(lines))
+    return 0 if report.clean else 1
+
+
 # -- argument parsing ----------------------------------------------------------------------------------
 
 
@@ -554,6 +580,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("domain")
     x.add_argument("selector")
     x.set_defaults(func=cmd_dkim_show)
+
+    x = sub.add_parser("fsck", parents=[common, jsonp],
+                       help="check the index against the message files (exit 1 when problems were found)")
+    x.add_argument("--repair", action="store_true", help="fix what is found (safe while the server runs)")
+    x.set_defaults(func=cmd_fsck)
     return p
 
 

@@ -61,7 +61,7 @@ from fastmail.proto.imap_search import BadCharset, Parser, compress, esearch, pa
 from fastmail.proto.imap_view import View
 from fastmail.store import mailboxes as M
 from fastmail.store.mailboxes import MailboxError, Mailboxes, Message
-from fastmail.store.store import Incoming, StoreError, new_qid
+from fastmail.store.store import Incoming, StoreError, new_qid, storage_full
 
 
 class State(Enum):
@@ -323,6 +323,9 @@ class IMAPConnection(MailboxCommands):
             status = S.SYNTAX.with_text(e.text)
         elif isinstance(e, BadCharset):
             status = S.BADCHARSET
+        elif storage_full(e):
+            # RFC 5530 §3: OVERQUOTA is the user's quota; a full disk is a subsystem down for a while
+            status = S.UNAVAILABLE.with_text("Insufficient system storage; try again later")
         else:
             import logging
 
@@ -783,6 +786,7 @@ class IMAPConnection(MailboxCommands):
         order = None if seen_set else core_fetch.item_order(fetcher.items)
         wires = order is not None and any(c in core_fetch.WIRE_ITEMS for c in order)
         since = -1 if changedsince is None else changedsince
+        whole, whole_uid = _whole_message_only(fetcher.items)
         issued = False
         for start in range(0, len(uids), BATCH):
             want = uids[start: start + BATCH]
@@ -804,6 +808,21 @@ class IMAPConnection(MailboxCommands):
             if changedsince is not None:
                 chunk = [m for m in chunk if m.modseq > changedsince]
             loader.load(chunk)
+            if whole is not None and not seen_set:
+                # the whole message (a client downloading mail): its bytes as stored, framed, no copy
+                body, write, seq = loader.body, self._write, view.seq
+                for m in chunk:
+                    try:
+                        raw = body(m.blob)
+                    except StoreError:
+                        issued = True
+                        continue
+                    write(whole % ((seq(m.uid), m.uid, len(raw)) if whole_uid else (seq(m.uid), len(raw))))
+                    write(raw)
+                    write(b")\r\n")
+                    if self._outlen >= self.limits.flush_bytes:
+                        yield Flush()
+                continue
             for m in chunk:
                 try:
                     parts = fetcher.render_parts(view.seq(m.uid), m, m.uid in seen_set)
@@ -921,6 +940,21 @@ class IMAPConnection(MailboxCommands):
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
+
+def _whole_message_only(items: list[Any]) -> tuple[bytes | None, bool]:
+    """For FETCH of BODY[] / BODY.PEEK[] alone (after UID): the response's head as a %-format for
+    (seq[, uid], size), and whether it has the UID; (None, False) for any other item list."""
+    if len(items) == 2 and items[0] == "UID":
+        att, uid = items[1], True
+    elif len(items) == 1:
+        att, uid = items[0], False
+    else:
+        return None, False
+    if type(att) is not core.FetchAtt or att.name not in ("BODY", "BODY.PEEK") or att.section or \
+            att.partial is not None:
+        return None, False
+    return (b"* %d FETCH (UID %d BODY[] {%d}\r\n" if uid else b"* %d FETCH (BODY[] {%d}\r\n"), uid
+
 
 def _flags(tokens: list[Any]) -> list[str]:
     """Flags of STORE / APPEND: system flags in canonical case, keywords as atoms; \\Recent and unknown

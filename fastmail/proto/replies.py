@@ -55,6 +55,8 @@ TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 TOO_MANY_RCPTS = Reply(452, "4.5.3", "Too many recipients")
 MAILBOX_FULL_TEMP = Reply(452, "4.2.2", "Mailbox full")
+# The disk is full (RFC 5321 §4.2.2 452, RFC 3463 X.3.1 "Mail system full"): retried until space is back.
+INSUFFICIENT_STORAGE = Reply(452, "4.3.1", "Insufficient system storage")
 TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
 AUTH_TEMP = Reply(454, "4.7.0", "Temporary authentication failure")
 

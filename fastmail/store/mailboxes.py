@@ -542,10 +542,11 @@ class Mailboxes:
 
         try:
             out: tuple[int, list[int]] = self.store._writing(op)
-        except BaseException:
-            for loc in locations:  # written, never referenced: give the blocks back
-                self.store.segments.release(loc)
-            raise
+        except BaseException as e:
+            full = self.store._write_failed(e, locations)  # written, never referenced: space reused
+            if full is None:
+                raise
+            raise full from e
         return out
 
 

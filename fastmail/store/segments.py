@@ -13,12 +13,19 @@ a segment file with nothing live left is unlinked by `fsck`/compaction.
 
 Crash safety: bytes appended but never referenced by a committed LMDB record are garbage, never visible.
 A torn append can only affect the tail of a segment that no committed record references.
+
+A full disk (ENOSPC, EDQUOT): a batch that cannot be written is cut off again (the file truncated back to
+where the batch began) and the segment stays in use, so a full disk costs no file per attempt and the next
+batch, once space is back, simply appends there.  Any other write or sync error abandons the segment: its
+tail is unknown (after a failed fdatasync the page cache cannot be trusted), fsck reclaims it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
+import fcntl
 import os
 import struct
 import threading
@@ -28,6 +35,12 @@ SEGMENT_LIMIT = 256 * 1024 * 1024
 RUNWAY = 4 * 1024 * 1024  # zero-filled bytes kept ahead of a segment's end
 _ZEROS = bytes(1024 * 1024)
 LOCATION = struct.Struct(">QQQ")  # segment id, offset, length
+FULL = (errno.ENOSPC, errno.EDQUOT)  # a full disk (or the data directory's filesystem quota)
+
+
+def is_full(exc: BaseException) -> bool:
+    """The error says the disk (or its quota) is full: the message may be retried once space is back."""
+    return isinstance(exc, OSError) and exc.errno in FULL
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
@@ -66,9 +79,14 @@ class Segments:
             seg = int.from_bytes(os.urandom(8), "big") >> 1
             try:
                 fd = os.open(self.path(seg), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
-                break
             except FileExistsError:
                 continue
+            # Ours while we hold this lock (fsck leaves a locked segment alone).  fsck may have taken the
+            # lock of the new, empty file first and unlinked it as dead: then take another.
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.fstat(fd).st_nlink:
+                break
+            os.close(fd)
         self._fd, self._seg, self._size, self._end, self._pid = fd, seg, 0, 0, os.getpid()
         try:
             self._extend()
@@ -107,11 +125,15 @@ class Segments:
         try:
             while written < len(view):
                 written += os.pwrite(self._fd, view[written:], start + written)
+        except OSError as e:
+            if is_full(e) and self._cut(start):
+                raise  # the segment is as before the batch: the next one appends at `start` again
+            self._abandon(start)
+            raise
+        try:
             os.fdatasync(self._fd)
         except OSError:
-            # The tail of this segment is now unknown: never append after it again.
-            os.close(self._fd)
-            self._fd = -1
+            self._abandon(start)  # after a failed sync the tail is unknown: never append after it again
             raise
         self._size += total
         self._end = max(self._end, self._size)
@@ -126,6 +148,41 @@ class Segments:
             locations.append(LOCATION.pack(self._seg, offset, len(body)))
             offset += len(body)
         return locations
+
+    def _cut(self, start: int) -> bool:
+        """A batch at `start` could not be written: cut the file back to its size before the batch (the
+        blocks the batch added past the zero-filled runway are freed); False if that failed."""
+        try:
+            os.ftruncate(self._fd, max(self._end, start))
+        except OSError:
+            return False
+        return True
+
+    def _abandon(self, start: int) -> None:
+        try:
+            os.ftruncate(self._fd, start)  # give back what the failed batch wrote; fsck would otherwise
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = -1
+
+    def discard(self, locations: list[bytes]) -> None:
+        """Appended ranges that will never be referenced (their LMDB transaction was not committed): when
+        they are this segment's last batch, the next batch is written over them; else they are punched."""
+        if not locations:
+            return
+        ranges = [LOCATION.unpack(loc) for loc in locations]
+        seg, start, _ = ranges[0]
+        end = max(o + n for _, o, n in ranges)
+        if self._fd >= 0 and self._pid == os.getpid() and all(s == seg == self._seg for s, _, _ in ranges) \
+                and end == self._size:
+            self._size = min(start, *(o for _, o, _ in ranges))
+            return
+        for loc in locations:
+            try:
+                self.release(loc)
+            except OSError:
+                pass  # fsck reclaims it
 
     def _reader(self, seg: int) -> int:
         fd = self._read_fds.get(seg)

@@ -8,6 +8,7 @@ synced LMDB commit (ARCHITECTURE §3), and is what the workers' group committer 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import threading
@@ -22,7 +23,11 @@ import lmdb
 
 from fastmail.store import changes, mime
 from fastmail.store import records as R
-from fastmail.store.segments import Segments, fsync_dir
+from fastmail.store.segments import LOCATION, Segments, fsync_dir
+from fastmail.store.segments import is_full as segments_full
+
+MAP_NOT_GROWN = "LMDB map could not be grown enough"
+FULL_MARGIN = 8 << 20  # free bytes under which a failed LMDB commit is taken for a full disk
 
 
 class StoreError(Exception):
@@ -208,7 +213,7 @@ class Store:
                 self._grow()
             except lmdb.MapResizedError:
                 self._adopt_map_size()
-        raise StoreError("LMDB map could not be grown enough")
+        raise StoreError(MAP_NOT_GROWN)
 
     # -- counters --------------------------------------------------------------------------------------
 
@@ -509,7 +514,8 @@ class Store:
         """Store every message of the batch: bodies with one fdatasync, index with one synced commit.
 
         Returns one Outcome per Incoming.  Raises OSError/lmdb.Error when nothing of the batch could be made
-        durable (the sessions then answer 451 4.3.0 and the client retries).
+        durable: the sessions then answer 451 4.3.0, or 452 4.3.1 when the disk is full (storage_full()),
+        and the client retries.
         """
         bodies = [item.raw for item in batch]
         locations = self.segments.append_batch(bodies)
@@ -521,7 +527,45 @@ class Store:
                 outcomes.append(self._deliver(txn, item, loc, now))
             return outcomes
 
-        return list(self._writing(op))
+        try:
+            return list(self._writing(op))
+        except BaseException as e:
+            full = self._write_failed(e, locations)
+            if full is None:
+                raise
+            raise full from e
+
+    def _write_failed(self, exc: BaseException, locations: list[bytes]) -> OSError | None:
+        """The write transaction for freshly appended bodies failed with `exc`.  When LMDB surely did not
+        commit it, the bodies will never be referenced: the next batch reuses their space.  Returns an
+        ENOSPC error to raise instead when a failed LMDB commit comes from a full disk: LMDB reports a short
+        write as EIO ("short write, filesystem full?"), so the free space decides."""
+        if self._uncommitted(exc):
+            self.segments.discard(locations)
+        if isinstance(exc, lmdb.Error) and not storage_full(exc):
+            try:
+                st = os.statvfs(self.dir)
+            except OSError:
+                return None
+            if st.f_bavail * st.f_frsize < sum(LOCATION.unpack(loc)[2] for loc in locations) + FULL_MARGIN:
+                return OSError(errno.ENOSPC, f"disk full: {exc}")
+        return None
+
+    def _uncommitted(self, exc: BaseException) -> bool:
+        """After `exc` from a write transaction, LMDB surely did not commit it: raised before the commit,
+        or a commit that failed before writing the meta page that publishes it — a failure there marks the
+        environment fatal (MDB_PANIC from then on), so an environment still usable says the commit failed
+        earlier (writing or syncing its pages)."""
+        if not_committed(exc):
+            return True
+        if isinstance(exc, lmdb.PanicError):
+            return False
+        try:
+            with self.env.begin():
+                pass
+        except lmdb.Error:
+            return False
+        return True
 
     def _deliver(self, txn: lmdb.Transaction, item: Incoming, loc: bytes, now: int) -> Outcome:
         db = self.db
@@ -705,6 +749,21 @@ class Store:
         self._writing(op)
         for loc in released:
             self.segments.release(loc)
+
+
+def storage_full(exc: BaseException) -> bool:
+    """The error means the disk (or the LMDB map, which could not grow) is full: a temporary condition that
+    ends by itself when space comes back (SMTP 452 4.3.1, RFC 3463 §3.4 X.3.1; IMAP NO [UNAVAILABLE])."""
+    return segments_full(exc) or isinstance(exc, lmdb.DiskError) or (
+        isinstance(exc, lmdb.Error) and bool(exc.args) and exc.args[-1] in (errno.ENOSPC, errno.EDQUOT)) or (
+        isinstance(exc, StoreError) and str(exc) == MAP_NOT_GROWN)
+
+
+def not_committed(exc: BaseException) -> bool:
+    """After this error from a write transaction, LMDB surely did not commit it: raised before the commit,
+    or a commit that failed writing its pages (a full disk), before the meta page that would publish it."""
+    return not isinstance(exc, lmdb.Error) or isinstance(exc, (lmdb.DiskError, lmdb.MapFullError)) or (
+        bool(exc.args) and exc.args[-1] in (errno.ENOSPC, errno.EDQUOT))
 
 
 def normalize_domain(domain: str) -> str:
