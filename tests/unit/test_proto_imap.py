@@ -485,3 +485,31 @@ def test_append_all_into_a_deleted_mailbox_stores_nothing(store, user):
     assert e.value.code == "TRYCREATE" and boxes.quota(user)[1:] == (0, 0)
     with store.read() as txn:
         assert all(txn.get(i.qid, db=store.db["blobs"]) is None for i in items)
+
+
+def test_whole_message_fetch_is_the_general_rendering(store, user):
+    """FETCH of BODY[] / BODY.PEEK[] alone (with or after UID) takes a shorter path: byte for byte what the
+    general renderer gives with the items the other way round, or with the section spelled out."""
+    bodies = [RAW, b"Subject: two\r\n\r\n" + b"x" * 70_000 + b"\r\n", b"Subject: three\r\n\r\nthree\r\n"]
+    for raw in bodies:
+        deliver(store, user, raw)
+    d = session(store, user)
+    d.cmd("s SELECT INBOX")
+    fast = d.send(b"a FETCH 1:* BODY.PEEK[]\r\n")
+    assert fast == b"".join(b"* %d FETCH (BODY[] {%d}\r\n%s)\r\n" % (i + 1, len(raw), raw)
+                            for i, raw in enumerate(bodies)) + b"a OK Completed\r\n"
+    uid_fast = d.send(b"b UID FETCH 1:* (BODY.PEEK[])\r\n")
+    general = d.send(b"c FETCH 1:* (BODY.PEEK[] UID)\r\n")  # the other order: the general renderer
+    assert uid_fast.endswith(b"b OK Completed\r\n") and general.endswith(b"c OK Completed\r\n")
+    assert len(uid_fast) == len(general)  # the same pieces, the UID item moved
+    for i, raw in enumerate(bodies):
+        assert b"* %d FETCH (UID %d BODY[] {%d}\r\n%s)\r\n" % (i + 1, i + 1, len(raw), raw) in uid_fast
+        assert b"* %d FETCH (BODY[] {%d}\r\n%s UID %d)\r\n" % (i + 1, len(raw), raw, i + 1) in general
+    # BODY[] without PEEK sets \Seen: FLAGS goes in, by the general renderer
+    seen = d.send(b"e FETCH 2 BODY[]\r\n")
+    assert seen.startswith(b"* 2 FETCH (BODY[] {%d}\r\n" % len(bodies[1])) and b"FLAGS (\\Seen)" in seen
+    # once seen, BODY[] changes nothing: the short path again
+    assert d.send(b"f FETCH 2 BODY[]\r\n") == b"* 2 FETCH (BODY[] {%d}\r\n%s)\r\nf OK Completed\r\n" % (
+        len(bodies[1]), bodies[1])
+    # a partial or a section is not the whole message
+    assert d.send(b"g FETCH 3 BODY.PEEK[]<0.4>\r\n") == b"* 3 FETCH (BODY[]<0> {4}\r\nSubj)\r\ng OK Completed\r\n"
