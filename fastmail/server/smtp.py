@@ -23,7 +23,7 @@ from fastmail.proto import replies as R
 from fastmail.proto import smtp as P
 from fastmail.proto.replies import Reply
 from fastmail.server.session import Session
-from fastmail.store.store import Incoming, new_qid
+from fastmail.store.store import Incoming, new_qid, storage_full
 
 if TYPE_CHECKING:
     from fastmail.server.worker import Services
@@ -377,7 +377,7 @@ class SMTPProtocol(Session):
             outcome = await services.committer.commit(item)
         except Exception as e:
             log.event("store_failed", level=logging.ERROR, sid=self.sid, qid=qhex, error=repr(e))
-            conn.deliver_done(qhex, failed=True)
+            conn.deliver_done(qhex, failed=True, refused=R.INSUFFICIENT_STORAGE if storage_full(e) else None)
             return
         self._count_message(conn.session)
         local = len(users) - len(outcome.over_quota)
