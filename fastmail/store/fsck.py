@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -146,19 +147,31 @@ def _has_hole(fd: int, start: int, end: int) -> bool:
 
 
 def _has_data(fd: int, start: int, end: int) -> bool:
-    """Allocated blocks wholly inside [start, end) (punching frees whole blocks only: the partial blocks at
-    a range's edges stay allocated, zeroed, and are no sign of garbage)."""
+    """Bytes other than zeros in whole blocks inside [start, end).  Punching frees whole blocks only: the
+    partial blocks at a released range's edges stay allocated, zeroed — also the block where two ranges
+    released one after the other meet — and are no sign of garbage; nor are blocks of zeros at all."""
     block = os.fstat(fd).st_blksize or 4096
-    lo = -(-start // block) * block
+    pos = -(-start // block) * block
     hi = end // block * block
-    if lo >= hi:
-        return False
-    try:
-        return os.lseek(fd, lo, os.SEEK_DATA) < hi
-    except OSError as e:
-        if e.errno == errno.ENXIO:
-            return False  # nothing but holes after lo
-        return True
+    while pos < hi:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+            hole = min(os.lseek(fd, data, os.SEEK_HOLE), hi)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                return False  # nothing but holes after pos
+            data, hole = pos, hi  # no SEEK_DATA here: read it all
+        if data >= hi:
+            return False
+        while data < hole:
+            chunk = os.pread(fd, min(hole - data, 1 << 20), data)
+            if not chunk:
+                return False
+            if chunk.count(0) != len(chunk):
+                return True
+            data += len(chunk)
+        pos = hole
+    return False
 
 
 # -- the index -------------------------------------------------------------------------------------------
@@ -242,7 +255,7 @@ def _scan(store: Store, txn: lmdb.Transaction, files: _Files) -> _Index:
             ix.broken_refs[blob] = ix.broken_refs.get(blob, 0) + 1
             ix.queue_broken.append((qid, rec))
             ix.findings.append(Finding(QUEUE_MISSING_BLOB, {
-                "qid": qid.hex(), "sender": rec.get("sender"),
+                "qid": qid.hex(), "blob": blob.hex(), "sender": rec.get("sender"),
                 "rcpts": [r.get("to") for r in rec.get("rcpts", [])],
                 "why": ix.bad_blobs.get(blob, "no blob record")}))
             continue
@@ -358,7 +371,7 @@ def _live_ranges(store: Store, txn: lmdb.Transaction) -> dict[int, list[tuple[in
 def _segment_lock(store: Store, seg: int) -> Iterator[int | None]:
     """The segment's fd with its writer lock taken, or None when a live writer holds it (or it is gone)."""
     try:
-        fd = os.open(store.segments.path(seg), os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(store.segments.path(seg), os.O_RDONLY | os.O_CLOEXEC)  # flock needs no write access
     except FileNotFoundError:
         yield None
         return
@@ -407,7 +420,42 @@ def _scan_segments(store: Store, live: dict[int, list[tuple[int, int]]]) -> tupl
             problems.append(Finding(DEAD_SEGMENT, {"segment": f"{seg:016x}", "size": size}))
         elif size > last:
             notes.append(Finding(TORN_TAIL, {"segment": f"{seg:016x}", "offset": last, "length": size - last}))
-    return problems, notes
+    return _settled(store, problems), notes
+
+
+SETTLE = (0.05, 0.1, 0.2, 0.4, 0.8)  # seconds between the looks at what may be a moment's state
+
+
+def _settled(store: Store, problems: list[Finding]) -> list[Finding]:
+    """The segment findings that last.  A range whose blob record a transaction dropped is punched just
+    after that commit, so for a moment it looks orphaned; a writer creates its segment file just before
+    it takes the file's lock.  Both pass by themselves: look again a few times over ~1.5 s."""
+    pending = list(problems)
+    for delay in SETTLE:
+        if not pending:
+            break
+        time.sleep(delay)
+        with store.read() as txn:
+            live = _live_ranges(store, txn)
+        pending = [f for f in pending if _still(store, f, live)]
+    return pending
+
+
+def _still(store: Store, f: Finding, live: dict[int, list[tuple[int, int]]]) -> bool:
+    seg = int(f.detail["segment"], 16)
+    if f.kind == DEAD_SEGMENT:
+        if live.get(seg):
+            return False
+        with _segment_lock(store, seg) as fd:
+            return fd is not None
+    try:
+        fd = os.open(store.segments.path(seg), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        return _has_data(fd, f.detail["offset"], f.detail["offset"] + f.detail["length"])
+    finally:
+        os.close(fd)
 
 
 def _repair_segments(store: Store, findings: list[Finding]) -> None:
@@ -429,7 +477,7 @@ def _repair_segments(store: Store, findings: list[Finding]) -> None:
                 os.unlink(store.segments.path(seg))
                 f.repaired = True
             elif f.kind == TORN_TAIL and os.fstat(fd).st_size > last:
-                os.ftruncate(fd, last)
+                os.truncate(store.segments.path(seg), last)
                 f.repaired = True
     if any(f.kind == DEAD_SEGMENT and f.repaired for f in findings):
         from fastmail.store.segments import fsync_dir
@@ -450,7 +498,25 @@ def check(store: Store) -> Report:
     finally:
         files.close()
     problems, notes = _scan_segments(store, live)
-    return Report(ix.findings + problems, notes)
+    return Report(_confirmed(store, ix) + problems, notes)
+
+
+def _confirmed(store: Store, ix: _Index) -> list[Finding]:
+    """The index findings, less the bodies found broken only because they were released meanwhile: an
+    expunge committed after the read transaction began punches its range right after its commit, so the
+    range looks holed although its record is already gone.  A new read transaction tells."""
+    racing = {f.detail["blob"] for f in ix.findings
+              if f.kind in (MISSING_BLOB, QUEUE_MISSING_BLOB) and f.detail["why"] != "no blob record"}
+    if not racing:
+        return ix.findings
+    gone = set()
+    with store.read() as txn:
+        for blob_hex in racing:
+            blob = bytes.fromhex(blob_hex)
+            raw = txn.get(blob, db=store.db["blobs"])
+            if raw is None or R.BLOB.unpack(raw)[:3] != ix.blobs[blob][:3]:
+                gone.add(blob_hex)
+    return [f for f in ix.findings if f.detail.get("blob") not in gone or f.kind not in (MISSING_BLOB, QUEUE_MISSING_BLOB)]
 
 
 def repair(store: Store) -> Report:
