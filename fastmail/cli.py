@@ -466,6 +466,51 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     return 0 if report.clean else 1
 
 
+# -- migration (docs/operations.md, "Moving from Dovecot") ---------------------------------------------
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import a Dovecot Maildir++ tree or an mbox file into a user's folders (fastmail.migrate); safe while
+    the server runs, and again: what an earlier run imported is skipped."""
+    from pathlib import Path
+
+    from fastmail import migrate
+
+    store = _store(args)
+    try:
+        if args.format == "maildir":
+            report = migrate.import_maildir(store, args.user, Path(args.path), args.folder)
+        else:
+            report = migrate.import_mbox(store, args.user, Path(args.path), args.folder, args.unescape)
+    except migrate.MigrateError as e:
+        raise CLIError(str(e)) from None
+    finally:
+        store.close()
+    _print(args, report.as_dict(), report.text())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a user's folders as a Maildir++ tree that Dovecot reads (fastmail.migrate)."""
+    from pathlib import Path
+
+    from fastmail import migrate
+
+    store = _store(args)
+    try:
+        report = migrate.export_maildir(store, args.user, Path(args.path))
+    except migrate.MigrateError as e:
+        raise CLIError(str(e)) from None
+    finally:
+        store.close()
+    d = report.as_dict()
+    text = "\n".join([f"{f.name}\t{f.imported} message(s)\t{f.bytes} bytes\t{f.source}" for f in report.folders]
+                     + [f"warning: {w}" for w in report.warnings]
+                     + [f"{report.user}: {d['imported']} message(s) exported to {args.path}"])
+    _print(args, d, text)
+    return 0 if not any(f.vanished for f in report.folders) else 1
+
+
 # -- argument parsing ----------------------------------------------------------------------------------
 
 
@@ -585,6 +630,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="check the index against the message files (exit 1 when problems were found)")
     x.add_argument("--repair", action="store_true", help="fix what is found (safe while the server runs)")
     x.set_defaults(func=cmd_fsck)
+
+    i = sub.add_parser("import", parents=[common], help="import mail from Dovecot (Maildir, mbox)").add_subparsers(dest="format", required=True)
+    x = i.add_parser("maildir", parents=[common, jsonp], help="a Maildir++ tree: INBOX and its .Sub.Folder folders")
+    x.add_argument("user")
+    x.add_argument("path", help="the Maildir (with cur/, new/, tmp/)")
+    x.add_argument("--folder", help="import into this folder (subfolders below it) instead of INBOX")
+    x.set_defaults(func=cmd_import)
+    x = i.add_parser("mbox", parents=[common, jsonp], help="an mbox file into one folder")
+    x.add_argument("user")
+    x.add_argument("path", help="the mbox file")
+    x.add_argument("--folder", default="INBOX", help="the folder to import into (default INBOX; made if missing)")
+    x.add_argument("--unescape", choices=["mboxrd", "mboxo", "none"], default="mboxrd",
+                   help="'>From ' lines: mboxrd takes one '>' off ^>+From (default), mboxo off ^>From only")
+    x.set_defaults(func=cmd_import)
+    e = sub.add_parser("export", parents=[common], help="export mail for Dovecot").add_subparsers(dest="format", required=True)
+    x = e.add_parser("maildir", parents=[common, jsonp], help="every folder of the user as a Maildir++ tree")
+    x.add_argument("user")
+    x.add_argument("path", help="a new or empty directory")
+    x.set_defaults(func=cmd_export)
     return p
 
 
