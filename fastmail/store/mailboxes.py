@@ -543,10 +543,8 @@ class Mailboxes:
         try:
             out: tuple[int, list[int]] = self.store._writing(op)
         except BaseException as e:
-            full = self.store._write_failed(e, locations)  # written, never referenced: space reused
-            if full is None:
-                raise
-            raise full from e
+            self.store._write_failed(e, locations)  # written, never referenced: the space is reused
+            raise
         return out
 
 

@@ -23,11 +23,11 @@ import lmdb
 
 from fastmail.store import changes, mime
 from fastmail.store import records as R
-from fastmail.store.segments import LOCATION, Segments, fsync_dir
+from fastmail.store.segments import Segments, fsync_dir
 from fastmail.store.segments import is_full as segments_full
 
 MAP_NOT_GROWN = "LMDB map could not be grown enough"
-FULL_MARGIN = 8 << 20  # free bytes under which a failed LMDB commit is taken for a full disk
+FULL_MARGIN = 8 << 20  # free bytes under which a failed LMDB commit (EIO) is taken for a full disk
 
 
 class StoreError(Exception):
@@ -213,7 +213,20 @@ class Store:
                 self._grow()
             except lmdb.MapResizedError:
                 self._adopt_map_size()
+            except lmdb.Error as e:
+                # LMDB reports a short write (a full disk) as EIO ("short write, filesystem full?"): when the
+                # transaction surely was not committed and the disk is all but full, say so (storage_full()).
+                if not storage_full(e) and self._uncommitted(e) and self._nearly_full():
+                    raise OSError(errno.ENOSPC, f"disk full: {e}") from e
+                raise
         raise StoreError(MAP_NOT_GROWN)
+
+    def _nearly_full(self) -> bool:
+        try:
+            st = os.statvfs(self.dir)
+        except OSError:
+            return False
+        return st.f_bavail * st.f_frsize < FULL_MARGIN
 
     # -- counters --------------------------------------------------------------------------------------
 
@@ -530,25 +543,16 @@ class Store:
         try:
             return list(self._writing(op))
         except BaseException as e:
-            full = self._write_failed(e, locations)
-            if full is None:
-                raise
-            raise full from e
+            self._write_failed(e, locations)
+            raise
 
     def _write_failed(self, exc: BaseException, locations: list[bytes]) -> OSError | None:
         """The write transaction for freshly appended bodies failed with `exc`.  When LMDB surely did not
-        commit it, the bodies will never be referenced: the next batch reuses their space.  Returns an
-        ENOSPC error to raise instead when a failed LMDB commit comes from a full disk: LMDB reports a short
-        write as EIO ("short write, filesystem full?"), so the free space decides."""
+        commit it, the bodies will never be referenced: the next batch reuses their space.  Returns an error
+        to raise instead of `exc`, or None (always, now: _writing already turns a full disk's EIO into
+        ENOSPC; fastmail.migrate still asks)."""
         if self._uncommitted(exc):
             self.segments.discard(locations)
-        if isinstance(exc, lmdb.Error) and not storage_full(exc):
-            try:
-                st = os.statvfs(self.dir)
-            except OSError:
-                return None
-            if st.f_bavail * st.f_frsize < sum(LOCATION.unpack(loc)[2] for loc in locations) + FULL_MARGIN:
-                return OSError(errno.ENOSPC, f"disk full: {exc}")
         return None
 
     def _uncommitted(self, exc: BaseException) -> bool:
