@@ -476,12 +476,13 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     from fastmail import migrate
 
+    owner = _key_owner(_load(args))  # run as root: the segment file it writes goes to server.user
     store = _store(args)
     try:
         if args.format == "maildir":
-            report = migrate.import_maildir(store, args.user, Path(args.path), args.folder)
+            report = migrate.import_maildir(store, args.user, Path(args.path), args.folder, owner)
         else:
-            report = migrate.import_mbox(store, args.user, Path(args.path), args.folder, args.unescape)
+            report = migrate.import_mbox(store, args.user, Path(args.path), args.folder, args.unescape, owner)
     except migrate.MigrateError as e:
         raise CLIError(str(e)) from None
     finally:

@@ -221,6 +221,7 @@ def test_maildir_import_export_roundtrip_and_dovecot(tmp_path: Path, server: Ser
         same(fetch_box(m, names[target]), want, f"re-import {target}")
     assert "Old/Ελλάδα" not in folders(m, subscribed=True) and "Old/Arbeit" in folders(m, subscribed=True)
     m.logout()
+    server.cli("fsck")  # exit 0: index, counters, usage and segments agree after all of it
 
     dovecot_reads(tmp_path, out, expected)
 
@@ -327,6 +328,25 @@ def test_mbox_import(tmp_path: Path) -> None:
              "mailgen mbox")
         same(fetch_box(m, "INBOX"), [Expected(s, frozenset(f), ts) for _, s, f, ts in tricky], "unix mbox")
         m.logout()
+        srv.cli("fsck")
     finally:
         srv.stop()
         srv.kill_tree()
+
+
+def test_mbox_escaping_variants() -> None:
+    """mboxrd takes one ">" off every ^>+From_ line, mboxo only off ^>From_, none leaves them; a "From " line
+    that does not follow an empty line or has no date is message text; a message may start with ">From"."""
+    from fastmail.migrate import MigrateError, mbox_messages
+
+    box = (b"From a Mon Jan  1 00:00:00 2024\nSubject: a\n\n>From x\n>>From y\nFrom z no date\n\n"
+           b"From bogus line\n\nFrom b@x Mon Jan  1 00:00:01 2024\r\n>From first\r\n\r\nb\r\n\r\n")
+    tail = b"From z no date\r\n\r\nFrom bogus line\r\n"
+    want = {"mboxrd": (b"From x\r\n>From y\r\n", b"From first"), "mboxo": (b"From x\r\n>>From y\r\n", b"From first"),
+            "none": (b">From x\r\n>>From y\r\n", b">From first")}
+    for mode, (quoted, first) in want.items():
+        got = list(mbox_messages(box, mode))
+        assert got == [(b"Subject: a\r\n\r\n" + quoted + tail, [], 1704067200),
+                       (first + b"\r\n\r\nb\r\n", [], 1704067201)], mode
+    with pytest.raises(MigrateError):
+        list(mbox_messages(b"Subject: not an mbox\n\nx\n"))
