@@ -223,12 +223,14 @@ def test_maildir_import_export_roundtrip_and_dovecot(tmp_path: Path, server: Ser
     m.logout()
     server.cli("fsck")  # exit 0: index, counters, usage and segments agree after all of it
 
-    dovecot_reads(tmp_path, out, expected)
+    validity = {b["name"]: b["uidvalidity"] for b in orjson.loads(
+        server.cli("mailbox", "list", "alice@example.org", "--json").stdout)}
+    dovecot_reads(out, expected, validity)
 
 
-def dovecot_reads(tmp_path: Path, maildir: Path, expected: dict[str, list[Expected]]) -> None:
+def dovecot_reads(maildir: Path, expected: dict[str, list[Expected]], validity: dict[str, int]) -> None:
     """A private Dovecot (bench/imap/target_dovecot.py's configuration) serves the exported tree: the same
-    bytes, flags, dates, UIDs (from our dovecot-uidlist) and subscriptions."""
+    bytes, flags, dates, UIDs and UIDVALIDITY (from our dovecot-uidlist) and subscriptions."""
     if shutil.which("dovecot") is None or shutil.which("doveadm") is None or os.geteuid() != 0:
         pytest.skip("a private Dovecot needs dovecot installed and root")
     from bench.imap.target_dovecot import CONF
@@ -261,6 +263,7 @@ def dovecot_reads(tmp_path: Path, maildir: Path, expected: dict[str, list[Expect
         for name, want in expected.items():
             got = fetch_box(m, names[name])
             same(got, want, f"dovecot {name}")
+            assert m.response("UIDVALIDITY")[1] == [str(validity[name]).encode()], name
             assert [u for u, _ in got] == list(range(1, len(want) + 1))  # fastmail's UIDs, kept
         m.logout()
         log = (d / "dovecot.log").read_text(errors="replace") if (d / "dovecot.log").exists() else ""
