@@ -95,6 +95,11 @@ class STS:
         self._looking: dict[str, asyncio.Task[Policy | None]] = {}
         self.fetches = 0
 
+    def known_without(self, domain: str) -> bool:
+        """Whether `domain` is known to publish no policy (for now): policy() would answer None at once."""
+        until = self.none_until.get(domain)
+        return until is not None and until > time.monotonic()
+
     async def policy(self, domain: str) -> Policy | None:
         until = self.none_until.get(domain)
         if until is not None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import ssl
 from collections import deque
+from collections.abc import Callable
 
 from fastmail.proto import smtp_client as C
 
@@ -41,6 +42,10 @@ _TIMEOUT = object()
 
 
 class _Protocol(asyncio.Protocol):
+    """Drives the client.  While the session opens, events queue for `next_event()`; once it is ready
+    (`Session`), each message sent has a future, resolved by its Done in the order sent, and `feeder` is
+    asked for the next message whenever the client can pipeline one after the data just sent."""
+
     def __init__(self, client: C.Client, scale: float = 1.0) -> None:
         self.client = client
         self.scale = scale  # delivery.timeout_scale
@@ -52,13 +57,25 @@ class _Protocol(asyncio.Protocol):
         self.events: deque[C.Event] = deque()
         self.waiter: asyncio.Future[object] | None = None
         self.closed = False
+        # once ready
+        self.ready = False
+        self.pending: deque[tuple[asyncio.Future[list[C.Reply]], int]] = deque()  # per transaction sent: its
+        # future and number of recipients
+        self.feeder: Callable[[], object] | None = None
+        self.receiving = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's TCPTransport is no asyncio.Transport
 
     def data_received(self, data: bytes) -> None:
         self.since = self.loop.time()
-        self._push(self.client.receive(data))
+        self.receiving = True
+        try:
+            self._push(self.client.receive(data))
+            if self.feeder is not None and self.client.can_send_next:
+                self.feeder()  # the next message's commands go out with this data (RFC 2920 §3.1)
+        finally:
+            self.receiving = False
         self.flush()
 
     def eof_received(self) -> bool:
@@ -67,8 +84,23 @@ class _Protocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._push(self.client.connection_lost())
+        lost = C.local_reply(421, "4.4.2", "connection lost")
+        while self.pending:  # (the client's Done events resolved them all already)
+            fut, n = self.pending.popleft()
+            if not fut.done():
+                fut.set_result([lost] * n)
 
     def _push(self, events: list[C.Event]) -> None:
+        if self.ready:
+            for event in events:
+                if isinstance(event, C.Done) and self.pending:
+                    fut, _ = self.pending.popleft()
+                    if not fut.done():
+                        fut.set_result(event.results)
+            if not self.pending and self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            return
         if events:
             self.events.extend(events)
         if self.waiter is not None and not self.waiter.done() and (self.events or self.closed):
@@ -78,6 +110,25 @@ class _Protocol(asyncio.Protocol):
         out = self.client.take_output()
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out)
+
+    def send(self, msg: C.Message) -> asyncio.Future[list[C.Reply]]:
+        """Start `msg`'s transaction (the session is ready, or can pipeline it); its future gets a reply
+        per recipient."""
+        fut: asyncio.Future[list[C.Reply]] = self.loop.create_future()
+        if self.closed:
+            fut.set_result([C.local_reply(421, "4.4.2", "connection lost")] * len(msg.rcpts))
+            return fut
+        done = self.client.send(msg)
+        if done:  # decided before any command (SMTPUTF8, SIZE, 8BITMIME)
+            fut.set_result(done[0].results)  # type: ignore[union-attr]
+            return fut
+        self.pending.append((fut, len(msg.rcpts)))
+        if self.timer is None:
+            self.since = self.loop.time()
+            self.timer = self.loop.call_at(self.since + self._timeout(), self._expire, None)
+        if not self.receiving:
+            self.flush()
+        return fut
 
     async def next_event(self, timeout: float = 0.0) -> C.Event:
         """The next event, or Failed once the server has been silent for `timeout` seconds (0: for the
@@ -107,18 +158,24 @@ class _Protocol(asyncio.Protocol):
     def _timeout(self) -> float:
         return self.limit or self.client.timeout * self.scale
 
-    def _expire(self, waiter: asyncio.Future[object]) -> None:
-        """The timer of a wait: fires at the deadline as it was when armed; replies since then (each one
-        resetting the clock, for the next reply expected) push it on.  One timer per wait, re-armed only
-        when it fires: cheaper than a timer per reply."""
-        if waiter.done():
+    def _expire(self, waiter: asyncio.Future[object] | None) -> None:
+        """The timer of a wait (`waiter`, or the pending transactions when None): fires at the deadline as
+        it was when armed; replies since then (each one resetting the clock, for the next reply expected)
+        push it on.  One timer per wait, re-armed only when it fires: cheaper than a timer per reply."""
+        if waiter is not None and waiter.done() or waiter is None and not self.pending:
+            self.timer = None
             return
         deadline = self.since + self._timeout()
         if deadline > self.loop.time():
             self.timer = self.loop.call_at(deadline, self._expire, waiter)
-        else:
-            self.timer = None
+            return
+        self.timer = None
+        if waiter is not None:
             waiter.set_result(_TIMEOUT)
+            return
+        reply = C.local_reply(421, "4.4.2", f"timeout after {self._timeout():g} s waiting for the server")
+        self._push(self.client.abort(reply))
+        self.abort()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -136,30 +193,41 @@ class Session:
         self.extensions: dict[str, str] = {}
         self.messages = 0
 
+    def start(self) -> None:
+        """The session is ready: from now on messages go through send()."""
+        self.proto.events.clear()
+        self.proto.ready = True
+
     @property
     def usable(self) -> bool:
+        """Ready for a message (nothing open)."""
         return self.proto.client.phase is C.Phase.READY and not self.proto.closed
+
+    @property
+    def open(self) -> bool:
+        """Still connected and talking (transactions may be open)."""
+        return not self.proto.closed and self.proto.client.phase in (C.Phase.READY, C.Phase.TRANSACTION)
+
+    def pipeline(self, feeder: Callable[[], object] | None) -> None:
+        """`feeder()` is called whenever a next message could go out along with the data just sent; it may
+        call send() (at most once)."""
+        self.proto.feeder = feeder
+
+    def send(self, msg: C.Message) -> asyncio.Future[list[C.Reply]]:
+        """Start one transaction; the future gets a final reply per recipient of `msg`, in order (transactions
+        end in the order they were sent)."""
+        self.messages += 1
+        return self.proto.send(msg)
 
     async def deliver(self, msg: C.Message) -> list[C.Reply]:
         """One transaction: a final reply per recipient of `msg`, in order."""
-        proto = self.proto
-        pending = proto.client.send(msg)
-        proto.flush()
-        proto.events.extend(pending)
-        while True:
-            event = await proto.next_event()
-            if isinstance(event, C.Done):
-                self.messages += 1
-                # a Ready (or Failed) follows; leave it for the next message or close
-                while proto.events and isinstance(proto.events[0], C.Ready):
-                    proto.events.popleft()
-                return event.results
-            if isinstance(event, C.Failed):
-                return [event.reply] * len(msg.rcpts)
+        return await self.send(msg)
 
     async def close(self) -> None:
         proto = self.proto
+        proto.feeder = None
         if not proto.closed and proto.client.phase is C.Phase.READY:
+            proto.ready = False
             proto.client.quit()
             proto.flush()
             with contextlib.suppress(Exception):
@@ -195,6 +263,7 @@ async def open_session(
             event = await proto.next_event()
             if isinstance(event, C.Ready):
                 session.extensions = event.extensions
+                session.start()
                 return session
             if isinstance(event, C.Failed):
                 raise SessionError(event.reply)

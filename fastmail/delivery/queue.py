@@ -418,6 +418,60 @@ def bounce(store: Store, qid: str) -> dict[str, Any]:
     return _modify(store, qid, fn)
 
 
+def hold_all(store: Store, match: Callable[[dict[str, Any]], bool] | None = None,
+             on_commit: Callable[[int], None] | None = None) -> int:
+    """Hold every entry (that `match`es); how many were held."""
+    return _modify_all(store, lambda rec: not rec.get("held") and (match is None or match(rec)),
+                       lambda rec, now: rec.update(held=True), on_commit)
+
+
+def release_all(store: Store, match: Callable[[dict[str, Any]], bool] | None = None,
+                on_commit: Callable[[int], None] | None = None) -> int:
+    """End the hold of every held entry (that `match`es), each due at once; how many were released."""
+    return _modify_all(store, lambda rec: bool(rec.get("held")) and (match is None or match(rec)),
+                       lambda rec, now: rec.update(held=False, next_attempt=now), on_commit)
+
+
+BULK = 1000  # entries changed per transaction by the bulk operator actions (write transactions stay short)
+
+
+def _modify_all(store: Store, select: Callable[[dict[str, Any]], bool],
+                change: Callable[[dict[str, Any], float], None], on_commit: Callable[[int], None] | None) -> int:
+    """Apply `change` to every entry `select` picks, BULK entries per synced transaction; `on_commit(n)`
+    after each (e.g. to wake the delivery processes: the first released entries go while the rest is being
+    released)."""
+    with store.read() as txn:
+        keys = [bytes(k) for k, v in txn.cursor(db=store.db["queue"]) if select(R.loads(v))]
+    done = 0
+    for i in range(0, len(keys), BULK):
+        chunk = keys[i:i + BULK]
+
+        def op(txn: lmdb.Transaction, chunk: list[bytes] = chunk) -> int:
+            changed = 0
+            now = time.time()
+            for key in chunk:
+                raw = txn.get(key, db=store.db["queue"])
+                if raw is None:
+                    continue  # gone meanwhile
+                rec = R.loads(raw)
+                if not select(rec):
+                    continue  # changed meanwhile
+                if not rec.get("held"):
+                    txn.delete(schedule_key(key, rec["next_attempt"]), db=store.db["schedule"])
+                change(rec, now)
+                txn.put(key, R.dumps(rec), db=store.db["queue"])
+                if not rec.get("held"):
+                    txn.put(schedule_key(key, rec["next_attempt"]), b"", db=store.db["schedule"])
+                changed += 1
+            return changed
+
+        n: int = store._writing(op)
+        done += n
+        if on_commit is not None and n:
+            on_commit(n)
+    return done
+
+
 def summary_state(rec: dict[str, Any]) -> str:
     """One word for the entry: held, failed (a DSN is due), deferred (tried, waiting), queued (not tried)."""
     if rec.get("held"):

@@ -46,7 +46,7 @@ from fastmail.config import Config, split_hostport
 from fastmail.delivery import queue as Q
 from fastmail.delivery import srs, wake
 from fastmail.delivery.dns import DNSError, DNSPermanent, Resolver, order
-from fastmail.delivery.mtasts import STS
+from fastmail.delivery.mtasts import STS, Policy
 from fastmail.delivery.outbound import Session, SessionError, client_tls_context, open_session
 from fastmail.master.errors import BootError
 from fastmail.master.worker import WorkerContext, install_worker_signals, start_heartbeat
@@ -368,12 +368,20 @@ class Runner:
             return Route((relay_mx, port, require, False, "", ""), relay_mx, port, require, self.tls_context, auth,
                          "", "")
         assert self.resolver is not None
-        mx = await self.resolver.mx(domain)
+        looking: asyncio.Future[Policy | None] | None = None
+        if self.sts is not None and not self.sts.known_without(domain):
+            looking = asyncio.ensure_future(self.sts.policy(domain))  # asked at the same time as the MX
+        try:
+            mx = await self.resolver.mx(domain)
+        except BaseException:
+            if looking is not None:
+                looking.cancel()
+            raise
         implicit = domain if mx == ((0, domain),) and not domain.startswith("[") else ""
         require = domain in self.require_tls
         context = self.tls_context
         verified = False
-        sts = await self.sts.policy(domain) if self.sts is not None else None
+        sts = await looking if looking is not None else None
         mode = sts.mode if sts is not None else ""
         if sts is not None and mode in ("enforce", "testing"):
             outside = [h for _, h in mx if not sts.allows(h)]
@@ -446,43 +454,82 @@ class Runner:
                 del self.dests[dest.route.key]
 
     async def _serve(self, dest: Destination, session: Session) -> None:
-        while session.usable and not self.stopping:
-            if not dest.jobs:
-                if self.wanting:
-                    return  # another destination waits for a connection slot: give this one up
-                dest.idle += 1
-                dest.arrived.clear()
+        """Jobs of `dest` over `session`, one after the other; each next one pipelined behind the data of
+        the one before when the server allows it (RFC 2920 §3.1), so a message costs one write and one
+        read.  Results are taken in the order the transactions were sent."""
+        sent: deque[tuple[Job, asyncio.Future[list[C.Reply]]]] = deque()
+
+        def feed() -> None:  # called by the session as the data of the transaction before goes out
+            if self.stopping or not dest.jobs:
+                return
+            job = dest.jobs[0]
+            if job.size > INLINE_READ or job.location is None:
+                return  # its body is read in a thread: it waits for the session to be free
+            dest.jobs.popleft()
+            try:
+                job.message.body = self.store.segments.read(job.location)
+            except Exception as e:
+                self._unreadable(job, e)
+                return
+            sent.append((job, session.send(job.message)))
+
+        session.pipeline(feed)
+        try:
+            while True:
+                if not sent:
+                    if not session.usable or self.stopping:
+                        return
+                    if not dest.jobs:
+                        if self.wanting:
+                            return  # another destination waits for a connection slot: give this one up
+                        dest.idle += 1
+                        dest.arrived.clear()
+                        try:
+                            await asyncio.wait_for(dest.arrived.wait(), self.cfg.delivery_connection_reuse_time)
+                        except TimeoutError:
+                            return
+                        finally:
+                            dest.idle -= 1
+                        continue
+                    job = dest.jobs.popleft()
+                    try:
+                        body = await self._read(job)
+                    except Exception as e:
+                        self._unreadable(job, e)
+                        continue
+                    if not session.usable:  # it closed while the body was read
+                        dest.jobs.appendleft(job)
+                        return
+                    job.message.body = body
+                    sent.append((job, session.send(job.message)))
+                job, fut = sent[0]
                 try:
-                    await asyncio.wait_for(dest.arrived.wait(), self.cfg.delivery_connection_reuse_time)
-                except TimeoutError:
-                    return
-                finally:
-                    dest.idle -= 1
-                continue
-            job = dest.jobs.popleft()
-            msg = job.message
-            try:
-                msg.body = await self._read(job)
-            except Exception as e:
-                log.event("blob_unreadable", level=logging.ERROR, qid=job.qid.hex(), error=repr(e))
-                self._finish(job, "deferred", f"451 4.3.0 message body unreadable: {e}", "4.3.0")
-                continue
-            try:
-                replies = await session.deliver(msg)
-            except Exception as e:
-                replies = [C.local_reply(451, "4.3.0", f"local error: {e!r}")] * len(job.indexes)
-            msg.body = b""
-            results: dict[int, Q.RcptResult] = {}
-            qid = job.qid.hex()
-            tls = session.tls_version or "none"
-            for i, rcpt, reply in zip(job.indexes, msg.rcpts, replies, strict=True):
-                state = "sent" if reply.ok else "failed" if reply.permanent else "deferred"
-                text = str(reply)
-                results[i] = Q.RcptResult(state, text, reply.status(), session.host)
-                log.event("delivery", qid=qid, rcpt=rcpt.address, mx=session.host, ip=session.ip, tls=tls,
-                          sts=job.sts or None, result=state, reply=text, attempt=job.attempt)
-            if not job.done.done():
-                job.done.set_result(results)
+                    replies = await fut
+                except Exception as e:
+                    replies = [C.local_reply(451, "4.3.0", f"local error: {e!r}")] * len(job.indexes)
+                sent.popleft()
+                self._record(job, session, replies)
+        finally:
+            session.pipeline(None)
+
+    def _record(self, job: Job, session: Session, replies: list[C.Reply]) -> None:
+        msg = job.message
+        msg.body = b""
+        results: dict[int, Q.RcptResult] = {}
+        qid = job.qid.hex()
+        tls = session.tls_version or "none"
+        for i, rcpt, reply in zip(job.indexes, msg.rcpts, replies, strict=True):
+            state = "sent" if reply.ok else "failed" if reply.permanent else "deferred"
+            text = str(reply)
+            results[i] = Q.RcptResult(state, text, reply.status(), session.host)
+            log.event("delivery", qid=qid, rcpt=rcpt.address, mx=session.host, ip=session.ip, tls=tls,
+                      sts=job.sts or None, result=state, reply=text, attempt=job.attempt)
+        if not job.done.done():
+            job.done.set_result(results)
+
+    def _unreadable(self, job: Job, e: Exception) -> None:
+        log.event("blob_unreadable", level=logging.ERROR, qid=job.qid.hex(), error=repr(e))
+        self._finish(job, "deferred", f"451 4.3.0 message body unreadable: {e}", "4.3.0")
 
     async def _read(self, job: Job) -> bytes:
         if job.size > INLINE_READ:

@@ -6,10 +6,17 @@ caused, for the driver (fastmail.delivery.outbound) to act on:
 
     StartTLS()          STARTTLS was accepted: upgrade the transport, then call tls_done()
     Ready(extensions)   the session can take a message: call send(message)
-    Done(results)       the message's transaction is over: one Reply per recipient (the final word on it:
-                        the RCPT refusal, or the reply to DATA / to the end of data)
+    Done(results)       a message's transaction is over: one Reply per recipient (the final word on it:
+                        the RCPT refusal, or the reply to DATA / to the end of data); with transactions
+                        pipelined, one Done per message, in the order they were sent
     Failed(reply)       the session cannot go on (refused greeting, EHLO/HELO refused, TLS required but
                         not offered, 421, a malformed reply): close the connection
+
+With PIPELINING, the next message may be sent as soon as the current one's data is on its way (its
+transaction waits only for the reply to the end of data): `can_send_next` says when.  Its MAIL, RCPTs and
+DATA then follow the data in the same write, as RFC 2920 §3.1 allows ("the actual transfer of message
+content is explicitly allowed to be the first command in a group"): one write and one read per message
+instead of two of each.  Not after BDAT (RFC 3030): a refused last chunk wants an RSET before the next MAIL.
 
 The machine never touches a socket or a clock: `timeout` says how long the driver may wait for the reply it
 now expects (RFC 5321 §4.5.3.2).  All transitions live in this file.
@@ -141,14 +148,11 @@ class Client:
         self._reader = core_lines.LineReader(MAX_REPLY_LINE)
         self._lines: list[tuple[int, bytes]] = []
         self._out: list[bytes] = []
-        # the current transaction
-        self._msg: Message | None = None
-        self._expect: deque[tuple[str, int]] = deque()  # replies awaited: ("MAIL"|"RCPT"|"DATA"|"END"|"RSET", i)
+        # the open transactions, oldest first (two at most: one waiting for its end-of-data reply, the next)
+        self._txns: deque[_Transaction] = deque()
+        # replies awaited: ("MAIL"|"RCPT"|"DATA"|"END"|"BDAT"|"IGNORE"|"RSET", recipient index, transaction)
+        self._expect: deque[tuple[str, int, _Transaction]] = deque()
         self._queue: deque[tuple[str, int, bytes]] = deque()  # commands not yet sent (no PIPELINING)
-        self._mail_reply: Reply | None = None
-        self._rcpt_replies: list[Reply | None] = []
-        self._results: list[Reply | None] = []
-        self._body = b""
 
     # -- driver API --------------------------------------------------------------------------------------
 
@@ -210,9 +214,16 @@ class Client:
         self.phase = Phase.EHLO
         return []
 
+    @property
+    def can_send_next(self) -> bool:
+        """Whether another message may be sent now while a transaction is open: the server pipelines and
+        every reply still awaited is an end-of-data one (RFC 2920 §3.1)."""
+        return (self.phase is Phase.TRANSACTION and len(self._txns) == 1 and "PIPELINING" in self.extensions
+                and not self._queue and all(kind == "END" for kind, _, _ in self._expect))
+
     def send(self, msg: Message) -> list[Event]:
-        """Start the transaction of `msg` (only when Ready)."""
-        assert self.phase is Phase.READY and msg.rcpts
+        """Start the transaction of `msg` (when Ready, or when `can_send_next`)."""
+        assert (self.phase is Phase.READY or self.can_send_next) and msg.rcpts
         ext = self.extensions
         n = len(msg.rcpts)
         # RFC 6531 §3.4: a message that needs SMTPUTF8 cannot go to a server without it.
@@ -223,24 +234,26 @@ class Client:
         if limit.isdigit() and int(limit) and len(msg.body) > int(limit):  # RFC 1870 §6
             reply = local_reply(552, "5.3.4", f"message size exceeds the receiving server's limit of {limit}")
             return [Done([reply] * n)]
-        self._msg = msg
-        self._mail_reply = None
-        self._rcpt_replies = [None] * n
-        self._results = [None] * n
+        if msg.eight_bit and "8BITMIME" not in ext and not msg.body.isascii():
+            # RFC 6152 §3: 8-bit data to a server without 8BITMIME: convert it or return it; we return it
+            reply = local_reply(554, "5.6.3", "the message has 8-bit data, and the receiving server does not "
+                                              "offer 8BITMIME")
+            return [Done([reply] * n)]
+        txn = _Transaction(msg, n)
         body = msg.body if msg.body.endswith(b"\r\n") or not msg.body else msg.body + b"\r\n"
         self.phase = Phase.TRANSACTION
+        self._txns.append(txn)
         cmds: list[tuple[str, int, bytes]] = [("MAIL", 0, self._mail_from(msg))]
         cmds += [("RCPT", i, self._rcpt_to(r)) for i, r in enumerate(msg.rcpts)]
         if self.chunking and "CHUNKING" in ext:
             # RFC 3030 §2: the message in one BDAT ... LAST chunk: no dot-stuffing, no end mark to scan for
-            self._body = b""
             cmds.append(("BDAT", 0, b"BDAT %d LAST\r\n" % len(body) + body))
         else:
-            self._body = core_data.dot_stuff(body) + core_data.END_MARK
+            txn.body = core_data.dot_stuff(body) + core_data.END_MARK
             cmds.append(("DATA", 0, b"DATA\r\n"))
         if "PIPELINING" in ext:  # RFC 2920 §3.1 / RFC 3030 §4.2: MAIL, RCPTs and DATA (or BDAT) in one go
             for kind, i, line in cmds:
-                self._expect.append((kind, i))
+                self._expect.append((kind, i, txn))
                 self._out.append(line)
         else:
             self._queue.extend(cmds)
@@ -293,48 +306,43 @@ class Client:
 
     def _send_next(self) -> None:
         """Without PIPELINING: send the next command, skipping what the replies so far made pointless."""
+        txn = self._txns[0]
         while self._queue and not self._expect:
             kind, i, line = self._queue.popleft()
-            if kind in ("RCPT", "DATA", "BDAT") and self._mail_reply is not None and not self._mail_reply.ok:
+            if kind in ("RCPT", "DATA", "BDAT") and txn.mail_reply is not None and not txn.mail_reply.ok:
                 continue
-            if kind in ("DATA", "BDAT") and not any(r is not None and r.ok for r in self._rcpt_replies):
+            if kind in ("DATA", "BDAT") and not any(r is not None and r.ok for r in txn.rcpt_replies):
                 continue
-            self._expect.append((kind, i))
+            self._expect.append((kind, i, txn))
             self._out.append(line)
         if not self._queue and not self._expect and self.phase is Phase.TRANSACTION:
-            self._end_without_data()
+            self._end_without_data(txn)
 
-    def _end_without_data(self) -> None:
+    def _end_without_data(self, txn: _Transaction) -> None:
         """MAIL or every RCPT refused: the transaction ends here; RSET before the next one."""
-        self._expect.append(("RSET", 0))
+        self._expect.append(("RSET", 0, txn))
         self._out.append(b"RSET\r\n")
 
     def _fail(self, reply: Reply, send_quit: bool = True) -> list[Event]:
         events: list[Event] = []
-        if self.phase is Phase.TRANSACTION and self._msg is not None:
-            events.append(Done([r if r is not None else reply for r in self._final_results(reply)]))
+        if self.phase is Phase.TRANSACTION:
+            for txn in self._txns:  # each open transaction ends, in order
+                events.append(Done([r if r is not None else reply for r in txn.final_results(reply)]))
         if send_quit and self.phase not in (Phase.CLOSED, Phase.TLS):
             self._command(b"QUIT\r\n")
         self.phase = Phase.CLOSED
         self._expect.clear()
         self._queue.clear()
-        self._msg = None
+        self._txns.clear()
         events.append(Failed(reply))
         return events
 
-    def _final_results(self, fallback: Reply) -> list[Reply | None]:
-        """Per recipient: its result if known, else the MAIL refusal, the RCPT refusal, or `fallback`."""
-        out: list[Reply | None] = []
-        for i, res in enumerate(self._results):
-            if res is not None:
-                out.append(res)
-            elif self._mail_reply is not None and not self._mail_reply.ok:
-                out.append(self._mail_reply)
-            elif self._rcpt_replies[i] is not None and not self._rcpt_replies[i].ok:  # type: ignore[union-attr]
-                out.append(self._rcpt_replies[i])
-            else:
-                out.append(fallback)
-        return out
+    def abort(self, reply: Reply) -> list[Event]:
+        """The driver gives up on the session (a timeout): what is open ends with `reply`."""
+        if self.phase in (Phase.CLOSED, Phase.QUIT):
+            self.phase = Phase.CLOSED
+            return []
+        return self._fail(reply, send_quit=False)
 
     def _ready(self) -> list[Event]:
         if self.require_tls and not self.tls_active:
@@ -435,54 +443,85 @@ class Client:
     def _on_transaction(self, reply: Reply, texts: list[bytes]) -> list[Event]:
         if not self._expect:
             return self._fail(local_reply(421, "4.5.0", f"unexpected reply {reply}"))
-        kind, i = self._expect.popleft()
-        msg = self._msg
-        assert msg is not None
+        kind, i, txn = self._expect.popleft()
         if kind == "MAIL":
-            self._mail_reply = reply
+            txn.mail_reply = reply
         elif kind == "RCPT":
-            self._rcpt_replies[i] = reply
+            txn.rcpt_replies[i] = reply
         elif kind == "DATA":
-            accepted = [k for k, r in enumerate(self._rcpt_replies) if r is not None and r.ok]
-            mail_ok = self._mail_reply is not None and self._mail_reply.ok
+            accepted = [k for k, r in enumerate(txn.rcpt_replies) if r is not None and r.ok]
+            mail_ok = txn.mail_reply is not None and txn.mail_reply.ok
             if reply.code == 354:
                 if mail_ok and accepted:
-                    self._expect.append(("END", 0))
-                    self._out.append(self._body)
+                    self._expect.append(("END", 0, txn))
+                    self._out.append(txn.body)
                 else:  # RFC 2920 §3.1: DATA accepted with no recipient: send an empty message, ignore it
-                    self._expect.append(("IGNORE", 0))
+                    self._expect.append(("IGNORE", 0, txn))
                     self._out.append(core_data.END_MARK)
+                txn.body = b""
                 return []
             for k in accepted:
-                self._results[k] = reply
-            self._end_without_data()
+                txn.results[k] = reply
+            self._end_without_data(txn)
             return []
         elif kind in ("END", "BDAT"):
-            mail_ok = self._mail_reply is not None and self._mail_reply.ok
-            for k, r in enumerate(self._rcpt_replies):
+            mail_ok = txn.mail_reply is not None and txn.mail_reply.ok
+            for k, r in enumerate(txn.rcpt_replies):
                 if mail_ok and r is not None and r.ok:
-                    self._results[k] = reply
+                    txn.results[k] = reply
             if reply.ok or kind == "END":
-                return self._finish()
-            self._end_without_data()  # a refused (or pointless, pipelined) BDAT: RSET before the next one
+                return self._finish(txn)
+            self._end_without_data(txn)  # a refused (or pointless, pipelined) BDAT: RSET before the next one
             return []
         elif kind == "IGNORE":
-            self._end_without_data()
+            self._end_without_data(txn)
             return []
         elif kind == "RSET":
-            return self._finish()
+            return self._finish(txn)
         if not self._expect:
             self._send_next()
         return []
 
-    def _finish(self) -> list[Event]:
-        results = self._final_results(local_reply(451, "4.4.2", "no reply for this recipient"))
-        self._msg = None
-        self._body = b""
+    def _finish(self, txn: _Transaction) -> list[Event]:
+        """`txn` (the oldest open transaction) is over; the session is Ready when no other is open."""
+        results = txn.final_results(local_reply(451, "4.4.2", "no reply for this recipient"))
+        done = Done([r for r in results if r is not None])
+        self._txns.popleft()
+        if self._txns:
+            return [done]  # the next one, pipelined, goes on
         self._expect.clear()
         self._queue.clear()
         self.phase = Phase.READY
-        return [Done([r for r in results if r is not None]), Ready(dict(self.extensions))]
+        return [done, Ready(dict(self.extensions))]
+
+
+class _Transaction:
+    """One message's transaction: the replies so far, and the data to send after a 354."""
+
+    __slots__ = ("msg", "mail_reply", "rcpt_replies", "results", "body")
+
+    def __init__(self, msg: Message, n: int) -> None:
+        self.msg = msg
+        self.mail_reply: Reply | None = None
+        self.rcpt_replies: list[Reply | None] = [None] * n
+        self.results: list[Reply | None] = [None] * n
+        self.body = b""
+
+    def final_results(self, fallback: Reply) -> list[Reply | None]:
+        """Per recipient: its result if known, else the MAIL refusal, the RCPT refusal, or `fallback`."""
+        out: list[Reply | None] = []
+        mail = self.mail_reply
+        for i, res in enumerate(self.results):
+            rcpt = self.rcpt_replies[i]
+            if res is not None:
+                out.append(res)
+            elif mail is not None and not mail.ok:
+                out.append(mail)
+            elif rcpt is not None and not rcpt.ok:
+                out.append(rcpt)
+            else:
+                out.append(fallback)
+        return out
 
 
 def _make_reply(lines: list[tuple[int, bytes]]) -> Reply:

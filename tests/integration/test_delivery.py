@@ -302,6 +302,43 @@ def test_domains_with_the_same_mx_share_sessions_and_idle_ones_give_their_slot_u
         rloop.run(_stop(other))
 
 
+def test_messages_to_one_destination_are_pipelined_one_behind_the_other(tmp_path, dns, rloop, mx_port):
+    """With one connection per destination, four jobs (one message to four domains of one MX) go over one
+    session, each next transaction pipelined behind the data of the one before (RFC 2920 §3.1); each keeps
+    its own outcome: sent, refused at the end of data (bounced), refused at RCPT (deferred), sent."""
+    for n in range(1, 5):
+        dns.set(f"p{n}.piped.test", ("MX", (10, "mx.piped.test.")))
+    dns.set("mx.piped.test", ("A", "127.0.0.33"))
+    rx = Receiver(rloop, "127.0.0.33", mx_port, rcpt=lambda a, _: "450 4.2.1 later" if a.startswith("r3@") else "250 ok",
+                  data=lambda n: "550 5.7.1 not this one" if n == 2 else "250 2.0.0 ok")
+    rx.start()
+    s = make_server(tmp_path, workers=1, extra=config(dns, mx_port, max_connections_per_domain=1))
+    s.start()
+    try:
+        rcpts = [f"r{n}@p{n}.piped.test" for n in range(1, 5)]
+        msg = message("piped", "r1@p1.piped.test")
+        send(s, SENDER, rcpts, msg)
+        got = rx.wait(2)
+        assert sorted(m.accepted[0] for m in got) == ["r1@p1.piped.test", "r4@p4.piped.test"]
+        assert all(strip_trace(m.data) == msg for m in got)
+        assert rx.connections == 1 and sum(1 for line in rx.transcript if line.startswith("EHLO")) == 1
+        assert sum(1 for line in rx.transcript if line.startswith("MAIL")) == 4
+        bounce = wait_for(lambda: bounces_in_inbox(s, SENDER, "r2@p2.piped.test"), why="bounce")[0]
+        _, per_rcpt, _ = report(bounce)
+        assert [b["Final-Recipient"] for b in per_rcpt] == ["rfc822; r2@p2.piped.test"]
+        assert per_rcpt[0]["Diagnostic-Code"] == "smtp; 550 5.7.1 not this one"
+        entry = wait_for(lambda: [e for e in entries_for(s, "r3@p3.piped.test") if e["attempts"] >= 1])[0]
+        assert [r["state"] for r in entry["rcpts"]] == ["sent", "bounced", "deferred", "sent"]
+        results = wait_for(lambda: len(r := {x["rcpt"]: x["result"] for x in log_lines(s, "delivery")
+                                             if x.get("rcpt", "").endswith(".piped.test")}) == 4 and r)
+        assert results == {"r1@p1.piped.test": "sent", "r2@p2.piped.test": "failed", "r3@p3.piped.test": "deferred",
+                           "r4@p4.piped.test": "sent"}
+    finally:
+        s.stop()
+        s.kill_tree()
+        rloop.run(_stop(rx))
+
+
 def test_chunking_when_offered(srv, dns, receivers):
     dns.set("bdat.test", ("MX", (10, "mx.bdat.test.")))
     dns.set("mx.bdat.test", ("A", "127.0.0.28"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import time
 
 import pytest
 
@@ -203,6 +204,24 @@ def test_operator_hold_release_retry_bounce(store):
     assert eff.removed and b"returned by the postmaster" in inbox(store)[0]
     with pytest.raises(StoreError):
         Q.hold(store, h)
+
+
+def test_hold_and_release_all_in_short_transactions(store, monkeypatch):
+    monkeypatch.setattr(Q, "BULK", 3)
+    far = [queued(store, rcpts=("x@far.test",)) for _ in range(4)]
+    near = queued(store, rcpts=("y@near.test",))
+    commits: list[int] = []
+    is_far = lambda rec: rec["rcpts"][0]["to"].endswith("@far.test")  # noqa: E731
+    assert Q.hold_all(store, is_far, on_commit=commits.append) == 4 and commits == [3, 1]
+    assert [q for _, q in schedule(store)] == [near]
+    assert all(Q.load(store, q)["held"] for q in far) and not Q.load(store, near).get("held")
+    assert Q.hold_all(store, is_far) == 0  # held already
+    before = time.time()
+    assert Q.release_all(store) == 4
+    keys = schedule(store)
+    assert sorted(q for _, q in keys) == sorted([*far, near])
+    assert all(at >= int(before * 1000) for at, q in keys if q in far)  # due at once
+    assert not any(Q.load(store, q).get("held") for q in far)
 
 
 def test_results_for_an_entry_deleted_meanwhile_are_ignored(store):

@@ -252,6 +252,8 @@ def test_fuzz_never_raises(chunks):
                 c.send(msg("b@x.test", "c@x.test"))
             elif isinstance(event, C.StartTLS):
                 c.tls_done()
+        if c.can_send_next:
+            c.send(msg("d@x.test"))
         c.take_output()
     c.connection_lost()
 
@@ -331,3 +333,70 @@ def test_chunking_refused_or_without_recipients_ends_with_rset():
     assert c.take_output() == b"BDAT 3 LAST\r\nx\r\n"
     (done, _) = c.receive(b"250 ok\r\n")
     assert [r.code for r in done.results] == [250]
+
+
+def test_the_next_message_is_pipelined_behind_the_data_of_the_one_before():
+    """RFC 2920 §3.1: the message content may be the first "command" of a group: the next MAIL, RCPT and
+    DATA go in the same write, and their replies come back with the end-of-data one."""
+    c = ready()
+    assert not c.can_send_next
+    c.send(msg("b@x.test", body=b"one\r\n"))
+    assert c.take_output().endswith(b"DATA\r\n") and not c.can_send_next
+    assert c.receive(b"250 ok\r\n250 ok\r\n354 go\r\n") == []
+    assert c.can_send_next
+    assert c.send(msg("c@x.test", body=b"two\r\n")) == []
+    assert not c.can_send_next  # two transactions open at most
+    size = len(b"two\r\n")
+    assert c.take_output() == (b"one\r\n.\r\n" + f"MAIL FROM:<a@here.test> SIZE={size}\r\n".encode()
+                               + b"RCPT TO:<c@x.test>\r\nDATA\r\n")
+    assert c.timeout == C.TIMEOUT_DATA_END
+    (done,) = c.receive(b"250 2.0.0 first\r\n250 ok\r\n")  # the first is over; no Ready: the next is open
+    assert [str(r) for r in done.results] == ["250 2.0.0 first"] and c.phase is C.Phase.TRANSACTION
+    assert c.receive(b"250 ok\r\n354 go\r\n") == [] and c.take_output() == b"two\r\n.\r\n"
+    done, again = c.receive(b"550 5.7.1 second refused\r\n")
+    assert [str(r) for r in done.results] == ["550 5.7.1 second refused"] and isinstance(again, C.Ready)
+
+
+def test_a_pipelined_message_is_deferred_when_the_server_closes_before_it():
+    c = ready()
+    c.send(msg("b@x.test"))
+    c.receive(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    c.send(msg("c@x.test", "d@x.test"))
+    c.take_output()
+    first, second, failed = c.receive(b"421 4.3.2 shutting down\r\n")
+    assert [r.code for r in first.results] == [421] and [r.code for r in second.results] == [421, 421]
+    assert isinstance(failed, C.Failed) and c.closed
+    # and when the connection drops instead
+    c = ready()
+    c.send(msg("b@x.test"))
+    c.receive(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    c.send(msg("c@x.test"))
+    first, second, _ = c.connection_lost()
+    assert [(r.code, r.enhanced) for r in first.results + second.results] == [(421, "4.4.2")] * 2
+    # and when the driver gives up waiting
+    c = ready()
+    c.send(msg("b@x.test"))
+    first, failed = c.abort(C.local_reply(421, "4.4.2", "timeout"))
+    assert [str(r) for r in first.results] == ["421 4.4.2 timeout"] and c.closed
+
+
+def test_no_pipelining_of_the_next_message_after_bdat_or_without_pipelining():
+    c = ready(b"250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n")
+    c.send(msg("b@x.test"))
+    assert not c.can_send_next  # a refused BDAT LAST wants its RSET before the next MAIL
+    c = ready(b"250-mx\r\n250 SIZE 1000\r\n")
+    c.send(msg("b@x.test"))
+    c.receive(b"250 ok\r\n")
+    c.receive(b"250 ok\r\n")
+    c.receive(b"354 go\r\n")
+    assert not c.can_send_next
+
+
+def test_8bit_data_for_a_server_without_8bitmime_is_returned_with_5_6_3():
+    c = ready(b"250-mx\r\n250 PIPELINING\r\n")
+    (done,) = c.send(msg("b@x.test", body="Grüße\r\n".encode(), eight_bit=True))
+    assert [(r.code, r.enhanced, r.local) for r in done.results] == [(554, "5.6.3", True)]
+    assert c.take_output() == b"" and c.phase is C.Phase.READY
+    # declared 8BITMIME but 7-bit in fact: it goes as it is
+    assert c.send(msg("b@x.test", body=b"plain\r\n", eight_bit=True)) == []
+    assert c.take_output().startswith(b"MAIL FROM:<a@here.test>\r\n")
