@@ -402,8 +402,7 @@ class Mailboxes:
             changes.record(txn, self.db, mid)
 
         self.store._writing(op)
-        for loc in released:
-            self.store.segments.release(loc)
+        self.store.segments.release_all(released)
 
     def _drop_expunged(self, txn: lmdb.Transaction, mid: int) -> None:
         lo = R.msg_key(mid, 0)
@@ -646,8 +645,7 @@ class Mailboxes:
             return [m.uid for m in victims]
 
         out: list[int] = self.store._writing(op)
-        for loc in released:
-            self.store.segments.release(loc)
+        self.store.segments.release_all(released)
         return out
 
     def _remove(self, txn: lmdb.Transaction, rec: dict[str, Any], victims: list[Message],

@@ -104,6 +104,6 @@ def remove(store: Store, mailbox_id: int, uids: list[int]) -> list[int]:
         return [m.uid for m in victims]
 
     out: list[int] = store._writing(op)
-    for loc in released:  # after the commit, never inside it (a crash must not leave a record pointing at a hole)
-        store.segments.release(loc)
+    # after the commit, never inside it (a crash must not leave a record pointing at a hole)
+    store.segments.release_all(released)
     return out

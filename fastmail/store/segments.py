@@ -220,6 +220,19 @@ class Segments:
         finally:
             os.close(fd)
 
+    def release_all(self, locations: list[bytes]) -> None:
+        """release() each range, adjacent ones of a segment joined into one: messages stored one after the
+        other (one batch) then free whole blocks where they meet too, instead of leaving a zeroed block."""
+        ranges = sorted(LOCATION.unpack(loc) for loc in locations)
+        merged: list[list[int]] = []
+        for seg, off, length in ranges:
+            if merged and merged[-1][0] == seg and merged[-1][1] + merged[-1][2] == off:
+                merged[-1][2] += length
+            else:
+                merged.append([seg, off, length])
+        for seg, off, length in merged:
+            self.release(LOCATION.pack(seg, off, length))
+
     def close(self) -> None:
         self._close_own()
         for fd in self._read_fds.values():

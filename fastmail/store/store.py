@@ -369,8 +369,7 @@ class Store:
             txn.delete(prefix, db=self.db["usage"])
 
         self._writing(op)
-        for loc in released:
-            self.segments.release(loc)
+        self.segments.release_all(released)
 
     def _drop_messages(self, txn: lmdb.Transaction, mid: int) -> list[bytes]:
         """Delete every message of a mailbox; return the segment ranges now free."""

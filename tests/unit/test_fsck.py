@@ -315,3 +315,31 @@ def test_failed_lmdb_commit_gives_the_space_back(tmp_path, monkeypatch):
     s = Store(tmp_path / "d", map_size=1 << 24)
     assert fsck.check(s).clean
     s.close()
+
+
+def test_expunged_neighbours_free_the_block_where_they_meet(built):
+    """Messages of one batch expunged together are punched as one range: no zeroed block is left where two
+    of them met (Segments.release_all), and fsck stays clean."""
+    from fastmail.store.mailboxes import Mailboxes
+
+    s = _open(built)
+    boxes = Mailboxes(s)
+    mid = s.mailbox_id(s.get_user("alice@example.org")["id"], "INBOX")
+    victims = [m for m in s.list_messages(mid) if m["uid"] in (5, 6)]  # one batch, next to each other, alice's only
+    locs = [LOCATION.unpack(s.blob_location(m["blob"])) for m in victims]
+    assert locs[0][0] == locs[1][0] and locs[0][1] + locs[0][2] == locs[1][1]
+    boxes.store_flags(mid, [5, 6], "+", ["\\Deleted"])
+    assert boxes.expunge(mid) == [5, 6]
+    seg, start, end = locs[0][0], locs[0][1], locs[1][1] + locs[1][2]
+    fd = os.open(s.segments.path(seg), os.O_RDONLY)
+    try:
+        block = os.fstat(fd).st_blksize
+        lo, hi = -(-start // block) * block, end // block * block
+        try:
+            assert os.lseek(fd, lo, os.SEEK_DATA) >= hi
+        except OSError:
+            pass  # ENXIO: nothing but holes after lo
+    finally:
+        os.close(fd)
+    assert fsck.check(s).clean
+    s.close()
