@@ -453,7 +453,13 @@ def import_maildir(store: Store, address: str, root: Path, folder: str | None = 
     folders = maildir_folders(root, top, imp.report)
     subscribed = read_subscriptions(root)
     for name, path in folders:
-        mid, fr = imp.folder(name, str(path))
+        try:
+            mid, fr = imp.folder(name, str(path))
+        except MigrateError as e:
+            if path == root:
+                raise
+            imp.report.warnings.append(f"{e}: folder skipped")  # e.g. a name that is not UTF-8
+            continue
         imp.run(mid, maildir_sources(path), fr)
     if subscribed is not None:
         def under_top(n: str) -> str:
