@@ -52,7 +52,7 @@ from fastmail.delivery.outbound import Session, SessionError, client_tls_context
 from fastmail.master.errors import BootError
 from fastmail.master.worker import WorkerContext, install_worker_signals, start_heartbeat
 from fastmail.proto import smtp_client as C
-from fastmail.store.store import Store
+from fastmail.store.store import Store, StoreError
 
 RELAY = "[relayhost]"  # the one MX host when delivery.relayhost is set
 MAX_INFLIGHT = 5000  # queue entries being tried at once by one process (refilled when half are done)
@@ -95,6 +95,8 @@ class Destination:
     route: Route
     jobs: deque[Job] = field(default_factory=deque)
     active: int = 0  # connection tasks
+    limit: int = 0  # connections it may have: delivery.max_connections_per_domain, or fewer once the
+    # server refused one more than those it had (a server limiting connections per client)
     live: int = 0  # of which with an open session
     idle: int = 0  # of which waiting for a job
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
@@ -349,14 +351,14 @@ class Runner:
         job.sts = route.sts
         dest = self.dests.get(route.key)
         if dest is None:
-            dest = self.dests[route.key] = Destination(route)
+            dest = self.dests[route.key] = Destination(route, limit=self.cfg.delivery_max_connections_per_domain)
         else:
             dest.route = route  # the latest answer (same hosts and demands; fresher TLS context)
         dest.jobs.append(job)
         if dest.idle:
             dest.arrived.set()
         # a backlog larger than the sessions there are opens more, up to the per-destination limit
-        if dest.active < self.cfg.delivery_max_connections_per_domain and dest.active < len(dest.jobs):
+        if dest.active < dest.limit and dest.active < len(dest.jobs):
             dest.active += 1
             self._spawn(self._connection(dest))
 
@@ -432,6 +434,7 @@ class Runner:
                     except (DNSError, SessionError) as e:
                         if dest.live:
                             # the sessions open take the jobs (a server limiting our connections says 421)
+                            dest.limit = max(1, dest.live)
                             log.event("connect_given_up", mx=dest.route.mx[0][1], live=dest.live, reply=str(e))
                             return
                         if isinstance(e, DNSError):
@@ -472,7 +475,7 @@ class Runner:
                 return  # its body is read in a thread: it waits for the session to be free
             dest.jobs.popleft()
             try:
-                job.message.body = self.store.segments.read(job.location)
+                job.message.body = self._read_at(job.location)
             except Exception as e:
                 self._unreadable(job, e)
                 return
@@ -539,9 +542,19 @@ class Runner:
     async def _read(self, job: Job) -> bytes:
         if job.size > INLINE_READ:
             return await asyncio.get_running_loop().run_in_executor(None, self.store.read_blob, job.qid)
-        if job.location is not None:  # blobs are immutable: where it was when the attempt began, it still is
-            return self.store.segments.read(job.location)
+        if job.location is not None:
+            return self._read_at(job.location)
         return self.store.read_blob(job.qid)
+
+    def _read_at(self, location: bytes) -> bytes:
+        """The body at `location` (read with the record when the attempt began: blobs never move).  Its
+        range is released only when the entry is deleted — by an operator, while the attempt was on its
+        way — and then reads as zeros, which no stored message starts with (our Received field comes
+        first): that is an unreadable body, not a message to send."""
+        data = self.store.segments.read(location)
+        if data[:1] == b"\0":
+            raise StoreError("message body released (queue entry deleted)")
+        return data
 
     async def _open(self, route: Route, domain: str) -> Session:
         """A session with the best reachable mail exchanger of `route` (RFC 5321 §5.1: MX by preference,

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from fastmail import config
 from fastmail.delivery import queue as Q
 from fastmail.delivery import wake
 from fastmail.delivery.runner import Runner
 from fastmail.store import records as R
-from fastmail.store.store import Incoming, Store, new_qid
+from fastmail.store.store import Incoming, Store, StoreError, new_qid
 
 
 def _queued(store: Store) -> bytes:
@@ -92,5 +94,24 @@ def test_scans_after_the_first_start_near_where_the_last_one_stopped(tmp_path):
         assert asyncio.run(scan()) == []
         runner.next_full = 0.0
         assert asyncio.run(scan()) == [old]
+    finally:
+        store.close()
+
+
+def test_a_body_released_while_its_attempt_waited_is_not_sent(tmp_path):
+    """An operator deletes an entry whose job waits for a session: its blob's range is punched out and
+    reads as zeros — an unreadable body, never a message of NULs."""
+    cfg = config.load(None, {"server.data_dir": str(tmp_path)})
+    store = Store(cfg.data_dir, map_size=1 << 24)
+    try:
+        runner = Runner(cfg, store)
+        qid = _queued(store)
+        (entry,) = Q.due_entries(store, time.time() + 1, set()).entries
+        assert entry.location is not None and runner._read_at(entry.location).startswith(b"Subject: x")
+        store.queue_delete(qid.hex())
+        if store.segments.read(entry.location)[:1] != b"\0":
+            pytest.skip("this file system cannot punch holes")
+        with pytest.raises(StoreError):
+            runner._read_at(entry.location)
     finally:
         store.close()
