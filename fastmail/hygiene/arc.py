@@ -24,6 +24,8 @@ import dkim.util
 
 from fastmail.delivery.dns import DNSTemporary
 from fastmail.hygiene.dkim import MIN_RSA_BITS, TXTLookup, key_record
+from fastmail.hygiene.message import Message
+from fastmail.hygiene.message import parse as parse_message
 
 Status = Literal["none", "pass", "fail", "temperror"]
 
@@ -46,9 +48,15 @@ class ARCResult:
     reason: str = ""
 
 
-async def verify(message: bytes, *, txt_lookup: TXTLookup, minkey: int = MIN_RSA_BITS,
+async def verify(message: bytes | Message, *, txt_lookup: TXTLookup, minkey: int = MIN_RSA_BITS,
                  timeout: float = _LOOKUP_TIMEOUT) -> ARCResult:
-    """Validate the ARC chain of `message` (RFC 8617 §5.2)."""
+    """Validate the ARC chain of `message` (RFC 8617 §5.2).  `message` may come parsed
+    (fastmail.hygiene.message), as the inbound checks share one parse."""
+    msg = parse_message(message)
+    known = without_lookups(msg)
+    if known is not None:
+        return known
+    message = msg.raw
     try:
         signer = dkim.ARC(message)
         newest, sets = signer.sorted_arc_headers()
@@ -84,6 +92,17 @@ async def verify(message: bytes, *, txt_lookup: TXTLookup, minkey: int = MIN_RSA
     if temporary & consulted:
         return _with(described, "temperror", f"key lookup failed: {b', '.join(sorted(temporary & consulted)).decode()}")
     return _with(described, "fail", reason)
+
+
+def without_lookups(msg: Message) -> ARCResult | None:
+    """The result of verify() when it needs no key: an unparsable message (fail), one without any field of an
+    ARC set (none: what dkimpy's sorted_arc_headers() finds after canonicalizing every field of the message,
+    known here from the field names alone); None otherwise."""
+    if msg.error:
+        return ARCResult(result="fail", reason=f"unparsable message: {msg.error}")
+    if not msg.has_arc:
+        return ARCResult(result="none", reason="no ARC sets")
+    return None
 
 
 def _with(result: ARCResult, status: Status, reason: str) -> ARCResult:

@@ -140,15 +140,18 @@ async def _instream(sock: socket.socket, message: bytes, chunk_size: int, what: 
     send_error: OSError | None = None
     try:
         try:
-            await loop.sock_sendall(sock, b"zINSTREAM\0")
-            view = memoryview(message)
-            for start in range(0, len(view), chunk_size):
-                if reply.done():
-                    break  # clamd answered early: it reads no more
-                chunk = view[start:start + chunk_size]
-                await loop.sock_sendall(sock, struct.pack(">I", len(chunk)) + chunk)
+            if 0 < len(message) <= chunk_size:  # one chunk (most mail): the whole stream in one write
+                await loop.sock_sendall(sock, b"".join((b"zINSTREAM\0", struct.pack(">I", len(message)), message, _END)))
             else:
-                await loop.sock_sendall(sock, _END)
+                await loop.sock_sendall(sock, b"zINSTREAM\0")
+                view = memoryview(message)
+                for start in range(0, len(view), chunk_size):
+                    if reply.done():
+                        break  # clamd answered early: it reads no more
+                    chunk = view[start:start + chunk_size]
+                    await loop.sock_sendall(sock, struct.pack(">I", len(chunk)) + chunk)
+                else:
+                    await loop.sock_sendall(sock, _END)
         except OSError as e:
             send_error = e  # clamd closed its end (a broken pipe): its reply, if any, says why
         try:

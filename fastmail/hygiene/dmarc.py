@@ -27,6 +27,8 @@ from publicsuffixlist import PublicSuffixList
 
 from fastmail.delivery.dns import DNSTemporary
 from fastmail.hygiene.dkim import DKIMResult, TXTLookup
+from fastmail.hygiene.message import Message
+from fastmail.hygiene.message import parse as parse_message
 
 Result = Literal["pass", "fail", "none", "temperror", "permerror"]  # RFC 7489 §11.2 (A-R "dmarc")
 Policy = Literal["none", "quarantine", "reject"]
@@ -231,10 +233,12 @@ async def evaluate(from_domain: str, *, spf_result: str, spf_domain: str, dkim_r
                    reason=f"no aligned pass; pct={record.pct}" if policy != requested else "no aligned pass")
 
 
-async def evaluate_message(message: bytes, *, spf_result: str, spf_domain: str, dkim_results: Sequence[DKIMResult],
-                           txt_lookup: TXTLookup, rand: Callable[[], float] = _random.random,
-                           timeout: float = _LOOKUP_TIMEOUT) -> DMARCResult:
-    """evaluate() for the From domain(s) of `message`.
+async def evaluate_message(message: bytes | Message, *, spf_result: str, spf_domain: str,
+                           dkim_results: Sequence[DKIMResult], txt_lookup: TXTLookup,
+                           rand: Callable[[], float] = _random.random, timeout: float = _LOOKUP_TIMEOUT,
+                           domains: list[str] | AuthorDomainError | None = None) -> DMARCResult:
+    """evaluate() for the From domain(s) of `message` (which may come parsed, fastmail.hygiene.message;
+    `domains`: what message_domains() gave for it, when the caller has it already).
 
     §6.6.1, what this module chose: no From field, or one without a parseable address with a domain:
     result permerror, policy none (the message is broken, not forged; the SMTP layer may refuse it as not
@@ -243,13 +247,21 @@ async def evaluate_message(message: bytes, *, spf_result: str, spf_domain: str, 
     outcome wins (§6.6.1: "apply the most strict policy selected among the checks that fail"), so a second
     From cannot dodge a p=reject; the result is pass only when every domain passes.
     """
-    try:
-        domains = author_domains(message)
-    except AuthorDomainError as e:
-        return DMARCResult(result="permerror", policy="none", from_domain="", reason=str(e))
+    if domains is None:
+        domains = message_domains(message)
+    if isinstance(domains, AuthorDomainError):
+        return DMARCResult(result="permerror", policy="none", from_domain="", reason=str(domains))
     results = [await evaluate(d, spf_result=spf_result, spf_domain=spf_domain, dkim_results=dkim_results,
                               txt_lookup=txt_lookup, rand=rand, timeout=timeout) for d in domains]
     return _strictest(results)
+
+
+def message_domains(message: bytes | Message) -> list[str] | AuthorDomainError:
+    """author_domains() of a message, or the AuthorDomainError it raised."""
+    try:
+        return author_domains(message)
+    except AuthorDomainError as e:
+        return e
 
 
 _RESULT_RANK = {"fail": 4, "temperror": 3, "permerror": 2, "none": 1, "pass": 0}
@@ -264,14 +276,26 @@ def _strictest(results: list[DMARCResult]) -> DMARCResult:
     return replace(worst, reason=f"{worst.reason} (From domains: {', '.join(r.from_domain for r in results)})")
 
 
-def author_domains(message: bytes) -> list[str]:
+def author_domains(message: bytes | Message) -> list[str]:
     """The distinct domains of the RFC5322.From addresses of `message` (RFC 5322 §3.6.2), in order.
-    Raises AuthorDomainError when there is no From field or an address in it has no domain (§6.6.1)."""
-    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(message)
-    fields = headers.get_all("From") or []
-    if not fields:
+    Raises AuthorDomainError when there is no From field or an address in it has no domain (§6.6.1).
+
+    The addresses are the email package's reading (a compat32 parse of the header section, then
+    email.utils.getaddresses).  A header section in CRLF lines that dkimpy's parser reads
+    (fastmail.hygiene.message) and whose From fields are ASCII gives the email package the same fields
+    with the same values — the field value as it stands after the colon, leading SP/HT and the final CRLF
+    removed — so those are taken from the shared parse instead of a second parser's; any other message
+    goes to the email package's parser, cut after the header section (header_end: at or after the email
+    parser's own end of it, as every line end dkimpy knows is one of the email package's).
+    tests/unit/test_hygiene_canon.py compares the two readings on generated messages."""
+    msg = parse_message(message)
+    values = _from_values(msg)
+    if values is None:
+        headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(msg.header_section)
+        values = [str(f) for f in headers.get_all("From") or []]
+    if not values:
         raise AuthorDomainError("no From field")
-    addresses = email.utils.getaddresses([str(f) for f in fields])
+    addresses = email.utils.getaddresses(values)
     domains: list[str] = []
     for _, address in addresses:
         local, at, domain = address.rpartition("@")
@@ -283,6 +307,25 @@ def author_domains(message: bytes) -> list[str]:
     if not domains:
         raise AuthorDomainError("no address in the From field")
     return domains
+
+
+def _from_values(msg: Message) -> list[str] | None:
+    """The From fields' values as the email package's compat32 parser gives them, or None where its
+    reading could differ from dkimpy's: a header section dkimpy cannot parse, line ends other than CRLF
+    (the email package also ends a line at a bare CR), an mbox "From " line (dkimpy skips it and joins a
+    continuation after it to the field above; the email package ends that field there), a From value that
+    is not ASCII."""
+    head = msg.header_section
+    if msg.error or head.count(b"\n") != head.count(b"\r\n") or head.count(b"\r") != head.count(b"\r\n") \
+            or head.startswith(b"From ") or b"\nFrom " in head:
+        return None
+    values = []
+    for name, value in msg.fields:
+        if name.lower() == b"from":
+            if not value.isascii():
+                return None
+            values.append(value.decode("ascii").lstrip(" \t").rstrip("\r\n"))
+    return values
 
 
 def _is_domain(domain: str) -> bool:

@@ -29,7 +29,7 @@ from typing import Any
 
 from fastmail import log
 from fastmail.delivery.dns import DNSTemporary
-from fastmail.hygiene import arc, dkim, dmarc, dnsq, spf
+from fastmail.hygiene import arc, dkim, dmarc, dnsq, message, spf
 from fastmail.hygiene.clamd import TooBig
 from fastmail.hygiene.filters import FilterUnavailable
 from fastmail.hygiene.greylist import Greylist
@@ -69,6 +69,7 @@ class Transaction:
     rcpts: list[str]
     qid: str
     user: str | None = None
+    client: ClientChecks | None = None  # the session's (Inbound.client_checks); None: made for this message
 
 
 # -- header fields -------------------------------------------------------------------------------------
@@ -159,14 +160,21 @@ class Inbound:
         raw, removed = strip_authres(raw, self.authserv_id)
         if removed:
             verdict.log["authres_removed"] = removed
+        client = tx.client
+        if client is None and self.auth and authenticate:
+            client = self.client_checks(tx.ip, start=False)  # a message on its own (tests, no session)
         jobs: dict[str, Awaitable[Any]] = {}
         if self.clamav:
             jobs["virus"] = self._virus(raw)
-        if self.auth and authenticate:
-            jobs["auth"] = self._authenticate(raw, tx)
+        if client is not None and authenticate:
+            jobs["auth"] = self._authenticate(raw, tx, client)
         if self.rspamd:
-            jobs["spam"] = self._spam(raw, tx)
-        results = await _gather_within(jobs, float(cfg.checks_timeout))
+            jobs["spam"] = self._spam(raw, tx, client if authenticate else None)
+        try:
+            results = await _gather_within(jobs, float(cfg.checks_timeout))
+        finally:
+            if client is not None and client is not tx.client:
+                client.close()
 
         virus = results.get("virus")
         if virus is not None:
@@ -227,12 +235,16 @@ class Inbound:
 
     # -- spam ------------------------------------------------------------------------------------------
 
-    async def _spam(self, raw: bytes, tx: Transaction) -> Any:
+    async def _spam(self, raw: bytes, tx: Transaction, client: ClientChecks | None) -> Any:
         from fastmail.hygiene import rspamd
 
+        # rspamd's Hostname is the client's verified reverse name (its protocol: "resolved hostname of the
+        # client"; without it rspamd takes the client as having none); left out when the iprev check is
+        # off or did not pass.  The lookup started at connect, so it is normally answered by now.
+        hostname = await client.verified_name(float(self.config.checks_dns_timeout)) if client is not None else None
         return await rspamd.check(
             self.rspamd, raw, ip=tx.ip, helo=tx.helo, mail_from=tx.mail_from, rcpts=tx.rcpts, user=tx.user,
-            queue_id=tx.qid, hostname=self.hostname, timeout=float(self.config.rspamd_timeout),
+            queue_id=tx.qid, hostname=hostname, timeout=float(self.config.rspamd_timeout),
         )
 
     def _judge_spam(self, res: Any, verdict: Verdict, allowed: bool = False) -> tuple[Reply | None, bytes]:
@@ -268,44 +280,75 @@ class Inbound:
 
     # -- authentication --------------------------------------------------------------------------------
 
-    async def _authenticate(self, raw: bytes, tx: Transaction) -> _Auth:
+    async def _authenticate(self, raw: bytes, tx: Transaction, client: ClientChecks) -> _Auth:
         cfg = self.config
         budget = float(cfg.checks_timeout)
         r = self.resolver
+        msg = message.parse(raw)  # one parse of the header section for DKIM, ARC and DMARC
+        # DMARC needs SPF's and DKIM's results, but not to find its record: the lookup of _dmarc.<From
+        # domain> (RFC 7489 §6.6.3) starts with the others, and evaluate() is handed its answer.
+        from_domains = dmarc.message_domains(msg)
+        prefetched: dict[str, asyncio.Future[list[bytes]]] = {}
+        if not isinstance(from_domains, dmarc.AuthorDomainError):
+            for d in from_domains:
+                prefetched.setdefault(f"_dmarc.{d}", asyncio.ensure_future(self._txt(f"_dmarc.{d}")))
+
+        async def dmarc_txt(name: str) -> list[bytes]:
+            fut = prefetched.pop(name, None)
+            return await (fut if fut is not None else self._txt(name))
+
         mail_from_spf = spf.check_mail_from(tx.ip, tx.mail_from, tx.helo, resolver=r, timeout=budget,
                                             receiver=self.hostname)
         tasks: dict[str, Awaitable[Any]] = {
             "spf": mail_from_spf,
-            "dkim": dkim.verify(raw, txt_lookup=self._txt, timeout=budget),
-            "arc": arc.verify(raw, txt_lookup=self._txt, timeout=budget),
+            "dkim": dkim.verify(msg, txt_lookup=self._txt, timeout=budget),
         }
-        if cfg.checks_fcrdns != "off":
-            tasks["iprev"] = self._iprev(tx.ip)
-        if cfg.checks_dnsbl or cfg.checks_dnswl:
-            tasks["dnsbl"] = self._dnsbl(tx.ip)
-        done = await _gather_within(tasks, budget)
-        out = _Auth()
-        s = done["spf"]
-        out.spf = s if not isinstance(s, BaseException) else spf.SPFResult("temperror")
-        d = done["dkim"]
-        out.dkim = d if not isinstance(d, BaseException) else None
-        a = done["arc"]
-        out.arc = a if not isinstance(a, BaseException) else arc.ARCResult("temperror")
-        if "iprev" in done:
-            i = done["iprev"]
-            out.iprev = i if not isinstance(i, BaseException) else ("temperror", "")
-        if "dnsbl" in done:
-            b = done["dnsbl"]
-            out.dnsbl = b if not isinstance(b, BaseException) else ("temperror", "")
-        spf_domain = tx.mail_from.rpartition("@")[2] if tx.mail_from else tx.helo
+        known: dict[str, Any] = {}  # what is answered already: no task to wait for it
+        arc_result = arc.without_lookups(msg)
+        if arc_result is None:
+            tasks["arc"] = arc.verify(msg, txt_lookup=self._txt, timeout=budget)
+        else:
+            known["arc"] = arc_result
+        if client.iprev_wanted:
+            if (kept := client.kept_iprev()) is not None:
+                known["iprev"] = kept
+            else:
+                tasks["iprev"] = client.iprev()
+        if client.lists_wanted:
+            if (kept := client.kept_lists()) is not None:
+                known["dnsbl"] = kept
+            else:
+                tasks["dnsbl"] = client.lists()
         try:
-            out.dmarc = await asyncio.wait_for(
-                dmarc.evaluate_message(raw, spf_result=out.spf.result, spf_domain=spf_domain,
-                                       dkim_results=out.dkim or [], txt_lookup=self._txt, timeout=budget),
-                budget)
-        except (TimeoutError, DNSTemporary):
-            out.dmarc = dmarc.DMARCResult(result="temperror", policy="none", from_domain="")
-        return out
+            done = {**await _gather_within(tasks, budget), **known}
+            out = _Auth()
+            s = done["spf"]
+            out.spf = s if not isinstance(s, BaseException) else spf.SPFResult("temperror")
+            d = done["dkim"]
+            out.dkim = d if not isinstance(d, BaseException) else None
+            a = done["arc"]
+            out.arc = a if not isinstance(a, BaseException) else arc.ARCResult("temperror")
+            if "iprev" in done:
+                i = done["iprev"]
+                out.iprev = i if not isinstance(i, BaseException) else ("temperror", "")
+            if "dnsbl" in done:
+                b = done["dnsbl"]
+                out.dnsbl = b if not isinstance(b, BaseException) else ("temperror", "")
+            spf_domain = tx.mail_from.rpartition("@")[2] if tx.mail_from else tx.helo
+            try:
+                out.dmarc = await asyncio.wait_for(
+                    dmarc.evaluate_message(msg, spf_result=out.spf.result, spf_domain=spf_domain,
+                                           dkim_results=out.dkim or [], txt_lookup=dmarc_txt, timeout=budget,
+                                           domains=from_domains),
+                    budget)
+            except (TimeoutError, DNSTemporary):
+                out.dmarc = dmarc.DMARCResult(result="temperror", policy="none", from_domain="")
+            return out
+        finally:
+            for fut in prefetched.values():  # not asked for (a timeout came first)
+                fut.cancel()
+                if fut.done() and not fut.cancelled():
+                    fut.exception()
 
     async def _iprev(self, ip: str) -> tuple[str, str]:
         """RFC 8601 §3 iprev: a PTR name whose A/AAAA records include the client address."""
@@ -328,15 +371,20 @@ class Inbound:
         return "fail", names[0].rstrip(".") if names else ""
 
     async def _dnsbl(self, ip: str) -> tuple[str, str]:
-        """("listed" | "allowed" | "clean" | "temperror", zone).  A DNSWL listing wins over a DNSBL one."""
+        """("listed" | "allowed" | "clean" | "temperror", zone).  A DNSWL listing wins over a DNSBL one, an
+        earlier zone of a list over a later one.  The zones are asked at the same time and their answers
+        read in that order, as if asked one by one: the first listing decides, a DNS failure before it only
+        counts when nothing lists the client, and any other error is raised where it comes in that order."""
+        zones = [("allowed", z) for z in self.config.checks_dnswl] + [("listed", z) for z in self.config.checks_dnsbl]
+        answers = await asyncio.gather(*(self._listed(ip, zone) for _, zone in zones), return_exceptions=True)
         temp = False
-        for kind, zones in (("allowed", self.config.checks_dnswl), ("listed", self.config.checks_dnsbl)):
-            for zone in zones:
-                try:
-                    if await self._listed(ip, zone):
-                        return kind, zone
-                except dnsq.DNSTempError:
-                    temp = True
+        for (kind, zone), answer in zip(zones, answers, strict=True):
+            if isinstance(answer, dnsq.DNSTempError):
+                temp = True
+            elif isinstance(answer, BaseException):
+                raise answer
+            elif answer:
+                return kind, zone
         return ("temperror" if temp else "clean"), ""
 
     async def dnswl(self, ip: str) -> str | None:
@@ -359,6 +407,14 @@ class Inbound:
             return False
         # 127.0.0.0/8 answers are listings; 127.255.255.0/24 are a list's error codes (refused query)
         return any(x.startswith("127.") and not x.startswith("127.255.255.") for x in answers)
+
+    def client_checks(self, ip: str, *, start: bool = True) -> ClientChecks:
+        """The checks of the client's address for a session on the SMTP listener (see ClientChecks); `start`:
+        ask DNS now (at connect), so that the answers are in by the end of DATA."""
+        checks = ClientChecks(self, ip)
+        if start:
+            checks.start()
+        return checks
 
     def _judge_auth(self, auth: _Auth, tx: Transaction, verdict: Verdict) -> tuple[list[str], Reply | None, bool]:
         cfg = self.config
@@ -413,6 +469,84 @@ class Inbound:
         return clauses, None, junk
 
 
+class ClientChecks:
+    """The checks of the client's address — iprev (RFC 8601 §3, FCrDNS) and the DNSBL/DNSWL zones (RFC 5782)
+    — made once per connection and shared by its messages: they depend on the address alone (Postfix's
+    postscreen looks a client up at connect too).  A client sending 40 messages over one connection costs
+    the 2 + zones questions once, not 40 times.  An answer that was temperror (or an error, or a lookup cut
+    short by a message's deadline) is not kept: the next message asks again."""
+
+    def __init__(self, inbound: Inbound, ip: str) -> None:
+        cfg = inbound.config
+        self._inbound = inbound
+        self.ip = ip
+        self.iprev_wanted = cfg.checks_fcrdns != "off"
+        self.lists_wanted = bool(cfg.checks_dnsbl or cfg.checks_dnswl)
+        self._iprev: asyncio.Task[tuple[str, str]] | None = None
+        self._lists: asyncio.Task[tuple[str, str]] | None = None
+
+    def start(self) -> None:
+        if self.iprev_wanted:
+            self._iprev_task()
+        if self.lists_wanted:
+            self._lists_task()
+
+    def _iprev_task(self) -> asyncio.Task[tuple[str, str]]:
+        if self._iprev is None or _spent(self._iprev):
+            self._iprev = asyncio.get_running_loop().create_task(self._inbound._iprev(self.ip))
+        return self._iprev
+
+    def _lists_task(self) -> asyncio.Task[tuple[str, str]]:
+        if self._lists is None or _spent(self._lists):
+            self._lists = asyncio.get_running_loop().create_task(self._inbound._dnsbl(self.ip))
+        return self._lists
+
+    def kept_iprev(self) -> tuple[str, str] | None:
+        """The iprev answer when it is in and kept (see the class doc), else None."""
+        return _kept(self._iprev)
+
+    def kept_lists(self) -> tuple[str, str] | None:
+        return _kept(self._lists)
+
+    async def iprev(self) -> tuple[str, str]:
+        """("pass" | "fail" | "temperror", the PTR name); see Inbound._iprev."""
+        return await self._iprev_task()
+
+    async def lists(self) -> tuple[str, str]:
+        """See Inbound._dnsbl."""
+        return await self._lists_task()
+
+    async def verified_name(self, wait: float) -> str | None:
+        """The client's forward-confirmed reverse name, waiting at most `wait` seconds for it; None when the
+        iprev check is off, did not pass or has no answer yet."""
+        if not self.iprev_wanted:
+            return None
+        try:  # shielded: a caller that gives up does not cut the lookup short for the authentication checks
+            result, name = await asyncio.wait_for(asyncio.shield(self._iprev_task()), wait)
+        except Exception:  # TimeoutError, or whatever the lookup raised (the iprev check reports it)
+            return None
+        return name if result == "pass" and name else None
+
+    def close(self) -> None:
+        """The session ended: stop what is still asking."""
+        for task in (self._iprev, self._lists):
+            if task is not None and not task.done():
+                task.cancel()
+
+
+def _kept(task: asyncio.Task[tuple[str, str]] | None) -> tuple[str, str] | None:
+    return task.result() if task is not None and task.done() and not _spent(task) else None
+
+
+def _spent(task: asyncio.Task[tuple[str, str]]) -> bool:
+    """A finished lookup whose answer is not to be reused: cancelled, failed, or temperror."""
+    if not task.done():
+        return False
+    if task.cancelled() or task.exception() is not None:
+        return True
+    return task.result()[0] == "temperror"
+
+
 @dataclass
 class _Auth:
     spf: spf.SPFResult = field(default_factory=lambda: spf.SPFResult("none"))
@@ -441,6 +575,17 @@ async def _gather_within(jobs: dict[str, Awaitable[Any]], timeout: float) -> dic
     """Run the jobs concurrently; each result, or the exception it raised (TimeoutError past `timeout`)."""
     if not jobs:
         return {}
+    if len(jobs) == 1:  # one job (the usual check with no filter): awaited here, not in a task of its own
+        [(name, job)] = jobs.items()
+        within = asyncio.timeout(timeout)
+        try:
+            async with within:
+                return {name: await job}
+        except Exception as e:
+            if within.expired():
+                return {name: TimeoutError(f"{name}: no answer within {timeout:g} s")}
+            _unexpected(name, e)
+            return {name: e}
     tasks = {name: asyncio.ensure_future(job) for name, job in jobs.items()}
     _done, pending = await asyncio.wait(tasks.values(), timeout=timeout)
     for t in pending:
@@ -449,13 +594,17 @@ async def _gather_within(jobs: dict[str, Awaitable[Any]], timeout: float) -> dic
     for name, t in tasks.items():
         if t in pending:
             out[name] = TimeoutError(f"{name}: no answer within {timeout:g} s")
-        elif t.exception() is not None:
-            exc = t.exception()
-            if not isinstance(exc, (TimeoutError, DNSTemporary, dnsq.DNSTempError, OSError, FilterUnavailable)):
-                log.event("check_failed", check=name, error=repr(exc))
+        elif (exc := t.exception()) is not None:
+            _unexpected(name, exc)
             out[name] = exc
         else:
             out[name] = t.result()
     return out
+
+
+def _unexpected(name: str, exc: BaseException) -> None:
+    """Log what a check raised that is not one of the failures it is expected to meet."""
+    if not isinstance(exc, (TimeoutError, DNSTemporary, dnsq.DNSTempError, OSError, FilterUnavailable)):
+        log.event("check_failed", check=name, error=repr(exc))
 
 

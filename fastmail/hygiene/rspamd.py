@@ -11,9 +11,11 @@ and the messages (e.g. "smtp_message", the text rspamd suggests for a rejection)
 `learn()` posts to the controller's /learnspam or /learnham (the `rspamd.controller_url` setting), with the
 Password header when the controller has a password.
 
-The HTTP/1.1 subset (RFC 9112): one request per connection ("Connection: close"), the body sized by
-Content-Length; the response read by status line and fields (§4, §5), its body sized by chunked transfer
-coding, Content-Length or the end of the connection, in that order (§6.3).  No redirects, no TLS (rspamd
+The HTTP/1.1 subset (RFC 9112): one request per connection ("Connection: close"; rspamd's normal worker
+closes after each answer anyway, asked to keep the connection or not), the body sized by Content-Length,
+written whole; the response read by status line and fields (§4, §5), its body sized by chunked transfer
+coding, Content-Length or the end of the connection, in that order (§6.3), by an asyncio protocol rather
+than streams (issue #7: ~130 µs less CPU per check).  No redirects, no TLS (rspamd
 has none; a URL scheme other than http is a ValueError), no compression (none is asked for).
 
 Failures that leave no verdict — no connection, no reply within `timeout`, a 5xx, a reply that is not HTTP
@@ -28,7 +30,7 @@ import logging
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -193,65 +195,136 @@ def parse_head(head: bytes) -> tuple[int, str, dict[str, str]]:
 async def _post(url: str, endpoint: str, headers: Sequence[tuple[str, str]], body: bytes,
                 timeout: float) -> _Response:
     host, port, prefix = split_url(url)
-    head = request_head(host, port, prefix + endpoint, headers, len(body))
+    request = request_head(host, port, prefix + endpoint, headers, len(body)) + body
     what = f"rspamd at {url}"
+    loop = asyncio.get_running_loop()
     async with deadline(timeout, what):
+        done: asyncio.Future[_Response] = loop.create_future()
         try:
-            reader, writer = await asyncio.open_connection(host, port, limit=MAX_HEAD)
+            transport, _ = await loop.create_connection(lambda: _Exchange(request, done), host, port)
         except OSError as e:
             raise FilterUnavailable(f"{what}: {describe(e)}") from None
         try:
-            return await _exchange(reader, writer, head, body, what)
+            return await done
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
+            raise FilterUnavailable(f"{what}: not an HTTP response ({type(e).__name__}: {e})") from None
+        except OSError as e:
+            raise FilterUnavailable(f"{what}: {describe(e)}") from None
         finally:
-            writer.transport.abort()  # the response is read (or will not be): nothing left to flush
+            transport.abort()  # the response is read (or will not be): nothing left to flush
 
 
-async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, head: bytes, body: bytes,
-                    what: str) -> _Response:
-    try:
-        writer.write(head)
-        writer.write(body)
-        await writer.drain()
-        status, reason, fields = parse_head(await reader.readuntil(b"\r\n\r\n"))
-        return _Response(status, reason, fields, await _read_body(reader, fields))
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
-        raise FilterUnavailable(f"{what}: not an HTTP response ({type(e).__name__}: {e})") from None
-    except OSError as e:
-        raise FilterUnavailable(f"{what}: {describe(e)}") from None
+class _Exchange(asyncio.Protocol):
+    """One request written whole, one response read by parse_response() as it comes in: an asyncio protocol
+    rather than streams (StreamReader/StreamWriter add a layer of Python per read and write; rspamd answers
+    one request per connection, "Connection: close" — its normal worker does not keep connections alive)."""
+
+    def __init__(self, request: bytes, done: asyncio.Future[_Response]) -> None:
+        self._request = request
+        self._done = done
+        self._buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports are not asyncio.Transport subclasses: no isinstance check here)
+        cast(asyncio.WriteTransport, transport).write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        self._answer(eof=False)
+
+    def eof_received(self) -> bool:
+        self._answer(eof=True)
+        return False  # close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done.done():
+            if exc is not None:
+                self._done.set_exception(exc)
+            else:
+                self._answer(eof=True)
+
+    def _answer(self, eof: bool) -> None:
+        if self._done.done():
+            return
+        try:
+            response = parse_response(self._buffer, eof=eof)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as e:
+            self._done.set_exception(e)
+            return
+        if response is not None:
+            self._done.set_result(response)
 
 
-async def _read_body(reader: asyncio.StreamReader, fields: Mapping[str, str]) -> bytes:
-    """The message body by RFC 9112 §6.3: chunked (§7.1), Content-Length, or up to the end of the connection."""
+def parse_response(data: bytes | bytearray, *, eof: bool) -> _Response | None:
+    """The response in `data` (RFC 9112): status line and fields (§4, §5), the body sized by chunked
+    transfer coding, Content-Length or the end of the connection, in that order (§6.3).  None: more is
+    needed; at `eof`, a response cut short raises IncompleteReadError.  ValueError (LimitOverrunError for a
+    head over MAX_HEAD) for what is not a response."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        if len(data) > MAX_HEAD:
+            raise asyncio.LimitOverrunError("no end of the response head within the limit", len(data))
+        if eof:
+            raise asyncio.IncompleteReadError(bytes(data), None)
+        return None
+    if end + 4 > MAX_HEAD:
+        raise asyncio.LimitOverrunError("no end of the response head within the limit", end)
+    status, reason, fields = parse_head(bytes(data[:end + 4]))
+    start = end + 4
     if "transfer-encoding" in fields:
         if fields["transfer-encoding"].lower().rpartition(",")[2].strip() != "chunked":
             raise ValueError(f"transfer coding {fields['transfer-encoding']!r}")
-        return await _read_chunked(reader)
-    if "content-length" in fields:
+        body = _chunked(data, start, eof)
+    elif "content-length" in fields:
         length = int(fields["content-length"])
         if not 0 <= length <= MAX_BODY:
             raise ValueError(f"Content-Length {length}")
-        return await reader.readexactly(length)
-    data = await reader.read(MAX_BODY + 1)
-    while len(data) <= MAX_BODY and (more := await reader.read(MAX_BODY + 1 - len(data))):
-        data += more
-    if len(data) > MAX_BODY:
-        raise ValueError(f"a body over {MAX_BODY} bytes")
-    return data
+        if len(data) - start < length:
+            if eof:
+                raise asyncio.IncompleteReadError(bytes(data[start:]), length)
+            return None
+        body = bytes(data[start:start + length])
+    else:  # up to the end of the connection
+        if len(data) - start > MAX_BODY:
+            raise ValueError(f"a body over {MAX_BODY} bytes")
+        body = bytes(data[start:]) if eof else None
+    return None if body is None else _Response(status, reason, fields, body)
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    """chunked-body (RFC 9112 §7.1): chunk-size [chunk-ext] CRLF chunk-data CRLF ... last-chunk trailers."""
+def _chunked(data: bytes | bytearray, i: int, eof: bool) -> bytes | None:
+    """chunked-body (RFC 9112 §7.1) from offset `i`: chunk-size [chunk-ext] CRLF chunk-data CRLF ...
+    last-chunk trailer-section CRLF; None when it is not all there yet."""
     body = bytearray()
     while True:
-        line = await reader.readuntil(b"\r\n")
-        size = int(line.split(b";", 1)[0].strip(), 16)  # chunk extensions are ignored (§7.1.1)
+        line_end = data.find(b"\r\n", i)
+        if line_end < 0:
+            _more(data, i, eof)
+            return None
+        size = int(bytes(data[i:line_end]).split(b";", 1)[0].strip(), 16)  # extensions ignored (§7.1.1)
+        i = line_end + 2
         if size == 0:
             break
         if size < 0 or len(body) + size > MAX_BODY:
             raise ValueError(f"chunk of {size} bytes")
-        body += await reader.readexactly(size)
-        if await reader.readexactly(2) != b"\r\n":
+        if len(data) < i + size + 2:
+            _more(data, i, eof, size + 2)
+            return None
+        body += data[i:i + size]
+        if data[i + size:i + size + 2] != b"\r\n":
             raise ValueError("chunk-data not followed by CRLF")
-    while await reader.readuntil(b"\r\n") != b"\r\n":  # trailer fields (§7.1.2), not needed here
-        pass
-    return bytes(body)
+        i += size + 2
+    while True:  # trailer fields (§7.1.2), not needed here, up to the empty line
+        line_end = data.find(b"\r\n", i)
+        if line_end < 0:
+            _more(data, i, eof)
+            return None
+        if line_end == i:
+            return bytes(body)
+        i = line_end + 2
+
+
+def _more(data: bytes | bytearray, i: int, eof: bool, expected: int | None = None) -> None:
+    """More is needed: at the end of the connection, that is a response cut short."""
+    if eof:
+        raise asyncio.IncompleteReadError(bytes(data[i:]), expected)
+    return None

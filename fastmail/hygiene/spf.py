@@ -23,6 +23,7 @@ Not covered by the RFC and decided here:
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import re
 import time
@@ -187,6 +188,11 @@ def parse_record(text: str) -> Record:
         else:
             macro_string(value)  # unknown-modifier: ignored, but its macro-string must parse (§6)
     return Record(tuple(directives), modifiers.get("redirect"), modifiers.get("exp"))
+
+
+# A record's parse (immutable) per text: the domains that send to us publish the same few records again and
+# again.  A PermError is not kept (lru_cache keeps only results): it is raised again each time.
+_parsed_record = functools.lru_cache(maxsize=1024)(parse_record)
 
 
 def _directive(term: str) -> Directive:
@@ -391,7 +397,7 @@ class _Check:
         except DNSTempError as e:
             raise TempError(str(e)) from None
         text = select_record(txts)
-        return None if text is None else parse_record(text)
+        return None if text is None else _parsed_record(text)
 
     async def redirect(self, spec: MacroString, domain: str) -> _Outcome:
         """§6.1: the result of check_host() for the target; "none" there is "permerror" here."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastmail import log
 from fastmail.hygiene import dmarc, ratelimit
-from fastmail.hygiene.inbound import Transaction
+from fastmail.hygiene.inbound import ClientChecks, Transaction
 from fastmail.proto import replies as R
 from fastmail.proto import smtp as P
 from fastmail.proto.replies import Reply
@@ -53,6 +53,7 @@ class SMTPProtocol(Session):
         self._refusal_lines = 0
         self._end: str | None = None  # why the session ended, when the driver ended it (else the machine says)
         self._greeting: asyncio.TimerHandle | None = None  # smtp.greeting_delay pending
+        self._client_checks: ClientChecks | None = None  # iprev and DNSBL/DNSWL of the client, per connection
 
     def start(self) -> None:
         cfg = self.services.config
@@ -88,6 +89,10 @@ class SMTPProtocol(Session):
         )
         log.event("connect", sid=self.sid, listener=self.listener, peer=self.peer, port=self.port,
                   tls=int(self.implicit_tls))
+        inbound = self.services.inbound
+        if self.mode is P.Mode.SMTP and inbound.auth and not session.trusted:
+            # the checks of the client's address, asked now and shared by the session's messages
+            self._client_checks = inbound.client_checks(self.peer)
         if self.mode is P.Mode.SMTP and cfg.greylist_enabled and cfg.checks_dnswl and not session.trusted:
             # looked up while the client says EHLO and MAIL; a client on a DNSWL is not greylisted
             self._dnswl = asyncio.get_running_loop().create_task(self.services.inbound.dnswl(self.peer))
@@ -224,6 +229,8 @@ class SMTPProtocol(Session):
             self._greeting = None
         if self._dnswl is not None and not self._dnswl.done():
             self._dnswl.cancel()
+        if self._client_checks is not None:
+            self._client_checks.close()
         conn = self.conn
         secs = f"{time.monotonic() - self.started:.3f}"
         if conn is None:
@@ -334,7 +341,7 @@ class SMTPProtocol(Session):
         inbound = services.inbound
         if inbound.active and self.mode is P.Mode.SMTP and conn.session.user is None:
             tx = Transaction(ip=conn.session.peer, helo=conn.session.helo, mail_from=env.sender or "",
-                             rcpts=[r.address for r in env.rcpts], qid=qhex)
+                             rcpts=[r.address for r in env.rcpts], qid=qhex, client=self._client_checks)
             content, verdict = await inbound.check(content, tx, authenticate=not conn.session.trusted)
             if verdict.reply is not None:
                 code, enhanced, text = verdict.reply

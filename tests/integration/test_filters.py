@@ -237,6 +237,30 @@ def test_rspamd_chunked_response_and_request_transcript() -> None:
     ]
 
 
+def test_rspamd_client_on_uvloop() -> None:
+    """The server's loop is uvloop, whose transports are not asyncio's classes: the same exchange there."""
+    import uvloop
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(int(re.search(rb"Content-Length: (\d+)", head).group(1)))  # type: ignore[union-attr]
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(VERDICT) + VERDICT)
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def main() -> rspamd.SpamResult:
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await rspamd.check(f"http://127.0.0.1:{port}", b"the message", timeout=5)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    assert uvloop.run(main()).action == "add header"
+
+
 @pytest.mark.parametrize(("reply", "match"), [
     (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 22\r\n\r\n{\"error\":\"lua failed\"}",
      r"HTTP 500 Internal Server Error: lua failed"),

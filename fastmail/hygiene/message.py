@@ -1,0 +1,132 @@
+"""A received message's header section, parsed once and shared by the checks (DKIM, ARC, DMARC).
+
+`parse()` splits a message the way dkimpy's `rfc822_parse` does — header fields as (name, value) pairs, the
+value with its folding and CRLF, and the body with every line ending made CRLF — but reads the body only by
+its offset: dkimpy's own `rfc822_parse` runs on the header section alone (a few hundred bytes instead of the
+whole message, split line by line with a regular expression), and the body's line endings are normalized
+with two `bytes.replace` calls only when it has a bare LF.  The result is dkimpy's to the byte: its parser
+stops at the first empty line, and the header section is cut right after that line
+(tests/unit/test_hygiene_message.py compares the two on generated messages).
+
+Where the header section cannot be parsed (dkimpy's MessageFormatError: a line that is neither a field nor
+a continuation) `error` says why and `fields` is empty; DKIM then has no signature to evaluate and ARC
+reports the message as unparsable.  A message whose first line is a continuation (starts with white space)
+counts as unparsable too: dkimpy's parser fails there with an IndexError.
+"""
+
+from __future__ import annotations
+
+import dkim
+
+# The header fields an ARC set is made of (RFC 8617 §4.1); dkimpy's dkim.ARC.ARC_HEADERS.
+ARC_FIELDS = frozenset({b"arc-seal", b"arc-message-signature", b"arc-authentication-results"})
+
+
+class Message:
+    """A message split as dkimpy splits it (see the module doc).  `fields`: [name, value] lists as dkimpy
+    gives them (treat them as read-only: the verifiers share them)."""
+
+    __slots__ = ("raw", "fields", "error", "body_start", "_body", "_lower")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self.body_start = header_end(raw)
+        self.error = ""
+        self._body: bytes | None = None
+        self._lower: list[bytes] | None = None
+        try:
+            fields = header_fields(raw[:self.body_start])
+        except dkim.MessageFormatError as e:
+            self.error, fields = str(e), []
+        except IndexError:  # dkimpy's parser on a first line that is a continuation
+            self.error, fields = "Unexpected continuation line before the first header field", []
+        self.fields: list[list[bytes]] = fields
+
+    @property
+    def body(self) -> bytes:
+        """The body as dkimpy's rfc822_parse gives it: every CRLF or bare LF made CRLF."""
+        if self._body is None:
+            self._body = crlf(self.raw[self.body_start:])
+        return self._body
+
+    @property
+    def header_section(self) -> bytes:
+        """The header section with the empty line that ends it (all of the message when it has none)."""
+        return self.raw[:self.body_start]
+
+    @property
+    def lower_names(self) -> list[bytes]:
+        """The name of each field, lower case."""
+        if self._lower is None:
+            self._lower = [name.lower() for name, _ in self.fields]
+        return self._lower
+
+    def values(self, name: bytes) -> list[bytes]:
+        """The values of every field called `name` (lower case), top first."""
+        return [value for field, value in self.fields if field.lower() == name]
+
+    @property
+    def has_arc(self) -> bool:
+        """Some field of an ARC set is present (without one, there is no chain to validate)."""
+        return not ARC_FIELDS.isdisjoint(self.lower_names)
+
+
+def parse(message: bytes | Message) -> Message:
+    return message if isinstance(message, Message) else Message(message)
+
+
+def header_end(raw: bytes) -> int:
+    """Where the body starts: the offset right after the first empty line (dkimpy's rfc822_parse splits
+    lines at CRLF or LF: an empty line is an LF followed by CRLF or LF, or either at the very start);
+    len(raw) when there is no empty line."""
+    if raw.startswith(b"\n"):
+        return 1
+    if raw.startswith(b"\r\n"):
+        return 2
+    lf = raw.find(b"\n\n")
+    crlf_ = raw.find(b"\n\r\n")
+    if lf < 0 and crlf_ < 0:
+        return len(raw)
+    if crlf_ < 0 or 0 <= lf < crlf_:
+        return lf + 2
+    return crlf_ + 3
+
+
+_NAME_OCTETS = bytes(range(0x21, 0x7F))  # what dkimpy's field-name pattern [\x21-\x7e]+? allows
+
+
+def header_fields(head: bytes) -> list[list[bytes]]:
+    """The fields of a header section as dkimpy's rfc822_parse gives them, and its MessageFormatError (or
+    IndexError) where it raises one, without its regular expressions: lines split at CRLF or LF; up to the
+    first empty line, a line starting with SP or HT continues the field above, a line with a colon after one
+    or more octets of %x21-7E starts a field (the name up to the first colon after the line's first
+    octet: the non-greedy ([\x21-\x7e]+?): matches there or nowhere, a colon being one of those octets), a line starting with
+    "From " (an mbox separator) is skipped, and any other line is an error."""
+    fields: list[list[bytes]] = []
+    parts = head.split(b"\n")
+    last = len(parts) - 1
+    for i, line in enumerate(parts):
+        if i < last and line.endswith(b"\r"):
+            line = line[:-1]  # the CR of a CRLF (re.split(b"\r?\n"): an LF takes the CR right before it)
+        if not line:
+            break
+        if line[0] in (0x09, 0x20):
+            fields[-1][1] += line + b"\r\n"  # IndexError on a first line that is a continuation, as dkimpy
+            continue
+        colon = line.find(b":", 1)
+        if colon > 0 and not line[:colon].translate(None, _NAME_OCTETS):
+            fields.append([line[:colon], line[colon + 1:] + b"\r\n"])
+        elif line.startswith(b"From "):
+            pass
+        else:
+            raise dkim.MessageFormatError(f"Unexpected characters in RFC822 header: {line!r}")
+    return fields
+
+
+def crlf(data: bytes) -> bytes:
+    """Every line ending CRLF: what b"\\r\\n".join(re.split(b"\\r?\\n", data)) gives, without splitting
+    into lines (a bare LF becomes CRLF, a bare CR stays)."""
+    n = data.count(b"\n")
+    if n == 0 or n == data.count(b"\r\n"):
+        return data
+    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
