@@ -47,6 +47,7 @@ class RcptResult:
     reply: str  # "550 5.1.1 no such user" (remote) or our own reason
     status: str  # RFC 3463 code: "5.1.1"
     mx: str = ""
+    relayed: bool = False  # sent to a server that does not offer DSN (RFC 3461 §5.2.2: it sends no notices)
 
 
 @dataclass
@@ -160,7 +161,9 @@ def load(store: Store, qid: bytes) -> dict[str, Any] | None:
 
 def _apply(rec: dict[str, Any], up: Update, policy: Policy) -> tuple[list[int], list[int]]:
     """Apply `up` to `rec` (in place); return the indexes of the recipients failed for good (their DSN is
-    due) and of those delayed long enough for a warning (RFC 3464 Action: delayed, once per recipient)."""
+    due) and of those that get a notice: delayed long enough for a warning (RFC 3464 Action: delayed, once
+    per recipient), or relayed with NOTIFY=SUCCESS to a server without DSN (Action: relayed, RFC 3461
+    §5.2.2: it sends none itself)."""
     delayed: list[int] = []
     for i, res in up.results.items():
         if i >= len(rec["rcpts"]):
@@ -171,6 +174,8 @@ def _apply(rec: dict[str, Any], up: Update, policy: Policy) -> tuple[list[int], 
         r.update(state=res.state, reply=res.reply, status=res.status, at=up.now)
         if res.mx:
             r["mx"] = res.mx
+        if res.state == "sent" and res.relayed and "SUCCESS" in (r.get("notify") or "").upper().split(","):
+            delayed.append(i)
     if up.finish:
         rec["attempts"] = rec.get("attempts", 0) + 1
         left = pending(rec)
@@ -197,17 +202,20 @@ def _wants_dsn(rec: dict[str, Any], r: dict[str, Any], kind: str = "FAILURE") ->
     return not notify or kind in notify.split(",")  # RFC 3461 §4.1 (NEVER: none)
 
 
-def _dsn_for(rec: dict[str, Any], failed: list[int], delayed: list[int]) -> list[int]:
+def _dsn_for(rec: dict[str, Any], failed: list[int], notices: list[int]) -> list[int]:
+    """The recipients the DSN of this change is about: failed ones, then delayed or relayed ones."""
     return ([i for i in failed if _wants_dsn(rec, rec["rcpts"][i])]
-            + [i for i in delayed if _wants_dsn(rec, rec["rcpts"][i], "DELAY")])
+            + [i for i in notices if _wants_dsn(rec, rec["rcpts"][i],
+                                                "SUCCESS" if rec["rcpts"][i]["state"] == "sent" else "DELAY")])
 
 
 def _failure(rec: dict[str, Any], r: dict[str, Any], policy: Policy) -> dsn.Failure:
     orcpt = r.get("orcpt")
     original = orcpt if orcpt else (r.get("rcpt") if r.get("rcpt") and r.get("rcpt") != r["to"] else None)
     delayed = r["state"] in PENDING
+    action = "delayed" if delayed else "relayed" if r["state"] == "sent" else "failed"
     return dsn.Failure(recipient=r["to"], original=original, status=r.get("status") or "5.0.0",
-                       action="delayed" if delayed else "failed", diagnostic=r.get("reply") or "",
+                       action=action, diagnostic=r.get("reply") or "",
                        remote_mta=r.get("mx", ""), last_attempt=r.get("at", 0.0),
                        retry_until=rec["arrived"] + policy.lifetime if delayed else 0.0)
 

@@ -294,16 +294,16 @@ class Runner:
                 any(not r.address.isascii() for r in recipients)
             msg = C.Message(sender, recipients, b"", ret=params.get("ret"), envid=params.get("envid"),
                             eight_bit=(params.get("body") or "").upper() == "8BITMIME", smtputf8=smtputf8)
-            job = Job(qid, domain, indexes, msg, int(rec.get("size") or 0), location, rec.get("attempts", 0) + 1,
-                      "", loop.create_future())
-            jobs.append(job)
-            await self._dispatch(job)
+            jobs.append(Job(qid, domain, indexes, msg, int(rec.get("size") or 0), location, rec.get("attempts", 0) + 1,
+                            "", loop.create_future()))
         if len(jobs) == 1:
+            await self._dispatch(jobs[0])
             results = await jobs[0].done
             self._effect(rec, await self.committer.submit(Q.Update(qid, results, finish=True, now=time.time())))
             return
-        # several destinations: record each one's results as soon as it has them
+        # several destinations: routed at the same time; each one's results recorded as soon as it has them
         async def record(job: Job) -> None:
+            await self._dispatch(job)
             self._effect(rec, await self.committer.submit(Q.Update(qid, await job.done, now=time.time())))
 
         await asyncio.gather(*(record(j) for j in jobs))
@@ -526,10 +526,11 @@ class Runner:
         results: dict[int, Q.RcptResult] = {}
         qid = job.qid.hex()
         tls = session.tls_version or "none"
+        no_dsn = "DSN" not in session.extensions
         for i, rcpt, reply in zip(job.indexes, msg.rcpts, replies, strict=True):
             state = "sent" if reply.ok else "failed" if reply.permanent else "deferred"
             text = str(reply)
-            results[i] = Q.RcptResult(state, text, reply.status(), session.host)
+            results[i] = Q.RcptResult(state, text, reply.status(), session.host, relayed=no_dsn and reply.ok)
             log.event("delivery", qid=qid, rcpt=rcpt.address, mx=session.host, ip=session.ip, tls=tls,
                       sts=job.sts or None, result=state, reply=text, attempt=job.attempt)
         if not job.done.done():

@@ -4,7 +4,9 @@ A `Receiver` speaks just enough SMTP to be a remote mail exchanger whose every a
 `rcpt(address, attempt)` and `data(attempt)` return the reply lines (attempt counts the connections'
 transactions, from 1); `ehlo` lists the extensions offered.  What it received is kept per transaction in
 `messages` (sender line, recipient lines, body as sent on the wire, before dot-unstuffing) and
-`transcript` (every command line).
+`transcript` (every command line), with `ahead` (how many bytes had already arrived behind each command
+line when it was read: what a client pipelined with it) and `ahead_of_end` (the same, for each end-of-data
+line: a next transaction pipelined behind the data, RFC 2920 §3.1).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Receiver:
         on_data: Callable[[], None] | None = None,
         tls: ssl.SSLContext | None = None,
         auth: tuple[str, str] | None = None,
+        greeting_delay: float = 0.0,
     ) -> None:
         self.loop = loop
         self.host = host
@@ -79,6 +82,7 @@ class Receiver:
         self.rcpt = rcpt
         self.data = data
         self.greeting = greeting
+        self.greeting_delay = greeting_delay  # seconds before the greeting
         self.on_data = on_data  # called (in the receiver's thread) when DATA content starts
         self.tls = tls  # a working STARTTLS (else STARTTLS, when listed in ehlo, is a broken one)
         self.auth = auth  # AUTH PLAIN with these credentials, offered once TLS is on
@@ -86,6 +90,8 @@ class Receiver:
         self.stall_data = False  # read the data, then never answer it (the kill -9 test)
         self.messages: list[Received] = []
         self.transcript: list[str] = []
+        self.ahead: list[int] = []
+        self.ahead_of_end: list[int] = []
         self.transactions = 0
         self.connections = 0
         self.lock = threading.Lock()
@@ -121,6 +127,8 @@ class Receiver:
             writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.greeting_delay:
+            await asyncio.sleep(self.greeting_delay)
         writer.write(self.greeting.encode() + b"\r\n")
         mail = ""
         rcpts: list[str] = []
@@ -133,6 +141,7 @@ class Receiver:
             text = line.decode("utf-8", "replace").rstrip("\r\n")
             with self.lock:
                 self.transcript.append(text)
+                self.ahead.append(_waiting(reader))
             verb = text[:4].upper()
             if verb == "EHLO":
                 lines = ["receiver.test", *self.ehlo]
@@ -170,6 +179,8 @@ class Receiver:
                     if not chunk:
                         return
                     if chunk == b".\r\n":
+                        with self.lock:
+                            self.ahead_of_end.append(_waiting(reader))
                         break
                     body += chunk[1:] if chunk.startswith(b".") else chunk
                 if self.stall_data:
@@ -226,6 +237,11 @@ class Receiver:
             else:
                 writer.write(b"502 5.5.2 not implemented\r\n")
             await writer.drain()
+
+
+def _waiting(reader: asyncio.StreamReader) -> int:
+    """Bytes the reader has received but not handed out yet."""
+    return len(reader._buffer)  # type: ignore[attr-defined]
 
 
 class PolicyServer:

@@ -216,10 +216,11 @@ def test_delivers_through_mx_with_pipelining_and_dsn_parameters(srv, dns, receiv
     assert got.mail.startswith(f"MAIL FROM:<{SENDER}>")
     assert f"SIZE={len(got.data)}" in got.mail and "RET=HDRS" in got.mail and "ENVID=env+2Bid" in got.mail
     assert got.rcpts == ["RCPT TO:<bob@one.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;bob+2Bx@one.test"]
-    # MAIL, RCPT and DATA went in one write (PIPELINING): the receiver read them back to back
+    # MAIL, RCPT and DATA went in one write (PIPELINING): when the receiver read MAIL, the rest was there
     t = rx.transcript
     i = next(k for k, line in enumerate(t) if line.startswith("MAIL"))
     assert t[i + 1].startswith("RCPT") and t[i + 2] == "DATA"
+    assert rx.ahead[i] == len(t[i + 1]) + len(t[i + 2]) + 4 and rx.ahead[i + 2] == 0
     wait_for(lambda: not entries_for(srv, "bob@one.test"), why="queue entry removed")
     lines = wait_for(lambda: [x for x in log_lines(srv, "delivery") if x.get("rcpt") == "bob@one.test"])
     assert lines[0]["mx"] == "mx.one.test" and lines[0]["ip"] == "127.0.0.2" and lines[0]["result"] == "sent"
@@ -310,7 +311,8 @@ def test_messages_to_one_destination_are_pipelined_one_behind_the_other(tmp_path
         dns.set(f"p{n}.piped.test", ("MX", (10, "mx.piped.test.")))
     dns.set("mx.piped.test", ("A", "127.0.0.33"))
     rx = Receiver(rloop, "127.0.0.33", mx_port, rcpt=lambda a, _: "450 4.2.1 later" if a.startswith("r3@") else "250 ok",
-                  data=lambda n: "550 5.7.1 not this one" if n == 2 else "250 2.0.0 ok")
+                  data=lambda n: "550 5.7.1 not this one" if n == 2 else "250 2.0.0 ok",
+                  greeting_delay=1.0)  # the four jobs are all waiting when the session is ready
     rx.start()
     s = make_server(tmp_path, workers=1, extra=config(dns, mx_port, max_connections_per_domain=1))
     s.start()
@@ -323,6 +325,9 @@ def test_messages_to_one_destination_are_pipelined_one_behind_the_other(tmp_path
         assert all(strip_trace(m.data) == msg for m in got)
         assert rx.connections == 1 and sum(1 for line in rx.transcript if line.startswith("EHLO")) == 1
         assert sum(1 for line in rx.transcript if line.startswith("MAIL")) == 4
+        # the next MAIL, RCPT and DATA came with the end of the data before: after the first and second
+        # messages; the fourth went after the third's RSET (its recipient refused, no data), and is the last
+        assert [n > 0 for n in rx.ahead_of_end] == [True, True, False], rx.ahead_of_end
         bounce = wait_for(lambda: bounces_in_inbox(s, SENDER, "r2@p2.piped.test"), why="bounce")[0]
         _, per_rcpt, _ = report(bounce)
         assert [b["Final-Recipient"] for b in per_rcpt] == ["rfc822; r2@p2.piped.test"]
@@ -425,6 +430,8 @@ def test_require_tls_policy_defers_when_starttls_is_not_offered(srv, dns, receiv
     assert entry["rcpts"][0]["state"] == "deferred" and entry["rcpts"][0]["status"] == "4.7.4"
     assert not any(line.startswith("MAIL") for line in rx.transcript)  # nothing went in plain text
     srv.cli("queue", "delete", entry["id"])
+    assert not entries_for(srv, "sue@secure.test")  # `queue delete`: gone, without a bounce
+    assert not bounces_in_inbox(srv, SENDER, "sue@secure.test")
 
 
 def test_opportunistic_tls_that_fails_is_retried_in_plain_text(srv, dns, receivers):
@@ -512,6 +519,20 @@ def test_null_mx_bounces_at_once_to_a_remote_sender(srv, dns, receivers):
              why="queue empty of both")
     no_attempt = wait_for(lambda: [x for x in log_lines(srv, "delivery") if x.get("rcpt") == "hal@nullmx.test"])
     assert no_attempt[0]["mx"] == "none"
+
+
+def test_notify_success_relayed_to_a_server_without_dsn_gets_a_relayed_notice(srv, dns, receivers):
+    dns.set("nodsn.test", ("MX", (10, "mx.nodsn.test.")))
+    dns.set("mx.nodsn.test", ("A", "127.0.0.34"))
+    rx = receivers("127.0.0.34", ehlo=("PIPELINING", "8BITMIME"))
+    send(srv, SENDER, ["val@nodsn.test"], message("success notice", "val@nodsn.test"),
+         rcpt_options=("NOTIFY=SUCCESS,FAILURE",))
+    got = rx.wait(1)[0]
+    assert got.rcpts == ["RCPT TO:<val@nodsn.test>"]  # no DSN parameters for a server without DSN
+    notice = wait_for(lambda: bounces_in_inbox(srv, SENDER, "val@nodsn.test"), why="relayed notice")[0]
+    assert notice["Subject"] == "Successful Mail Delivery Report"
+    _, per_rcpt, _ = report(notice)
+    assert per_rcpt[0]["Action"] == "relayed" and per_rcpt[0]["Status"] == "2.0.0"
 
 
 def test_bounce_of_a_bounce_is_never_sent(srv, dns, receivers):

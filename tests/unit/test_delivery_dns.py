@@ -100,3 +100,10 @@ def test_errors_reach_every_waiter(dns):
 
     errors = run(dns, together)
     assert all(isinstance(e, DNSTemporary) for e in errors)
+
+
+def test_no_answer_is_temporary(dns):
+    dns.timeout.add("silent.test")
+    with pytest.raises(DNSTemporary) as e:
+        run(dns, lambda r: r.mx("silent.test"))
+    assert e.value.enhanced == "4.4.3"

@@ -164,6 +164,31 @@ def test_notify_decides_whether_a_dsn_is_sent(store, notify, bounced):
     assert eff.removed and bool(eff.bounce) is bounced and len(inbox(store)) == int(bounced)
 
 
+@pytest.mark.parametrize(("notify", "relayed", "noticed"), [
+    ("SUCCESS,FAILURE", True, True),  # RFC 3461 §5.2.2: the next hop sends no notices: we do
+    ("SUCCESS", False, False),  # it offered DSN and got NOTIFY=SUCCESS: its notice, not ours
+    (None, True, False),  # no NOTIFY: failures only
+    ("FAILURE", True, False),
+])
+def test_relayed_notice_for_notify_success_to_a_server_without_dsn(store, notify, relayed, noticed):
+    qid = queued(store, notify=notify)
+    sent = Q.RcptResult("sent", "250 2.0.0 queued as X", "2.0.0", "mx.remote.test", relayed=relayed)
+    (eff,) = Q.apply(store, [Q.Update(qid, {0: sent}, finish=True, now=Q.load(store, qid)["arrived"])], POLICY)
+    assert eff.removed and bool(eff.bounce) is noticed
+    if not noticed:
+        assert inbox(store) == []
+        return
+    (raw,) = inbox(store)
+    b = email.message_from_bytes(raw, policy=email.policy.compat32)
+    assert b["Subject"] == "Successful Mail Delivery Report"
+    _, status, original = b.get_payload()
+    per_rcpt = status.get_payload()[1]
+    assert per_rcpt["Action"] == "relayed" and per_rcpt["Status"] == "2.0.0"
+    assert per_rcpt["Remote-MTA"] == "dns; mx.remote.test"
+    assert per_rcpt["Diagnostic-Code"] == "smtp; 250 2.0.0 queued as X"
+    assert original.get_content_type() == "text/rfc822-headers"  # RET is about failures (RFC 3461 §4.3)
+
+
 def test_expiry_fails_what_is_pending_with_4_4_7(store):
     qid = queued(store)
     arrived = Q.load(store, qid)["arrived"]
