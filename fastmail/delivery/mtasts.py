@@ -95,12 +95,9 @@ class STS:
         self._looking: dict[str, asyncio.Task[Policy | None]] = {}
         self.fetches = 0
 
-    def known_without(self, domain: str) -> bool:
-        """Whether `domain` is known to publish no policy (for now): policy() would answer None at once."""
-        until = self.none_until.get(domain)
-        return until is not None and until > time.monotonic()
-
-    async def policy(self, domain: str) -> Policy | None:
+    def lookup(self, domain: str) -> asyncio.Future[Policy | None] | None:
+        """The lookup of `domain`'s policy, under way (shared by everyone asking meanwhile), or None when the
+        domain is known to publish none (for now)."""
         until = self.none_until.get(domain)
         if until is not None:
             if until > time.monotonic():
@@ -110,7 +107,12 @@ class STS:
         if task is None:
             task = self._looking[domain] = asyncio.ensure_future(self._policy(domain))
             task.add_done_callback(lambda t: self._looking.pop(domain, None) if self._looking.get(domain) is t else None)
-        return await asyncio.shield(task)
+        return task
+
+    async def policy(self, domain: str) -> Policy | None:
+        task = self.lookup(domain)
+        # shielded: a caller that is cancelled leaves the lookup to the others waiting for it
+        return None if task is None else await asyncio.shield(task)
 
     async def _policy(self, domain: str) -> Policy | None:
         now = time.time()

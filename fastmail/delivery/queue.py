@@ -445,14 +445,27 @@ BULK = 1000  # entries changed per transaction by the bulk operator actions (wri
 
 def _modify_all(store: Store, select: Callable[[dict[str, Any]], bool],
                 change: Callable[[dict[str, Any], float], None], on_commit: Callable[[int], None] | None) -> int:
-    """Apply `change` to every entry `select` picks, BULK entries per synced transaction; `on_commit(n)`
-    after each (e.g. to wake the delivery processes: the first released entries go while the rest is being
-    released)."""
-    with store.read() as txn:
-        keys = [bytes(k) for k, v in txn.cursor(db=store.db["queue"]) if select(R.loads(v))]
+    """Apply `change` to every entry `select` picks, BULK entries per synced transaction, in queue order;
+    `on_commit(n)` after each (e.g. to wake the delivery processes: the first released entries go while the
+    rest is being released)."""
     done = 0
-    for i in range(0, len(keys), BULK):
-        chunk = keys[i:i + BULK]
+    after = b""
+    while True:
+        with store.read() as txn:  # the next BULK entries to change, from where the last chunk ended
+            cursor = txn.cursor(db=store.db["queue"])
+            chunk: list[bytes] = []
+            if cursor.set_range(after):
+                for k, v in cursor:
+                    if k == after:
+                        continue
+                    if select(R.loads(v)):
+                        chunk.append(bytes(k))
+                        if len(chunk) >= BULK:
+                            break
+                    after = bytes(k)
+        if not chunk:
+            return done
+        after = chunk[-1]
 
         def op(txn: lmdb.Transaction, chunk: list[bytes] = chunk) -> int:
             changed = 0
@@ -477,7 +490,6 @@ def _modify_all(store: Store, select: Callable[[dict[str, Any]], bool],
         done += n
         if on_commit is not None and n:
             on_commit(n)
-    return done
 
 
 def summary_state(rec: dict[str, Any]) -> str:

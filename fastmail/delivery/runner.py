@@ -47,7 +47,7 @@ from fastmail.config import Config, split_hostport
 from fastmail.delivery import queue as Q
 from fastmail.delivery import srs, wake
 from fastmail.delivery.dns import DNSError, DNSPermanent, Resolver, order
-from fastmail.delivery.mtasts import STS, Policy
+from fastmail.delivery.mtasts import STS
 from fastmail.delivery.outbound import Session, SessionError, client_tls_context, open_session
 from fastmail.master.errors import BootError
 from fastmail.master.worker import WorkerContext, install_worker_signals, start_heartbeat
@@ -57,6 +57,7 @@ from fastmail.store.store import Store, StoreError
 RELAY = "[relayhost]"  # the one MX host when delivery.relayhost is set
 MAX_INFLIGHT = 5000  # queue entries being tried at once by one process (refilled when half are done)
 SCAN_BATCH = 1000  # entries one scan starts at most
+BATCH_PAUSE = 0.05  # seconds before the scan after one that started SCAN_BATCH (those get going first)
 SCAN_MARGIN_MS = 2000  # a scan starts this long before where the last one stopped (commits land late)
 FULL_SCAN = 30.0  # seconds between two scans of the whole schedule
 ERROR_COOLDOWN = 60.0  # seconds an entry whose attempt hit an internal error waits
@@ -231,6 +232,8 @@ class Runner:
         elif full:
             self.last_scanned = int(now * 1000)
         next_due = found.next_due
+        if len(found.entries) >= SCAN_BATCH and not self.more:
+            next_due = now + BATCH_PAUSE  # more are due: after these have routed and found their sessions
         if self.cooldown:
             soonest = min(self.cooldown.values())
             next_due = soonest if next_due is None else min(next_due, soonest)
@@ -375,20 +378,13 @@ class Runner:
             return Route((relay_mx, port, require, False, "", ""), relay_mx, port, require, self.tls_context, auth,
                          "", "")
         assert self.resolver is not None
-        looking: asyncio.Future[Policy | None] | None = None
-        if self.sts is not None and not self.sts.known_without(domain):
-            looking = asyncio.ensure_future(self.sts.policy(domain))  # asked at the same time as the MX
-        try:
-            mx = await self.resolver.mx(domain)
-        except BaseException:
-            if looking is not None:
-                looking.cancel()
-            raise
+        looking = self.sts.lookup(domain) if self.sts is not None else None  # asked at the same time as the MX
+        mx = await self.resolver.mx(domain)
         implicit = domain if mx == ((0, domain),) and not domain.startswith("[") else ""
         require = domain in self.require_tls
         context = self.tls_context
         verified = False
-        sts = await looking if looking is not None else None
+        sts = await asyncio.shield(looking) if looking is not None else None
         mode = sts.mode if sts is not None else ""
         if sts is not None and mode in ("enforce", "testing"):
             outside = [h for _, h in mx if not sts.allows(h)]
