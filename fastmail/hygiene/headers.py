@@ -154,10 +154,14 @@ def _fold_point(line: str, width: int, start: int = 0) -> int | None:
     has at most `width` octets and is not only white space; None when there is none."""
     limit = _char_index(line, width)
     start = max(start, len(line) - len(line.lstrip(" \t")))
-    for i in range(min(limit, len(line) - 1), start, -1):
-        if line[i] in " \t" and line[:i].strip():
-            return i
-    return None
+    # line[:i] is not only white space exactly when i is past the first character that is not (str.strip's
+    # white space), so the fold point is the last SP or HT in (max(start, first), limit], found by rfind
+    first = len(line) - len(line.lstrip())
+    lo, hi = max(start, first) + 1, min(limit, len(line) - 1) + 1
+    if lo >= hi:
+        return None
+    i = max(line.rfind(" ", lo, hi), line.rfind("\t", lo, hi))
+    return i if i >= 0 else None
 
 
 def _octets(s: str) -> int:

@@ -7,7 +7,7 @@ import email
 import email.policy
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastmail.hygiene import headers as H
@@ -78,6 +78,23 @@ def test_utf8_counts_octets() -> None:
 @given(st.text(alphabet=st.sampled_from("ab é\t\r\n:;x"), max_size=3000))
 def test_any_value_gives_valid_lines(value: str) -> None:
     assert_valid(H.field("X-Any", value))
+
+
+def _fold_point_by_scan(line: str, width: int, start: int = 0) -> int | None:
+    """_fold_point as it was written first (a scan down from the limit): the reference for the rfind one."""
+    limit = H._char_index(line, width)
+    start = max(start, len(line) - len(line.lstrip(" \t")))
+    for i in range(min(limit, len(line) - 1), start, -1):
+        if line[i] in " \t" and line[:i].strip():
+            return i
+    return None
+
+
+@given(st.text(alphabet=st.sampled_from("ab é\t \x0c\x1f\u2003:;x"), max_size=300),
+       st.integers(min_value=0, max_value=120), st.integers(min_value=0, max_value=20))
+@settings(max_examples=3000, deadline=None)
+def test_fold_point_is_the_scan(line: str, width: int, start: int) -> None:
+    assert H._fold_point(line, width, start) == _fold_point_by_scan(line, width, start)
 
 
 def test_merge_keeps_ours_and_one_field_per_name() -> None:
