@@ -81,8 +81,12 @@ class FastmailTarget(Target):
         self.workdir = workdir
         self.config = workdir / "fastmail.toml"
         self.log = workdir / "server.log"
-        self.port = free_port()
-        others = [free_port() for _ in range(3)]
+        ports: list[int] = []
+        while len(ports) < 4:  # the kernel may hand out a port again once it is free: keep them distinct
+            port = free_port()
+            if port not in ports:
+                ports.append(port)
+        self.port, others = ports[0], ports[1:]
         # SMTP only: the mailbox listeners (IMAP, POP3) are off so their default ports cannot collide.
         # max_message_size keeps its default (50 MiB), far above the largest scenario (256 KiB).
         self.config.write_text(f"""\

@@ -42,7 +42,8 @@ def start(tmp: Path, **rspamd_settings: object) -> Server:
 
 @pytest.fixture
 def learning(tmp_path: Path, rspamd_service: Rspamd) -> Iterator[Server]:
-    srv = start(tmp_path, learn=True, controller_url=rspamd_service.controller_url, password=CONTROLLER_PASSWORD)
+    srv = start(tmp_path, learn=True, controller_url=rspamd_service.controller_url, password=CONTROLLER_PASSWORD,
+                timeout=120.0)  # a loaded machine: rspamd may take long, but it answers
     yield srv
     srv.stop()
     srv.kill_tree()
@@ -90,7 +91,7 @@ def learned(rspamd_service: Rspamd, what: str, mid: str) -> bool:
     return f"learned message as {what}: {mid}" in rspamd_service.log.read_text()
 
 
-def wait_for(check: object, timeout: float = 20) -> bool:
+def wait_for(check: object, timeout: float = 120) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():  # type: ignore[operator]
