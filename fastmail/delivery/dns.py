@@ -69,9 +69,13 @@ class _LoopDriven(aiodns.DNSResolver):  # type: ignore[misc]
     """aiodns with c-ares driven by the event loop (its socket-state callback: the loop reads the answers)
     rather than by pycares' own thread.  That thread needs the GIL for every answer it hands over; in a
     busy process it gets it only at the interpreter's switch interval (5 ms), so a burst of questions was
-    answered at 5 ms each (here: 100 MX questions took 0.1-0.2 s, not 6 ms)."""
+    answered at 5 ms each (here: 100 MX questions took 0.1-0.2 s, not 6 ms).  The same as
+    fastmail.hygiene.dnsq.LoopDNSResolver (the checks' resolver), kept here so that delivery does not
+    depend on the checks."""
 
     def _make_channel(self, **kwargs: Any) -> tuple[bool, pycares.Channel]:
+        if getattr(self, "_sock_state_cb", None) is None:  # not the aiodns this was written for: its own way
+            return super()._make_channel(**kwargs)  # type: ignore[no-any-return]
         this = weakref.ref(self)  # no cycle resolver -> channel -> callback -> resolver (as aiodns does)
 
         def sock_state(fd: int, readable: bool, writable: bool) -> None:
