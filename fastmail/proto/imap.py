@@ -557,21 +557,30 @@ class IMAPConnection(MailboxCommands):
             self._write(b"* OK [CLOSED] Previous mailbox closed\r\n")  # RFC 7162 §3.2.11, RFC 9051
         assert self.user_id is not None
         rec = self.boxes.get(self.user_id, name)
-        snap = self.boxes.snapshot(rec["id"]) if rec is not None else None
-        if snap is None:
-            return S.NONEXISTENT
-        rec, messages = snap
-        view = View(self.boxes, rec, [m.uid for m in messages], readonly)
-        for m in messages:
-            for f in m.flags:
-                if f not in view.flags:
-                    view.flags.append(f)
+        messages: list[Message] = []
+        if qresync_args is None:  # the UIDs and what FLAGS and UNSEEN need, no record decoded
+            summary = self.boxes.select_summary(rec["id"]) if rec is not None else None
+            if summary is None:
+                return S.NONEXISTENT
+            rec, uids, keywords, first_unseen = summary
+            view = View(self.boxes, rec, uids, readonly)
+            view.flags.extend(k for k in keywords if k not in view.flags)
+        else:  # QRESYNC compares every message's mod-sequence
+            snap = self.boxes.snapshot(rec["id"]) if rec is not None else None
+            if snap is None:
+                return S.NONEXISTENT
+            rec, messages = snap
+            view = View(self.boxes, rec, [m.uid for m in messages], readonly)
+            for m in messages:
+                for f in m.flags:
+                    if f not in view.flags:
+                        view.flags.append(f)
+            first_unseen = next((i for i, m in enumerate(messages, 1) if M.SEEN not in m.flags), 0)
         w = self._write
         self._flags_responses(view)
-        w(b"* %d EXISTS\r\n" % len(messages))
+        w(b"* %d EXISTS\r\n" % len(view.uids))
         if not self.rev2:
             w(b"* 0 RECENT\r\n")
-            first_unseen = next((i for i, m in enumerate(messages, 1) if M.SEEN not in m.flags), 0)
             if first_unseen:
                 w(b"* OK [UNSEEN %d] First unseen\r\n" % first_unseen)
         w(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % rec["uidvalidity"])

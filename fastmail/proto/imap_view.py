@@ -24,7 +24,7 @@ class View:
     """Holds the UIDs only (4 bytes a message, so an idle session on a 10,000-message mailbox costs 40 kB):
     flags, sizes and dates are read from the store when a command needs them."""
 
-    def __init__(self, boxes: Mailboxes, rec: dict[str, Any], uids: list[int], readonly: bool) -> None:
+    def __init__(self, boxes: Mailboxes, rec: dict[str, Any], uids: list[int] | array[int], readonly: bool) -> None:
         self.boxes = boxes
         self.id: int = rec["id"]
         self.name: str = rec["name"]

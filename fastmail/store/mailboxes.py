@@ -14,6 +14,7 @@ its OK shares the durable commit of deliveries (ARCHITECTURE §3).
 from __future__ import annotations
 
 import time
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -108,6 +109,10 @@ def _gets(txn: lmdb.Transaction, db: Any, mailbox_id: int, uids: list[int]) -> I
             yield key, bytes(value)  # bytes already (buffers=False): no copy
 
 
+_SEEN_JSON = b'"\\\\Seen"'  # \Seen in a record's JSON
+_SYSTEM_FLAG_JSON = b'"\\\\'  # the start of a system flag there
+
+
 def parse_record(key: bytes, value: bytes) -> Message:
     v, blob, size, date, flags, modseq = R.loads(value)
     return Message(R.MSG_KEY.unpack(key)[1], bytes.fromhex(blob), size, date, flags, modseq)
@@ -194,6 +199,36 @@ class Mailboxes:
             if rec is None:
                 return None
             return rec, self.messages(mailbox_id, txn)
+
+    def select_summary(self, mailbox_id: int) -> tuple[dict[str, Any], array[int], list[str], int] | None:
+        """What SELECT tells, read in one transaction without decoding a record per message: (the mailbox
+        record, the UIDs ascending, the keywords in use in order of first use, the sequence number of the
+        first message without \\Seen or 0).  A record is decoded only when it has a flag that is not a
+        system flag: in its JSON every string but the blob id is a flag, and a system flag's starts with
+        an escaped backslash."""
+        with self.store.read() as txn:
+            rec = self.by_id(mailbox_id, txn)
+            if rec is None:
+                return None
+            lo = R.msg_key(mailbox_id, 0)
+            prefix = lo[:8]
+            uids: array[int] = array("I")
+            keywords: dict[str, None] = {}
+            first_unseen = 0
+            cur = txn.cursor(db=self.db["msgs"])
+            if cur.set_range(lo):
+                for k, value in cur:
+                    v: bytes = value  # type: ignore[assignment]  # buffers=False: bytes
+                    if k[:8] != prefix:
+                        break
+                    uids.append(int.from_bytes(k[8:], "big"))
+                    if not first_unseen and _SEEN_JSON not in v:
+                        first_unseen = len(uids)
+                    if v.count(b'"') != 2 + 2 * v.count(_SYSTEM_FLAG_JSON):
+                        for flag in R.loads(v)[4]:
+                            if not flag.startswith("\\"):
+                                keywords.setdefault(flag, None)
+            return rec, uids, list(keywords), first_unseen
 
     def changes_since(self, mailbox_id: int, modseq: int) -> tuple[dict[str, Any], list[Message], list[int]] | None:
         """What happened to the mailbox after mod-sequence `modseq`, read in one transaction: (its record,

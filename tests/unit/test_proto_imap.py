@@ -513,3 +513,29 @@ def test_whole_message_fetch_is_the_general_rendering(store, user):
         len(bodies[1]), bodies[1])
     # a partial or a section is not the whole message
     assert d.send(b"g FETCH 3 BODY.PEEK[]<0.4>\r\n") == b"* 3 FETCH (BODY[]<0> {4}\r\nSubj)\r\ng OK Completed\r\n"
+
+
+def test_select_summary_agrees_with_the_decoded_records(store, user):
+    """SELECT reads UIDs, keywords and the first unseen message without decoding every record
+    (Mailboxes.select_summary): the same as decoding them all."""
+    for _ in range(6):
+        deliver(store, user)
+    d = session(store, user)
+    d.cmd("s SELECT INBOX")
+    d.cmd("a STORE 1:2 +FLAGS (\\Seen)")
+    assert d.cmd("b STORE 4 +FLAGS (\\Seen $Forwarded)")[-1].startswith(b"b OK")
+    assert d.cmd("c STORE 5 +FLAGS (\\Flagged Junk \\Answered $Forwarded)")[-1].startswith(b"c OK")
+    d.cmd("e STORE 6 +FLAGS (\\Deleted)")
+    boxes = Mailboxes(store)
+    rec = boxes.get(user, "INBOX")
+    _, uids, keywords, first_unseen = boxes.select_summary(rec["id"])
+    _, messages = boxes.snapshot(rec["id"])
+    assert list(uids) == [m.uid for m in messages]
+    decoded = [f for m in messages for f in m.flags if not f.startswith("\\")]
+    assert keywords == list(dict.fromkeys(decoded)) and set(keywords) == {"$Forwarded", "Junk"}
+    assert first_unseen == next(i for i, m in enumerate(messages, 1) if "\\Seen" not in m.flags) == 3
+    out = d.cmd("f SELECT INBOX")
+    assert b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft " + " ".join(keywords).encode() + b")" in out
+    assert b"* OK [UNSEEN 3] First unseen" in out and b"* 6 EXISTS" in out
+    d.cmd("g STORE 1:* +FLAGS.SILENT (\\Seen)")
+    assert boxes.select_summary(rec["id"])[3] == 0
