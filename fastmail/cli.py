@@ -308,7 +308,24 @@ def cmd_queue(args: argparse.Namespace) -> int:
     elif args.action == "delete":
         store.queue_delete(args.id)
         _print(args, {"id": args.id, "deleted": True}, f"queue entry {args.id} deleted")
+    elif getattr(args, "all", False):
+        if args.id:
+            raise CLIError("give a queue id or --all, not both")
+        cfg = _load(args)
+        want = args.domain.lower() if args.domain else None
+        match = None if want is None else (
+            lambda rec: any(Q.domain_of(r["to"]) == want for r in rec["rcpts"]))
+        bulk = Q.hold_all if args.action == "hold" else Q.release_all
+        # each committed chunk wakes the delivery processes: the first released entries go at once
+        n = bulk(store, match, on_commit=lambda _n: wake.notify(cfg.data_dir, cfg.delivery_processes))
+        done = "held" if args.action == "hold" else "released"
+        where = f" with a recipient in {want}" if want else ""
+        _print(args, {"action": args.action, "count": n, "domain": want}, f"{n} queue entries{where} {done}")
     else:
+        if not args.id:
+            raise CLIError("a queue id is needed" + (" (or --all)" if args.action in ("hold", "release") else ""))
+        if getattr(args, "domain", None):
+            raise CLIError("--domain goes with --all")
         fn = {"retry": Q.retry_now, "hold": Q.hold, "release": Q.release, "bounce": Q.bounce}[args.action]
         entry = fn(store, args.id)
         cfg = _load(args)
@@ -592,7 +609,12 @@ def build_parser() -> argparse.ArgumentParser:
                          ("hold", "stop attempts until released"), ("release", "end a hold; attempt now"),
                          ("bounce", "fail every pending recipient now and send the bounce")):
         x = q.add_parser(action, parents=[common, jsonp], help=what)
-        x.add_argument("id")
+        if action in ("hold", "release"):
+            x.add_argument("id", nargs="?")
+            x.add_argument("--all", action="store_true", help=f"{action} every entry (or those of --domain)")
+            x.add_argument("--domain", help="with --all: only entries with a recipient in this domain")
+        else:
+            x.add_argument("id")
         x.set_defaults(func=cmd_queue)
 
     m = sub.add_parser("mailbox", parents=[common], help="mailboxes of a user").add_subparsers(dest="action", required=True)

@@ -25,7 +25,7 @@ class Failure:
     recipient: str  # the address we tried (Final-Recipient)
     original: str | None  # RFC 3461 ORCPT ("rfc822;addr") or the address the client gave
     status: str  # "5.1.1"
-    action: str  # "failed", "delayed" or "relayed"
+    action: str  # "failed", "delayed", "relayed" or "delivered"
     diagnostic: str  # the remote reply ("550 5.1.1 no such user") or our own reason
     remote_mta: str = ""  # the MX host that said it
     last_attempt: float = 0.0
@@ -69,7 +69,8 @@ def build(
     boundary = f"{qid}.{int(now)}/{hostname}"
     date = formatdate(now, localtime=False)
     delayed = all(f.action == "delayed" for f in failures)
-    relayed = all(f.action == "relayed" for f in failures)
+    relayed = all(f.action in ("relayed", "delivered") for f in failures)
+    delivered = all(f.action == "delivered" for f in failures)
     subject = ("Delayed Mail (still being retried)" if delayed else "Successful Mail Delivery Report" if relayed
                else "Undelivered Mail Returned to Sender")
     lines = [
@@ -93,6 +94,8 @@ def build(
     ]
     if delayed:
         lines += ["Your message could not be delivered yet to the recipients below; it will be retried.", ""]
+    elif delivered:
+        lines += ["Your message was delivered to the mailboxes of the recipients below.", ""]
     elif relayed:
         lines += ["Your message was passed on to the recipients' mail servers below, which send no delivery",
                   "notifications: this is the last one you will get about it from here.", ""]
@@ -101,7 +104,7 @@ def build(
                   "recipients. The details are below.", ""]
     for f in failures:
         where = f" (host {f.remote_mta})" if f.remote_mta else ""
-        still = " (still trying)" if f.action == "delayed" else " (relayed)" if f.action == "relayed" else ""
+        still = {"delayed": " (still trying)", "relayed": " (relayed)", "delivered": " (delivered)"}.get(f.action, "")
         lines.append(f"<{f.recipient}>{where}{still}: {_field(f.diagnostic)}")
     lines += ["", f"--{boundary}", "Content-Type: message/delivery-status", ""]
     # RFC 3464 §2.2: per-message fields
@@ -129,8 +132,10 @@ def build(
             lines.append(f"Will-Retry-Until: {formatdate(f.retry_until, localtime=False)}")
     lines.append("")
     head = "\r\n".join(lines).encode("utf-8") + b"\r\n"
-    # RFC 3461 §4.3: RET is about failure notices; a notice of success returns the header only
-    full = (ret or "FULL").upper() != "HDRS" and len(original) <= MAX_FULL and not relayed
+    # RFC 3461 §4.3: RET is about failure notices; a notice of success returns the header only, but for a
+    # final delivery (Action: delivered) that the sender asked the full message back for (RET=FULL)
+    full = ((ret or "FULL").upper() != "HDRS" and len(original) <= MAX_FULL
+            and (not relayed or (delivered and (ret or "").upper() == "FULL")))
     if full:
         part = b"Content-Type: message/rfc822\r\n\r\n" + original
     else:

@@ -176,6 +176,9 @@ def _apply(rec: dict[str, Any], up: Update, policy: Policy) -> tuple[list[int], 
             r["mx"] = res.mx
         if res.state == "sent" and res.relayed and "SUCCESS" in (r.get("notify") or "").upper().split(","):
             delayed.append(i)
+    for i, r in enumerate(rec["rcpts"]):
+        if r.pop("notice", False):  # delivered to a local mailbox with NOTIFY=SUCCESS (fastmail.store.store)
+            delayed.append(i)
     if up.finish:
         rec["attempts"] = rec.get("attempts", 0) + 1
         left = pending(rec)
@@ -213,7 +216,8 @@ def _failure(rec: dict[str, Any], r: dict[str, Any], policy: Policy) -> dsn.Fail
     orcpt = r.get("orcpt")
     original = orcpt if orcpt else (r.get("rcpt") if r.get("rcpt") and r.get("rcpt") != r["to"] else None)
     delayed = r["state"] in PENDING
-    action = "delayed" if delayed else "relayed" if r["state"] == "sent" else "failed"
+    action = ("delayed" if delayed else "delivered" if r["state"] == "sent" and r.get("delivered")
+              else "relayed" if r["state"] == "sent" else "failed")
     return dsn.Failure(recipient=r["to"], original=original, status=r.get("status") or "5.0.0",
                        action=action, diagnostic=r.get("reply") or "",
                        remote_mta=r.get("mx", ""), last_attempt=r.get("at", 0.0),
@@ -321,6 +325,8 @@ def _write(store: Store, txn: lmdb.Transaction, up: Update, policy: Policy,
         failed = []
         for i in delayed:
             rec["rcpts"][i].pop("warned", None)
+            if rec["rcpts"][i].get("delivered"):
+                rec["rcpts"][i]["notice"] = True
     elif dsn_for:
         assert prepared is not None
         effect.bounce, effect.dsn_to = _store_bounce(store, txn, rec, prepared[0], loc_of[up.qid],
@@ -329,7 +335,7 @@ def _write(store: Store, txn: lmdb.Transaction, up: Update, policy: Policy,
         rec["rcpts"][i]["state"] = "bounced"
     if old_key is not None:
         txn.delete(old_key, db=db["schedule"])
-    live = [r for r in rec["rcpts"] if r["state"] in ("queued", "deferred", "failed")]
+    live = [r for r in rec["rcpts"] if r["state"] in ("queued", "deferred", "failed") or r.get("notice")]
     if not live:
         txn.delete(up.qid, db=db["queue"])
         loc = store._unref_blob(txn, up.qid)

@@ -61,7 +61,7 @@ class Committer:
             for (_, fut), outcome in zip(batch, outcomes, strict=True):
                 if not fut.done():
                     fut.set_result(outcome)
-            if self.on_queued is not None and any(i.remote or (i.bounce_over_quota and o.over_quota)
+            if self.on_queued is not None and any(i.remote or i.notices or (i.bounce_over_quota and o.over_quota)
                                                   for i, o in zip(items, outcomes, strict=True)):
                 self.on_queued()
 

@@ -363,10 +363,16 @@ class SMTPProtocol(Session):
         raw = header + content
         users: list[int] = []
         remote: list[dict[str, Any]] = []
+        notices: list[dict[str, Any]] = []
         for rcpt in env.rcpts:
             for u in rcpt.users:
                 if u not in users:
                     users.append(u)
+            notify = rcpt.params.get("NOTIFY")
+            if rcpt.users and env.sender and notify and "SUCCESS" in notify.upper().split(","):
+                # RFC 3461 §6.2.2.2: delivered to a local mailbox, the final MTA sends the "delivered" notice
+                notices.append({"to": rcpt.address, "rcpt": rcpt.address, "notify": notify,
+                                "orcpt": rcpt.params.get("ORCPT"), "users": list(rcpt.users)})
             for ext in rcpt.external:
                 remote.append({"to": ext, "rcpt": rcpt.address, "notify": rcpt.params.get("NOTIFY"),
                                "orcpt": rcpt.params.get("ORCPT")})
@@ -378,6 +384,7 @@ class SMTPProtocol(Session):
                     for r in env.rcpts if r.params},
         }
         item = Incoming(qid=qid, raw=raw, sender=env.sender or "", local=users, remote=remote, params=params,
+                        notices=notices,
                         bounce_over_quota=self.mode is not P.Mode.LMTP, folder=folder,
                         folder_special="\\Junk" if folder != "INBOX" else None)
         try:

@@ -43,6 +43,10 @@ class Incoming:
     sender: str
     local: list[int]  # user ids, each once: delivered to that user's INBOX
     remote: list[dict[str, Any]] = field(default_factory=list)  # queue recipients {"to", "notify", "orcpt"}
+    # RFC 3461 §6.2.2.2: local recipients (RCPT) with NOTIFY=SUCCESS, {"to", "rcpt", "notify", "orcpt",
+    # "users"}: each one delivered to a mailbox here gets a "delivered" notice, kept in the message's queue
+    # record written by the same transaction as the delivery (the delivery process makes it from there)
+    notices: list[dict[str, Any]] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)  # ret, envid, body, smtputf8, auth, client
     meta: dict[str, Any] | None = None  # fastmail.store.mime.analyze(raw)
     folder: str = "INBOX"
@@ -627,6 +631,12 @@ class Store:
                 who = self.user_address(user_id, txn) or str(user_id)
                 rcpts.append({"to": who, "rcpt": who, "state": "failed",
                               "reply": "552 5.2.2 Mailbox full"})
+        if item.sender:  # never a notice to <> (RFC 3461 §6.2)
+            for n in item.notices:
+                if any(u in outcome.uids for u in n["users"]):
+                    rcpts.append({"to": n["to"], "rcpt": n.get("rcpt") or n["to"], "notify": n.get("notify"),
+                                  "orcpt": n.get("orcpt"), "state": "sent", "delivered": True, "notice": True,
+                                  "status": "2.0.0", "reply": "250 2.0.0 delivered to mailbox", "at": now})
         if rcpts:
             qrec = {
                 "v": 1, "id": item.qid.hex(), "sender": item.sender, "size": size, "arrived": now,

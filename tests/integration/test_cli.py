@@ -77,6 +77,36 @@ def test_message_and_queue_inspection(server):
     assert orjson.loads(server.cli("queue", "list", "--json").stdout) == []
 
 
+def test_queue_hold_and_release_all(server):
+    msg = b"Subject: cli\r\n\r\nhello cli\r\n"
+    with smtplib.SMTP("127.0.0.1", server.ports["submission"], timeout=30) as s:
+        s.starttls(context=insecure_tls_context())
+        s.login("carol@example.org", "carol-secret")
+        s.sendmail("carol@example.org", ["far@remote.test"], msg)
+        s.sendmail("carol@example.org", ["near@other.test"], msg)
+
+    def held() -> dict[str, bool]:
+        entries = orjson.loads(server.cli("queue", "list", "--json").stdout)
+        return {e["rcpts"][0]["to"]: e["state"] == "held" for e in entries}
+
+    assert held() == {"far@remote.test": False, "near@other.test": False}
+    out = orjson.loads(server.cli("queue", "hold", "--all", "--domain", "Remote.test", "--json").stdout)
+    assert out["count"] == 1 and held() == {"far@remote.test": True, "near@other.test": False}
+    assert b"1 queue entries" in server.cli("queue", "hold", "--all").stdout
+    assert held() == {"far@remote.test": True, "near@other.test": True}
+    assert orjson.loads(server.cli("queue", "hold", "--all", "--json").stdout)["count"] == 0
+    out = orjson.loads(server.cli("queue", "release", "--all", "--domain", "other.test", "--json").stdout)
+    assert out["count"] == 1 and held() == {"far@remote.test": True, "near@other.test": False}
+    assert orjson.loads(server.cli("queue", "release", "--all", "--json").stdout)["count"] == 1
+    assert held() == {"far@remote.test": False, "near@other.test": False}
+    for args, text in [(("queue", "hold"), b"queue id"), (("queue", "release", "00", "--all"), b"not both"),
+                       (("queue", "hold", "00", "--domain", "x.test"), b"--all")]:
+        res = server.cli(*args, check=False)
+        assert res.returncode == 1 and text in res.stderr, (args, res)
+    for e in orjson.loads(server.cli("queue", "list", "--json").stdout):
+        server.cli("queue", "delete", e["id"])
+
+
 def test_check_config(tmp_path):
     srv = make_server(tmp_path, workers=1)
     assert b": OK (" in srv.cli("check-config").stdout

@@ -535,6 +535,101 @@ def test_notify_success_relayed_to_a_server_without_dsn_gets_a_relayed_notice(sr
     assert per_rcpt[0]["Action"] == "relayed" and per_rcpt[0]["Status"] == "2.0.0"
 
 
+def delivered_notices(srv: Server, user: str, subject: str) -> list[Message]:
+    return [b for b in bounces_in_inbox(srv, user, f"Subject: {subject}")
+            if b["Subject"] == "Successful Mail Delivery Report"]
+
+
+def test_notify_success_delivered_locally_gets_a_delivered_notice(srv, dns):
+    """RFC 3461 §6.2.2.2: the final MTA sends Action: delivered (2.0.0) for NOTIFY=SUCCESS."""
+    send(srv, SENDER, ["bob@example.org"], message("delivered notice", "bob@example.org"),
+         mail_options=("RET=HDRS", "ENVID=env+2B1"),
+         rcpt_options=("NOTIFY=SUCCESS,FAILURE", "ORCPT=rfc822;Bob+2Bx@example.org"))
+    notice = wait_for(lambda: delivered_notices(srv, SENDER, "delivered notice"), why="delivered notice")
+    assert len(notice) == 1
+    n = notice[0]
+    assert n["To"] == f"<{SENDER}>" and n["Auto-Submitted"] == "auto-replied"
+    per_message, per_rcpt, original = report(n)
+    assert per_message["Original-Envelope-Id"] == "env+1"
+    assert len(per_rcpt) == 1
+    r = per_rcpt[0]
+    assert r["Action"] == "delivered" and r["Status"] == "2.0.0"
+    assert r["Final-Recipient"] == "rfc822; bob@example.org"
+    assert r["Original-Recipient"] == "rfc822;Bob+x@example.org"
+    assert original.get_content_type() == "text/rfc822-headers"  # RET=HDRS
+    assert "Subject: delivered notice" in original.get_payload() and "Hello" not in original.get_payload()
+    assert any(b"Subject: delivered notice" in m for m in inbox(srv, "bob@example.org"))
+    wait_for(lambda: not entries_for(srv, "bob@example.org"), why="the notice's queue record removed")
+    # RET=FULL: the whole message comes back
+    send(srv, SENDER, ["carol@example.org"], message("delivered full", "carol@example.org"),
+         mail_options=("RET=FULL",), rcpt_options=("NOTIFY=SUCCESS",))
+    n = wait_for(lambda: delivered_notices(srv, SENDER, "delivered full"), why="delivered notice")[0]
+    _, per_rcpt, original = report(n)
+    assert per_rcpt[0]["Action"] == "delivered" and "Original-Recipient" not in per_rcpt[0]
+    assert original.get_content_type() == "message/rfc822"
+    assert "a line starting with a dot" in original.get_payload()[0].get_payload()
+
+
+def test_no_delivered_notice_without_success_and_only_for_the_recipient_that_asked(srv, dns):
+    for subject, options in (("no notice failure", ("NOTIFY=FAILURE",)), ("no notice never", ("NOTIFY=NEVER",)),
+                             ("no notice default", ())):
+        send(srv, SENDER, ["bob@example.org"], message(subject, "bob@example.org"), rcpt_options=options)
+    # two recipients, one with SUCCESS: one notice naming only that one
+    with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as s:
+        s.ehlo("client.test")
+        s.mail(SENDER)
+        assert s.rcpt("bob@example.org", ["NOTIFY=SUCCESS"])[0] == 250
+        assert s.rcpt("carol@example.org", ["NOTIFY=FAILURE"])[0] == 250
+        assert s.data(message("two rcpts notice", "bob@example.org"))[0] == 250
+    n = wait_for(lambda: delivered_notices(srv, SENDER, "two rcpts notice"), why="delivered notice")
+    assert len(n) == 1
+    _, per_rcpt, _ = report(n[0])
+    assert [r["Final-Recipient"] for r in per_rcpt] == ["rfc822; bob@example.org"]
+    # from <>: never a notice (and nothing queued for it)
+    send(srv, "", ["bob@example.org"], message("no notice null sender", "bob@example.org"),
+         rcpt_options=("NOTIFY=SUCCESS",))
+    wait_for(lambda: not entries_for(srv, "bob@example.org"), why="queue empty")
+    time.sleep(1)
+    for subject in ("no notice failure", "no notice never", "no notice default", "no notice null sender"):
+        assert any(f"Subject: {subject}".encode() in m for m in inbox(srv, "bob@example.org"))
+        assert not delivered_notices(srv, SENDER, subject), subject
+    assert len(delivered_notices(srv, SENDER, "two rcpts notice")) == 1
+
+
+def test_delivered_notice_to_a_remote_sender_is_queued_from_null(srv, dns, receivers):
+    dns.set("far-sender.test", ("MX", (10, "mx.far-sender.test.")))
+    dns.set("mx.far-sender.test", ("A", "127.0.0.35"))
+    back = receivers("127.0.0.35")
+    send(srv, "ivy@far-sender.test", ["bob@example.org"], message("remote delivered", "bob@example.org"),
+         mail_options=("ENVID=remote1",), rcpt_options=("NOTIFY=SUCCESS",))
+    got = back.wait(1)[0]
+    assert got.mail.startswith("MAIL FROM:<>")
+    assert got.accepted == ["ivy@far-sender.test"]
+    per_message, per_rcpt, original = report(email.message_from_bytes(strip_trace(got.data),
+                                                                      policy=email.policy.compat32))
+    assert per_message["Original-Envelope-Id"] == "remote1"
+    assert per_rcpt[0]["Action"] == "delivered" and per_rcpt[0]["Status"] == "2.0.0"
+    assert per_rcpt[0]["Final-Recipient"] == "rfc822; bob@example.org"
+    assert original.get_content_type() == "text/rfc822-headers"  # RET absent: a success notice has the header
+    wait_for(lambda: not entries_for(srv, "ivy@far-sender.test"), why="notice sent")
+
+
+def test_delivered_notice_over_lmtp(srv, dns):
+    with smtplib.LMTP("127.0.0.1", srv.ports["lmtp"], local_hostname="client.test", timeout=30) as s:
+        assert s.ehlo()[0] == 250  # LHLO
+        assert s.mail(SENDER)[0] == 250
+        assert s.rcpt("carol@example.org", ["NOTIFY=SUCCESS", "ORCPT=rfc822;carol@example.org"])[0] == 250
+        assert s.rcpt("bob@example.org", ["NOTIFY=NEVER"])[0] == 250
+        assert s.data(message("lmtp delivered", "carol@example.org"))[0] == 250  # carol's reply
+        assert s.getreply()[0] == 250  # bob's
+    n = wait_for(lambda: delivered_notices(srv, SENDER, "lmtp delivered"), why="delivered notice over LMTP")
+    assert len(n) == 1
+    _, per_rcpt, _ = report(n[0])
+    assert [(r["Final-Recipient"], r["Action"], r["Status"]) for r in per_rcpt] == [
+        ("rfc822; carol@example.org", "delivered", "2.0.0")]
+    assert per_rcpt[0]["Original-Recipient"] == "rfc822;carol@example.org"
+
+
 def test_bounce_of_a_bounce_is_never_sent(srv, dns, receivers):
     """A message from <> that fails is dropped, not bounced (no loops)."""
     dns.set("loop.test", ("MX", (10, "mx.loop.test.")))

@@ -193,11 +193,13 @@ def test_dsn_parameters_are_kept_in_the_queue_entry(srv):
         "bob@example.org": {"notify": "SUCCESS,FAILURE", "orcpt": "rfc822;bob@example.org"},
         "far@remote.test": {"notify": "DELAY,FAILURE", "orcpt": "rfc822;far@remote.test"},
     }
-    rcpts = [{k: r[k] for k in ("to", "notify", "orcpt")} for r in entry["rcpts"]]
+    rcpts = [{k: r[k] for k in ("to", "notify", "orcpt")} for r in entry["rcpts"] if r["state"] != "sent"]
     assert rcpts == [  # only the remote ones wait in the queue
         {"to": "far@remote.test", "notify": "DELAY,FAILURE", "orcpt": "rfc822;far@remote.test"},
         {"to": "other@remote.test", "notify": None, "orcpt": None},
     ]
+    # bob, delivered here with NOTIFY=SUCCESS: his "delivered" notice is kept in the same record (RFC 3461 §6.2)
+    assert [(r["to"], r.get("delivered")) for r in entry["rcpts"] if r["state"] == "sent"] == [("bob@example.org", True)]
     [(meta, raw)] = with_token(srv, "bob@example.org", tok)  # the local recipient has its copy
     assert meta["blob"] == qid
     assert b" with ESMTPSA id " in split_received(raw)[0]

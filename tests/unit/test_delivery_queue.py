@@ -212,6 +212,38 @@ def test_over_quota_failed_entry_from_ingress_is_bounced_by_an_empty_update(stor
     assert store.blob_location(item.qid) is not None  # still in a's INBOX: one reference left
 
 
+def test_delivered_notice_is_queued_with_the_delivery_and_made_by_an_empty_update(store):
+    """RFC 3461 §6.2.2.2: the notice recipient is written by the delivering transaction; one update makes the
+    Action: delivered DSN and removes the record; over quota or from <> there is none."""
+    b = store.add_user("b@example.org", "h")
+    small = store.add_user("small@example.org", "h", quota=10)
+    notices = [{"to": "b@example.org", "rcpt": "b@example.org", "notify": "SUCCESS", "orcpt": "rfc822;B@example.org",
+                "users": [b]},
+               {"to": "small@example.org", "rcpt": "small@example.org", "notify": "SUCCESS", "orcpt": None,
+                "users": [small]}]
+    item = Incoming(qid=new_qid(), raw=RAW, sender="a@example.org", local=[b, small], notices=notices,
+                    params={"ret": "HDRS", "envid": "e1"})
+    (outcome,) = store.commit_batch([item])
+    assert outcome.over_quota == [small]
+    (entry,) = store.queue_list()
+    assert [(r["to"], r["state"], r.get("notice")) for r in entry["rcpts"]] == [("b@example.org", "sent", True)]
+    assert Q.summary_state(entry) == "done"
+    (eff,) = Q.apply(store, [Q.Update(item.qid, {}, now=entry["arrived"])], POLICY)
+    assert eff.removed and eff.dsn_to == "local" and store.queue_list() == []
+    (notice,) = [m for m in inbox(store) if b"multipart/report" in m]
+    msg = email.message_from_bytes(notice, policy=email.policy.compat32)
+    assert msg["Subject"] == "Successful Mail Delivery Report"
+    status = msg.get_payload()[1].get_payload()
+    assert status[0]["Original-Envelope-Id"] == "e1"
+    assert [(r["Final-Recipient"], r["Action"], r["Status"], r["Original-Recipient"]) for r in status[1:]] == [
+        ("rfc822; b@example.org", "delivered", "2.0.0", "rfc822;B@example.org")]
+    assert msg.get_payload()[2].get_content_type() == "text/rfc822-headers"
+    # from <>: no notice recipient, no queue record
+    null = Incoming(qid=new_qid(), raw=RAW, sender="", local=[b], notices=notices[:1])
+    store.commit_batch([null])
+    assert store.queue_list() == []
+
+
 def test_operator_hold_release_retry_bounce(store):
     qid = queued(store)
     h = qid.hex()
