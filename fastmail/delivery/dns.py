@@ -18,12 +18,13 @@ import asyncio
 import ipaddress
 import random
 import time
-import weakref
 from functools import partial
 from typing import Any
 
 import aiodns
 import pycares
+
+from fastmail.dnsloop import LoopDNSResolver
 
 
 class DNSError(Exception):
@@ -65,33 +66,12 @@ def order(mx: tuple[tuple[int, str], ...]) -> list[str]:
     return [h for _, h in shuffled]
 
 
-class _LoopDriven(aiodns.DNSResolver):  # type: ignore[misc]
-    """aiodns with c-ares driven by the event loop (its socket-state callback: the loop reads the answers)
-    rather than by pycares' own thread.  That thread needs the GIL for every answer it hands over; in a
-    busy process it gets it only at the interpreter's switch interval (5 ms), so a burst of questions was
-    answered at 5 ms each (here: 100 MX questions took 0.1-0.2 s, not 6 ms).  The same as
-    fastmail.hygiene.dnsq.LoopDNSResolver (the checks' resolver), kept here so that delivery does not
-    depend on the checks."""
-
-    def _make_channel(self, **kwargs: Any) -> tuple[bool, pycares.Channel]:
-        if getattr(self, "_sock_state_cb", None) is None:  # not the aiodns this was written for: its own way
-            return super()._make_channel(**kwargs)  # type: ignore[no-any-return]
-        this = weakref.ref(self)  # no cycle resolver -> channel -> callback -> resolver (as aiodns does)
-
-        def sock_state(fd: int, readable: bool, writable: bool) -> None:
-            resolver = this()
-            if resolver is not None:
-                resolver._sock_state_cb(fd, readable, writable)
-
-        return False, pycares.Channel(sock_state_cb=sock_state, timeout=self._timeout, **kwargs)
-
-
 class Resolver:
     """`nameserver`: "ADDRESS[:PORT]" ("[v6]:PORT" for IPv6), or "" for the system's resolv.conf."""
 
     def __init__(self, nameserver: str = "", timeout: float = 5.0, tries: int = 2) -> None:
         kwargs: dict[str, Any] = {"timeout": timeout, "tries": tries}
-        self._resolver = _LoopDriven(nameservers=[nameserver] if nameserver else None, **kwargs)
+        self._resolver = LoopDNSResolver(nameservers=[nameserver] if nameserver else None, **kwargs)
         self._cache: dict[tuple[str, str], tuple[float, list[Any]]] = {}
         self._asking: dict[tuple[str, str], asyncio.Future[list[Any]]] = {}
         self.queries = 0
