@@ -15,7 +15,7 @@ import pytest
 from fastmail.store import fsck
 from fastmail.store.store import Store
 
-from .conftest import PASSWORDS, make_server
+from .conftest import PASSWORDS, Server, make_server
 
 
 @pytest.fixture
@@ -52,6 +52,19 @@ def _msg(i: int, size: int) -> bytes:
     return f"Subject: full {i}\r\nMessage-ID: <full-{i}@remote.test>\r\n\r\n".encode() + line * (size // len(line))
 
 
+
+def _send_until_refused(srv: Server, numbers: range, accepted: list[bytes]) -> smtplib.SMTPDataError | None:
+    """900 kB messages over one session until one is refused (returned); the accepted ones are appended."""
+    with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as s:
+        for i in numbers:
+            msg = _msg(i, 900_000)
+            try:
+                s.sendmail("a@remote.test", ["alice@example.org"], msg)
+            except smtplib.SMTPDataError as e:
+                return e
+            accepted.append(msg)
+    return None
+
 def test_disk_full_answers_452_keeps_what_was_accepted_and_recovers(small_disk, tmp_path):
     srv = make_server(tmp_path, workers=1)
     assert srv.data == small_disk
@@ -65,16 +78,7 @@ def test_disk_full_answers_452_keeps_what_was_accepted_and_recovers(small_disk, 
         _fill(filler)
 
         # Full: messages are refused with 452 4.3.1 once the worker's preallocated runway is used up too.
-        refused = None
-        with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as s:
-            for i in range(1, 40):
-                msg = _msg(i, 900_000)
-                try:
-                    s.sendmail("a@remote.test", ["alice@example.org"], msg)
-                except smtplib.SMTPDataError as e:
-                    refused = e
-                    break
-                accepted.append(msg)
+        refused = _send_until_refused(srv, range(1, 40), accepted)
         assert refused is not None, "the disk never filled"
         assert refused.smtp_code == 452 and refused.smtp_error.startswith(b"4.3.1 "), refused
 
@@ -92,16 +96,7 @@ def test_disk_full_answers_452_keeps_what_was_accepted_and_recovers(small_disk, 
         # A little space back (less than the messages need): some fit, then 452 again — whichever write
         # runs out first, the segment's or LMDB's.
         os.truncate(filler, filler.stat().st_size - 3 * 1024 * 1024)
-        refused = None
-        with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as s:
-            for i in range(300, 340):
-                msg = _msg(i, 900_000)
-                try:
-                    s.sendmail("a@remote.test", ["alice@example.org"], msg)
-                except smtplib.SMTPDataError as e:
-                    refused = e
-                    break
-                accepted.append(msg)
+        refused = _send_until_refused(srv, range(300, 340), accepted)
         assert refused is not None and refused.smtp_code == 452, refused
 
         # Nothing accepted is lost: every 250 reads back.
