@@ -9,21 +9,11 @@ import re
 import signal
 import socket
 import ssl
-import time
 
 from fastmail.tlsfiles import ensure_self_signed
 
-from .conftest import make_server
+from .conftest import make_server, poll
 from .wire import insecure_tls_context
-
-
-def _wait(pred, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _served_cert(port: int) -> bytes:
@@ -52,7 +42,7 @@ def test_worker_replaced_after_a_failed_reload_keeps_the_loaded_certificate(tmp_
         assert _served_cert(port) == good
         cert.write_text("not a certificate\n")  # a renewal gone wrong
         srv.proc.send_signal(signal.SIGHUP)
-        assert _wait(lambda: "event=reload_failed" in srv.log.read_text())
+        assert poll(lambda: "event=reload_failed" in srv.log.read_text())
         (failed,) = [x for x in srv.log.read_text().splitlines() if "event=reload_failed" in x]
         assert str(cert) in failed and "kept=" in failed
         old = srv.worker_pids()
@@ -66,7 +56,7 @@ def test_worker_replaced_after_a_failed_reload_keeps_the_loaded_certificate(tmp_
             fresh = (ready & set(srv.worker_pids())) - set(old)
             return fresh.pop() if fresh else None
 
-        assert _wait(replacement), srv.log.read_text()[-3000:]
+        assert poll(replacement), srv.log.read_text()[-3000:]
         new = replacement()
         assert sorted(srv.worker_pids()) == sorted([old[1], new])
         # every worker, the replacement included, serves the certificate loaded before the failed reload
@@ -81,7 +71,7 @@ def test_worker_replaced_after_a_failed_reload_keeps_the_loaded_certificate(tmp_
         os.replace(cert.with_name("new.key"), key)
         os.replace(cert.with_name("new.pem"), cert)
         srv.proc.send_signal(signal.SIGHUP)
-        assert _wait(lambda: "event=reload_done" in srv.log.read_text())
+        assert poll(lambda: "event=reload_done" in srv.log.read_text())
         assert _served_cert(port) == ssl.PEM_cert_to_DER_cert(cert.read_text()) != good
         assert srv.stop() == 0
     finally:

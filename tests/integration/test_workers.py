@@ -13,20 +13,11 @@ import time
 
 from fastmail.store.store import Store
 
-from .conftest import make_server
+from .conftest import make_server, poll
 
 
 def _connect_pids(log_text: str) -> set[int]:
     return {int(m.group(1)) for m in re.finditer(r"pid=(\d+) logger=\S+ event=connect ", log_text, re.M)}
-
-
-def _wait(pred, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_both_workers_receive_connections(server):
@@ -39,7 +30,7 @@ def test_both_workers_receive_connections(server):
             s.recv(100)
         if len(_connect_pids(server.log.read_text()) & workers) == 2:
             break
-    assert _wait(lambda: _connect_pids(server.log.read_text()) & workers == workers)
+    assert poll(lambda: _connect_pids(server.log.read_text()) & workers == workers)
 
 
 def test_killed_worker_is_replaced_and_load_completes(tmp_path):
@@ -68,12 +59,12 @@ def test_killed_worker_is_replaced_and_load_completes(tmp_path):
         threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
         for t in threads:
             t.start()
-        assert _wait(lambda: len(ok) >= 40, 30)
+        assert poll(lambda: len(ok) >= 40, 30)
         victim = srv.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
         for t in threads:
             t.join(timeout=90)
-        assert _wait(lambda: len(srv.worker_pids()) == 2 and victim not in srv.worker_pids())
+        assert poll(lambda: len(srv.worker_pids()) == 2 and victim not in srv.worker_pids())
         assert len(ok) + len(failed) == 8 * 30
         assert len(failed) <= 8  # at most the sessions in flight on the killed worker
         # every 250 is stored
@@ -103,7 +94,7 @@ def test_hup_replaces_workers_and_term_stops_cleanly(tmp_path):
         s = smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=20)
         s.ehlo("x")
         srv.proc.send_signal(signal.SIGHUP)
-        assert _wait(lambda: not (set(srv.worker_pids()) & before) and len(srv.worker_pids()) == 2)
+        assert poll(lambda: not (set(srv.worker_pids()) & before) and len(srv.worker_pids()) == 2)
         with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=20) as s2:
             s2.sendmail("x@remote.test", ["alice@example.org"], b"Subject: after hup\r\n\r\n.\r\n")
         try:
