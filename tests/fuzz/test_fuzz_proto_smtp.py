@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastmail.proto import smtp as P
+from tests.fakes import FakePolicy
 
 _REPLY = re.compile(rb"^[2-5]\d\d([ -].*)?$")
 
@@ -22,22 +23,8 @@ _TOKENS = [
 ]
 
 
-class Policy:
-    def resolve(self, local, domain):
-        return ([1], []) if local.lower() == "alice" else None
-
-    def is_local_domain(self, domain):
-        return domain == "example.org"
-
-    def over_quota(self, user_id, size):
-        return False
-
-    def sender_owned(self, user_id, local, domain):
-        return True
-
-
 def _run(mode: P.Mode, chunks: list[bytes]) -> None:
-    conn = P.SMTPConnection(P.Session("192.0.2.1", mode), Policy(), "mx.test",
+    conn = P.SMTPConnection(P.Session("192.0.2.1", mode), FakePolicy(frozenset({"alice"})), "mx.test",
                             P.Limits(max_line_length=512, max_message_size=4096), tls_available=True)
     out = [conn.take_output()]
     for chunk in chunks:
@@ -76,7 +63,7 @@ def test_chunking_does_not_change_replies(tokens, data):
     stream = b"EHLO x\r\n" + b"".join(tokens)
 
     def replies(chunks):
-        conn = P.SMTPConnection(P.Session("192.0.2.1", P.Mode.SMTP), Policy(), "mx.test",
+        conn = P.SMTPConnection(P.Session("192.0.2.1", P.Mode.SMTP), FakePolicy(frozenset({"alice"})), "mx.test",
                                 P.Limits(max_line_length=512, max_message_size=4096))
         out = [conn.take_output()]
         for c in chunks:

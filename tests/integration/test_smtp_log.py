@@ -21,6 +21,7 @@ import pytest
 from fastmail import log
 from fastmail.proto import replies as R
 from fastmail.proto import smtp as P
+from tests.fakes import FakePolicy
 
 from .conftest import PASSWORDS, Server
 from .wire import Client, module_server
@@ -121,24 +122,10 @@ def test_refusal_reasons():
     assert R.reason(R.Reply(599, "5.9.9", "?")) == "599_5.9.9"
 
 
-class _Policy:
-    def resolve(self, local, domain):
-        return ([1], []) if local == "alice" else None
-
-    def is_local_domain(self, domain):
-        return domain == "example.org"
-
-    def over_quota(self, user_id, size):
-        return False
-
-    def sender_owned(self, user_id, local, domain):
-        return True
-
-
 def test_state_machine_tells_each_refusal():
     seen: list[P.Refusal] = []
     qids = iter(["q1", "q2"])
-    conn = P.SMTPConnection(P.Session("192.0.2.1", P.Mode.SUBMISSION), _Policy(), "mx.test", P.Limits(max_errors=50),
+    conn = P.SMTPConnection(P.Session("192.0.2.1", P.Mode.SUBMISSION), FakePolicy(frozenset({"alice"})), "mx.test", P.Limits(max_errors=50),
                             auth_without_tls=True, refused_hook=seen.append, new_qid=lambda: next(qids))
     secret = base64.b64encode(b"\0alice@example.org\0Sekr1t").decode()
     conn.receive(f"EHLO x\r\nAUTH PLAIN {secret}\r\n".encode())
@@ -163,7 +150,7 @@ def test_state_machine_tells_each_refusal():
 
 def test_state_machine_keeps_the_transaction_of_a_refused_message():
     seen: list[P.Refusal] = []
-    conn = P.SMTPConnection(P.Session("192.0.2.1", P.Mode.SMTP), _Policy(), "mx.test", P.Limits(max_message_size=10),
+    conn = P.SMTPConnection(P.Session("192.0.2.1", P.Mode.SMTP), FakePolicy(frozenset({"alice"})), "mx.test", P.Limits(max_message_size=10),
                             refused_hook=seen.append, new_qid=lambda: "q9")
     conn.receive(b"EHLO x\r\nMAIL FROM:<>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n" + b"x" * 50 + b"\r\n.\r\n")
     assert [(r.verb, r.reply) for r in seen] == [("DATA", R.TOO_BIG)]
@@ -172,10 +159,10 @@ def test_state_machine_keeps_the_transaction_of_a_refused_message():
 
 
 def test_state_machine_says_why_it_closed():
-    conn = P.SMTPConnection(P.Session("192.0.2.1", P.Mode.SMTP), _Policy(), "mx.test", P.Limits(max_errors=2))
+    conn = P.SMTPConnection(P.Session("192.0.2.1", P.Mode.SMTP), FakePolicy(frozenset({"alice"})), "mx.test", P.Limits(max_errors=2))
     conn.receive(b"X\r\nY\r\n")
     assert conn.closed and conn.end == "too_many_errors" and conn.end_reply == R.TOO_MANY_ERRORS
-    conn = P.SMTPConnection(P.Session("192.0.2.1", P.Mode.SMTP), _Policy(), "mx.test")
+    conn = P.SMTPConnection(P.Session("192.0.2.1", P.Mode.SMTP), FakePolicy(frozenset({"alice"})), "mx.test")
     conn.receive(b"EHLO x\r\nMAIL FROM:<>\r\n")
     assert conn.last_command == "MAIL"
     conn.timed_out()

@@ -21,6 +21,7 @@ import pytest
 
 from fastmail._core import is_compiled, variants
 from fastmail.proto import smtp as P
+from tests.fakes import FakePolicy
 
 CORPUS = json.loads((Path(__file__).parent.parent / "corpus" / "smtp_commands.json").read_text())["cases"]
 SEEDS = range(3)  # random chunkings per case and implementation
@@ -37,20 +38,6 @@ def impl(request, monkeypatch):
         assert is_compiled(module) == (request.param == "compiled")
         monkeypatch.setattr(P, f"core_{name}", module)
     return request.param
-
-
-class Policy:
-    def resolve(self, local, domain):
-        return ([1], [])
-
-    def is_local_domain(self, domain):
-        return domain == "example.org"
-
-    def over_quota(self, user_id, size):
-        return False
-
-    def sender_owned(self, user_id, local, domain):
-        return True
 
 
 def raw(case: dict) -> bytes:
@@ -82,7 +69,7 @@ def run(mode: P.Mode, chunks: list[bytes]) -> dict[str, Any]:
     """Feed CHUNKS to a fresh session as reads, answering requests as the driver would; what it produced."""
     refusals: list[tuple] = []
     conn = P.SMTPConnection(
-        P.Session("192.0.2.1", mode, trusted=True), Policy(), "mx.example.org", P.Limits(max_line_length=1000),
+        P.Session("192.0.2.1", mode, trusted=True), FakePolicy(), "mx.example.org", P.Limits(max_line_length=1000),
         tls_available=False, auth_without_tls=True, refused_hook=lambda r: refusals.append(
             (r.verb, r.reply, r.address, r.arg, r.envelope.qid if r.envelope else None)),
         new_qid=iter(f"q{i}" for i in range(1000)).__next__,
