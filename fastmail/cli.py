@@ -78,6 +78,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             new.server_tls()
         except TLSLoadError as e:
             raise ConfigError(f"{new.source}: {'tls.cert' if new.tls_cert else 'server.data_dir'}: {e}") from None
+        try:  # the smarthost password likewise (the delivery processes inherit it)
+            new.relay_password()
+        except OSError as e:
+            raise ConfigError(f"{new.source}: delivery.relayhost_password_file: {e.strerror}: {e.filename}") from None
         return new
 
     return Arbiter(reload, worker_main, extra_kinds={"delivery": delivery_main},

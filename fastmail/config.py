@@ -463,6 +463,7 @@ class Config:
         self.source = source
         self.warnings = []
         self._tls: tuple[ssl.SSLContext | None] | None = None  # server_tls(), once loaded
+        self._relay_password: tuple[str | None] | None = None  # relay_password(), once read
         for key, value in values.items():
             setattr(self, key.replace(".", "_"), value)
 
@@ -482,6 +483,19 @@ class Config:
             else:
                 self._tls = (server_context(cert, key),)
         return self._tls[0]
+
+    def relay_password(self) -> str | None:
+        """The smarthost password: the first line of ``delivery.relayhost_password_file``, read once per
+        Config object like ``server_tls`` (the master reads it at start and at each reload), so a delivery
+        process respawned after a reload that failed uses the password of the last good load and never
+        depends on the file as it is now.  None when no file is configured.  Raises OSError."""
+        if self._relay_password is None:
+            password = None
+            if self.delivery_relayhost_password_file:
+                with open(self.delivery_relayhost_password_file) as f:
+                    password = f.readline().rstrip("\r\n")
+            self._relay_password = (password,)
+        return self._relay_password[0]
 
     # -- the master's view (fastmail.master.arbiter duck-types these) --
     @property

@@ -611,16 +611,13 @@ class Prepared:
 
 
 def delivery_prepare(ctx: WorkerContext) -> Prepared:
-    """Before privileges are dropped: open the store (after fork) and read the smarthost password."""
+    """Before privileges are dropped: open the store (after fork); the smarthost password as the master read it."""
     cfg = ctx.config
     assert isinstance(cfg, Config)
-    password = None
-    if cfg.delivery_relayhost_password_file:
-        try:
-            with open(cfg.delivery_relayhost_password_file) as f:
-                password = f.readline().rstrip("\r\n")
-        except OSError as e:
-            raise BootError(f"delivery.relayhost_password_file: {e.strerror}: {e.filename}") from e
+    try:
+        password = cfg.relay_password()  # read by the master (fastmail.cli): here only when it was not
+    except OSError as e:
+        raise BootError(f"delivery.relayhost_password_file: {e.strerror}: {e.filename}") from e
     try:
         return Prepared(Store(cfg.data_dir, map_size=cfg.server_map_size_mb * 1024 * 1024), password)
     except Exception as e:

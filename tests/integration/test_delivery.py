@@ -857,6 +857,20 @@ def test_smarthost_with_auth_over_starttls(tmp_path, dns, rloop, mx_port):
         assert not [q for q in dns.asked if q[0] in ("unresolvable.test", "other.test")]  # no MX lookup
         sent = wait_for(lambda: [x for x in log_lines(s, "delivery") if x.get("rcpt") == "vic@unresolvable.test"])
         assert sent[0]["tls"] in ("TLSv1.2", "TLSv1.3") and sent[0]["mx"] == "[127.0.0.20]"
+        # the password file gone: the reload fails and the running config stays; a delivery process that
+        # dies is respawned with the password the master read at the last good load (not from the file)
+        (tmp_path / "relay.pw").unlink()
+        assert s.proc is not None
+        os.kill(s.proc.pid, signal.SIGHUP)
+        failed = wait_for(lambda: log_lines(s, "reload_failed"))
+        assert "relayhost_password_file" in failed[0]["reason"], failed
+        old = {x["pid"] for x in log_lines(s, "worker_start") if x.get("kind") == "delivery"}
+        for pid in old:
+            os.kill(int(pid), signal.SIGKILL)
+        wait_for(lambda: {x["pid"] for x in log_lines(s, "worker_start") if x.get("kind") == "delivery"} - old)
+        assert s.proc.poll() is None
+        send(s, SENDER, ["yul@unresolvable.test"], message("after respawn", "yul@unresolvable.test"))
+        assert relay.wait(2)[1].accepted == ["yul@unresolvable.test"] and relay.logins == ["relayuser"] * 2
         # a wrong password (the next session logs in again: no reuse here): deferred with the relay's
         # answer, retried, never bounced
         relay.auth = ("relayuser", "changed")
