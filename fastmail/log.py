@@ -20,6 +20,22 @@ import time
 
 _LEVELS = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error",
            logging.CRITICAL: "critical"}
+# sd-daemon(3) priority prefixes, which journald reads off the start of each line of a service's stderr.
+_PRIORITY = {logging.DEBUG: "<7>", logging.INFO: "<6>", logging.WARNING: "<4>", logging.ERROR: "<3>",
+             logging.CRITICAL: "<2>"}
+
+
+def _stderr_is_journal() -> bool:
+    """True when stderr is journald's stream: systemd sets JOURNAL_STREAM to that stream's ``device:inode``
+    (systemd.exec(5)); a redirect or pipe in between has another inode, and then the lines stay plain."""
+    want = os.environ.get("JOURNAL_STREAM", "")
+    if not want:
+        return False
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return want == f"{st.st_dev}:{st.st_ino}"
 
 
 # Characters that make a value need quotes: white space, quotes, "=", backslash, and every control character
@@ -63,6 +79,7 @@ class _Sink:
         self.pid = os.getpid()
         self._sec = -1
         self._stamp = ""
+        self.journal = False  # setup(): lines start with their journal priority (<6> ...)
 
     def stamp(self, now: float) -> str:
         sec = int(now)
@@ -73,6 +90,8 @@ class _Sink:
 
     def write(self, level: int, text: str) -> None:
         line = f"ts={self.stamp(time.time())} level={_LEVELS.get(level, 'info')} pid={self.pid} logger=fastmail {text}\n"
+        if self.journal:
+            line = _PRIORITY.get(level, "<6>") + line
         if self.buffered:
             self.lines.append(line)
             if len(self.lines) >= 512:
@@ -128,11 +147,15 @@ class KeyValueFormatter(logging.Formatter):
                 f"logger={record.name} {record.getMessage()}")
         if record.exc_info:
             line += " exc=" + _kv_value(self.formatException(record.exc_info))
+        if _sink.journal:
+            line = _PRIORITY.get(record.levelno, "<6>") + line
         return line
 
 
 def setup(level: int | str = logging.INFO) -> None:
-    """Key=value lines on stderr (replacing any handler set before)."""
+    """Key=value lines on stderr (replacing any handler set before); under systemd, with each line's journal
+    priority in front, so ``journalctl -p warning`` selects by level."""
+    _sink.journal = _stderr_is_journal()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()
