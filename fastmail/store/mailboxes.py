@@ -29,7 +29,7 @@ from fastmail.store.store import Incoming, Store
 T = TypeVar("T")
 
 DELIMITER = "/"
-MARK_PREFIX = b"imap-name\0"  # keys of the name markers in the "meta" database (see Mailboxes, names)
+MARK_PREFIX = R.NAME_MARK  # keys of the name markers in the "meta" database (see Mailboxes, names)
 MAX_NAME = 1000  # bytes of a mailbox name (UTF-8)
 MAX_DEPTH = 32  # hierarchy levels
 
@@ -432,24 +432,10 @@ class Mailboxes:
             txn.delete(key, db=self.db["mailboxes"])
             txn.delete(raw, db=self.db["mbox"])
             self._set_mark(txn, user_id, name, kids, bool(rec.get("subscribed")))
-            self._drop_expunged(txn, mid)
-            changes.drop(txn, self.db, mid)
-            changes.record(txn, self.db, mid)
+            self.store._forget_mailbox(txn, mid)
 
         self.store._writing(op)
         self.store.segments.release_all(released)
-
-    def _drop_expunged(self, txn: lmdb.Transaction, mid: int) -> None:
-        lo = R.msg_key(mid, 0)
-        cur = txn.cursor(db=self.db["expunged"])
-        keys = []
-        if cur.set_range(lo):
-            for k in cur.iternext(values=False):
-                if k[:8] != lo[:8]:
-                    break
-                keys.append(k)
-        for k in keys:
-            txn.delete(k, db=self.db["expunged"])
 
     def rename(self, user_id: int, old: str, new: str) -> None:
         """RFC 9051 §6.3.6: rename the mailbox (or \\Noselect name) and its children (ids, UIDs and

@@ -17,6 +17,7 @@ MSG_KEY = struct.Struct(">QI")  # mailbox id, uid
 USAGE = struct.Struct(">qq")  # bytes, messages (signed: never negative, but a bug must show, not wrap)
 BLOB = struct.Struct(">QQQI")  # segment id, offset, length, references
 SCHEDULE_KEY = struct.Struct(">Q12s")  # next attempt (ms), queue id
+NAME_MARK = b"imap-name\0"  # + mailbox_key(user, name): a name marker in "meta" (fastmail.store.mailboxes)
 MODSEQ_KEY = struct.Struct(">QQI")  # mailbox id, mod-sequence, uid: a mailbox's changes in modseq order
 
 VERSION = 1

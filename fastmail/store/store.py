@@ -333,6 +333,10 @@ class Store:
     def set_quota(self, address: str, quota: int) -> None:
         self._update_user(address, {"quota": quota})
 
+    def set_node(self, address: str, node: str) -> None:
+        """The cluster node that holds the user's mailbox ("" : this node); fastmail.cluster routes by it."""
+        self._update_user(address, {"node": node})
+
     def _update_user(self, address: str, changes: dict[str, Any]) -> None:
         key = normalize_address(address).encode()
 
@@ -368,12 +372,28 @@ class Store:
                 released.extend(self._drop_messages(txn, mid))
                 txn.delete(k, db=self.db["mailboxes"])
                 txn.delete(R.U64.pack(mid), db=self.db["mbox"])
+                self._forget_mailbox(txn, mid)
+            self._drop_prefix(txn, "meta", R.NAME_MARK + prefix)  # the user's \Noselect names, subscriptions
             txn.delete(key, db=self.db["users"])
             txn.delete(prefix, db=self.db["user_ids"])
             txn.delete(prefix, db=self.db["usage"])
 
         self._writing(op)
         self.segments.release_all(released)
+
+    def _forget_mailbox(self, txn: lmdb.Transaction, mid: int) -> None:
+        """After a mailbox is deleted: drop its expunge records and change history, and note the change (the
+        sessions that have it selected see it gone)."""
+        self._drop_prefix(txn, "expunged", R.U64.pack(mid))
+        changes.drop(txn, self.db, mid)
+        changes.record(txn, self.db, mid)
+
+    def _drop_prefix(self, txn: lmdb.Transaction, db: str, prefix: bytes) -> None:
+        cur = txn.cursor(db=self.db[db])
+        if cur.set_range(prefix):
+            while cur.key()[:len(prefix)] == prefix:
+                if not cur.delete():
+                    break
 
     def _drop_messages(self, txn: lmdb.Transaction, mid: int) -> list[bytes]:
         """Delete every message of a mailbox; return the segment ranges now free."""

@@ -144,6 +144,34 @@ def test_del_user_drops_messages_and_blobs(store):
     assert store.list_mailboxes(a) == []
 
 
+def test_del_user_leaves_no_records_of_the_user(store):
+    """Nothing of a deleted user stays in any database: name markers (a \\Noselect parent, a subscription of
+    a name that does not exist), expunge records, change history."""
+    from fastmail.store.mailboxes import Mailboxes
+
+    a = store.add_user("a@example.org", "h")
+    b = store.add_user("b@example.org", "h")
+    boxes = Mailboxes(store)
+    for user in (a, b):
+        boxes.create(user, "Parent/Child")
+        boxes.delete(user, "Parent")  # has a child: stays as a \\Noselect name (a marker)
+        boxes.set_subscribed(user, "Later", True)  # a subscription of a name that is no mailbox
+        store.commit_batch([_incoming(b"one\r\n", [user]), _incoming(b"two\r\n", [user])])
+        inbox = boxes.get(user, "INBOX")["id"]
+        boxes.expunge(inbox, [1])  # an expunge record and a change
+    with store.read() as txn:
+        before = {name: txn.stat(store.db[name])["entries"] for name in ("meta", "expunged", "modseqs")}
+    store.del_user("a@example.org")
+    with store.read() as txn:
+        after = {name: txn.stat(store.db[name])["entries"] for name in ("meta", "expunged", "modseqs")}
+        meta_keys = [k for k, _ in txn.cursor(db=store.db["meta"])]
+    assert not [k for k in meta_keys if k.startswith(R.NAME_MARK + R.U64.pack(a))]
+    assert [k for k in meta_keys if k.startswith(R.NAME_MARK + R.U64.pack(b))]  # b's are kept
+    assert after["meta"] == before["meta"] - 2 and after["expunged"] == before["expunged"] / 2
+    assert after["modseqs"] < before["modseqs"] and after["modseqs"] > 0  # b's history stays
+    assert {"INBOX", "Parent/Child"} <= {m["name"] for m in boxes.list_all(b)}
+
+
 def test_map_grows_when_full(tmp_path):
     s = Store(tmp_path / "d", map_size=1 << 20)  # 1 MiB: fills up quickly
     s.add_domain("example.org")
