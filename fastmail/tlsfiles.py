@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from fastmail.config import TLS_CIPHERS
+
 
 def ensure_self_signed(cert_path: Path, key_path: Path, hostname: str) -> bool:
     """Create a key and a self-signed certificate for `hostname` when neither exists; True if made."""
@@ -111,11 +113,19 @@ class TLSLoadError(Exception):
     """The certificate or key cannot be loaded; the message names the file and the reason."""
 
 
-def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
-    """The server side TLS context of this certificate chain and key (TLS 1.2 at least).  TLSLoadError, with
-    the file and the reason, when they cannot be loaded together."""
+MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def server_context(cert_path: Path, key_path: Path, min_version: str = "1.2",
+                   ciphers: str = TLS_CIPHERS) -> ssl.SSLContext:
+    """The server side TLS context of this certificate chain and key: TLS `min_version` at least (1.0 and
+    1.1 never: RFC 8996), `ciphers` for TLS 1.2 (by default fastmail.config.TLS_CIPHERS: ECDHE with an AEAD
+    cipher only), no renegotiation.  TLSLoadError, with the file and the reason, when they cannot be loaded
+    together."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = MIN_VERSIONS[min_version]
+    ctx.set_ciphers(ciphers)
+    ctx.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
     try:
         # The password callback only stops OpenSSL from ever asking on a terminal.
         ctx.load_cert_chain(str(cert_path), str(key_path), password=lambda: b"")
