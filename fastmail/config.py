@@ -223,29 +223,6 @@ def _mailbox_name(v: Any) -> None:
         raise ValueError("must not be INBOX")
 
 
-def _cluster_node_name(v: Any) -> None:
-    if v and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", v):
-        raise ValueError(f"{short_repr(v)}: a node name is letters, digits, '-' and '_'")
-
-
-def _cluster_nodes(v: Any) -> None:
-    for name, address in v.items():
-        _cluster_node_name(name)
-        if not isinstance(address, str):
-            raise ValueError(f"node {name}: the value is its IP address, a string")
-        try:
-            ipaddress.ip_address(address)
-        except ValueError:
-            raise ValueError(f"node {name}: {short_repr(address)} is not an IP address") from None
-
-
-def _metrics_listen(v: Any) -> None:
-    if v.startswith("unix:"):
-        raise ValueError(f"{short_repr(v)}: the metrics endpoint is HOST:PORT (TCP)")
-    if v:
-        parse_listen(v)
-
-
 def _finite(v: Any) -> None:
     if not math.isfinite(v):
         raise ValueError("must be a finite number")
@@ -417,8 +394,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pop3.max_errors", int, 20, "Failed commands (-ERR) before the session is closed.", _positive),
     Setting("pop3.login_delay", int, 0, "Seconds a user must wait between two POP3 logins (RFC 2449 LOGIN-DELAY, advertised in CAPA; earlier logins get -ERR [LOGIN-DELAY]); 0: none.", _at_least(0)),
     Setting("pop3.max_login_failures", int, 10, "Failed logins from one client address within 10 minutes before a worker refuses its logins ([SYS/TEMP]); 0: no limit.", _at_least(0)),
-    # metrics (docs/operations.md "Metrics")
-    Setting("metrics.listen", str, "", "HOST:PORT where the metrics process answers GET /metrics (Prometheus text format; plain HTTP, no authentication: keep it on a private address); empty: no metrics (the embedded dev server: 127.0.0.1:9525).", _metrics_listen),
     # delivery (outbound queue)
     Setting("delivery.processes", int, 1, "Delivery processes running the outbound queue (each owns a share of the queue ids); 0: none (mail for other hosts waits in the queue).", _at_least(0)),
     Setting("delivery.resolver", str, "", "DNS server for MX/A/AAAA lookups, ADDRESS[:PORT] ('[v6]:PORT' for IPv6); empty: the system resolver.", _nameserver),
@@ -482,15 +457,6 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ratelimit.messages_per_ip", int, 0, "Messages one client address (an IPv6 /64) may send without AUTH per ratelimit.message_window (more get 451 4.7.1 at MAIL); 0: no limit.", _at_least(0)),
     Setting("ratelimit.messages_per_user", int, 0, "Messages one authenticated user may submit per ratelimit.message_window (more get 451 4.7.1 at MAIL); 0: no limit.", _at_least(0)),
     Setting("ratelimit.message_window", float, 3600.0, "Seconds over which the message limits count (a sliding window).", _positive),
-    # cluster (docs/scaling.md): one file shared by every node; each node finds its own name
-    Setting("cluster.nodes", dict, {}, "Mailbox nodes, name = \"IP address\" (a [cluster.nodes] table); users are placed on one with `fastmail user move`; empty: no cluster.", _cluster_nodes),
-    Setting("cluster.node", str, "", "This node's name in cluster.nodes (empty: the node whose address is on this host; none: an MX or proxy-only node).", _cluster_node_name),
-    Setting("cluster.lmtp_port", int, 24, "LMTP port of every mailbox node (MX nodes deliver there).", _port),
-    Setting("cluster.imap_port", int, 143, "IMAP port of every mailbox node (the proxy connects there).", _port),
-    Setting("cluster.pop3_port", int, 110, "POP3 port of every mailbox node (the proxy connects there).", _port),
-    Setting("cluster.submission_port", int, 587, "Submission port of every mailbox node (the proxy connects there with XCLIENT).", _port),
-    Setting("cluster.proxies", list, [], "Networks (CIDR) of the mail proxies (nginx): only they may use XCLIENT and the auth_http endpoint.", _networks),
-    Setting("cluster.auth_http_listen", list, [], "Addresses of the nginx auth_http endpoint (HOST:PORT); empty: none.", _addresses),
 )
 
 
@@ -579,7 +545,7 @@ class Config:
     @property
     def extra_counts(self) -> dict[str, int]:
         """Processes per extra kind (the arbiter's duck-typed view)."""
-        return {"delivery": int(self.delivery_processes), "metrics": 1 if self.metrics_listen else 0}
+        return {"delivery": int(self.delivery_processes)}
 
     @property
     def hostname(self) -> str:
@@ -596,8 +562,6 @@ class Config:
             for i, item in enumerate(getattr(self, f"listen_{name}")):
                 address = parse_listen(item)
                 specs.append(ListenerSpec(name if i == 0 else f"{name}#{i}", address))
-        for i, item in enumerate(self.cluster_auth_http_listen):  # nginx's auth_http (fastmail.cluster)
-            specs.append(ListenerSpec("auth_http" if i == 0 else f"auth_http#{i}", parse_listen(item)))
         return specs
 
     @property
@@ -679,13 +643,6 @@ def _check_listeners(values: dict[str, Any], bad: set[str]) -> Problems:
                     break
             else:
                 seen.append((key, item, address))
-    metrics = values.get("metrics.listen")
-    if metrics and "metrics.listen" not in bad:
-        address = parse_listen(metrics)
-        for other_key, other_item, other in seen:
-            if _overlap(address, other):
-                problems.append(("metrics.listen", f"{metrics!r} overlaps {other_item!r} of {other_key} (the same port)"))
-                break
     return problems
 
 
@@ -712,8 +669,6 @@ _RULES: tuple[tuple[str, tuple[str, ...], Callable[[dict[str, Any]], str | None]
     ("spam.junk_score", ("spam.reject_score",), lambda v: f"{v['spam.junk_score']} is above spam.reject_score "
      f"({v['spam.reject_score']}): nothing would go to Junk" if v["spam.junk_score"] > v["spam.reject_score"]
      else None),
-    ("cluster.node", ("cluster.nodes",), lambda v: f"{short_repr(v['cluster.node'])} is not in cluster.nodes"
-     if v["cluster.node"] and v["cluster.node"] not in v["cluster.nodes"] else None),
     ("rspamd.learn", ("rspamd.controller_url",), lambda v: "needs rspamd.controller_url"
      if v["rspamd.learn"] and not v["rspamd.controller_url"] else None),
 )
@@ -760,7 +715,6 @@ def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] |
     raw: dict[str, Any] = {}
     if path is None:
         values["server.demo"] = True
-        values["metrics.listen"] = "127.0.0.1:9525"  # the embedded dev server has its metrics on
     else:
         source = str(path)
         try:
