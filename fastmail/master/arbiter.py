@@ -20,7 +20,9 @@ Shaped after gunicorn's arbiter:
   after ``grace_period``, exit 0.  A second one: SIGKILL now.
 * HUP: reload the config (on any error: log and keep everything as it is), bind the listeners that are
   new, then replace the processes one at a time — start the new one, wait for its first heartbeat,
-  then TERM the old one — so every socket always has a live acceptor.  If a new process fails to boot
+  then retire the old one (RETIRE_SIGNAL: it stops accepting and serves its open sessions, idle ones
+  included, until they end or ``grace_period`` nears) — so every socket always has a live acceptor and
+  no connection is dropped by the reload.  If a new process fails to boot
   the reload stops there and the remaining old processes keep running.
 * Every slot keeps the config object it was started with, and a respawn forks with that object: after a
   reload that failed, a worker that dies is replaced with the last configuration that booted, never with
@@ -71,7 +73,7 @@ from fastmail.master.privileges import (
     resolve_credentials,
     workers_run_as_root,
 )
-from fastmail.master.worker import SHM_SIZE, WorkerContext, read_beat, read_reason, write_reason
+from fastmail.master.worker import RETIRE_SIGNAL, SHM_SIZE, WorkerContext, read_beat, read_reason, write_reason
 
 __all__ = [
     "WORKER",
@@ -144,6 +146,7 @@ class _Proc:
     started: float
     ready: bool = False
     stopping: bool = False
+    retiring: bool = False  # stopped by a reload: its open sessions go on until the grace period ends
     deadline: float = 0.0
     killed: bool = False
 
@@ -673,14 +676,23 @@ class Arbiter:
         for proc in list(self.procs.values()):
             self._kill(proc)
 
-    def _stop_proc(self, proc: _Proc, deadline: float) -> None:
+    def _stop_proc(self, proc: _Proc, deadline: float, retire: bool = False) -> None:
+        """SIGTERM: stop accepting, close idle sessions at once, let the others finish by `deadline`.
+        `retire` (a reload replaced it): RETIRE_SIGNAL instead, every open session (idle ones too) goes on
+        being served until it ends or the deadline nears, so a reload drops no connection that finishes
+        within the grace period.  A stop that comes while it retires hurries it (SIGTERM)."""
         if proc.stopping:
             proc.deadline = min(proc.deadline, deadline)
+            if proc.retiring and not retire:
+                proc.retiring = False
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
             return
         proc.stopping = True
+        proc.retiring = retire
         proc.deadline = deadline
         with contextlib.suppress(ProcessLookupError):
-            os.kill(proc.pid, signal.SIGTERM)
+            os.kill(proc.pid, RETIRE_SIGNAL if retire else signal.SIGTERM)
 
     def _begin_stop(self) -> None:
         """Graceful stop of everything: no new connections, sessions finish within the grace period."""
@@ -710,7 +722,7 @@ class Arbiter:
                 self.slots[cand.slot.key] = cand.slot
                 old_pid = old.pid if old is not None else None
                 if old_pid is not None and old_pid in self.procs:
-                    self._stop_proc(self.procs[old_pid], now + self._grace())
+                    self._stop_proc(self.procs[old_pid], now + self._grace(), retire=True)
                 log.info(
                     kv(
                         event="worker_replaced",
@@ -736,7 +748,7 @@ class Arbiter:
             if key not in reload.keys:  # fewer workers than before
                 gone = self.slots.pop(key)
                 if gone.pid is not None and gone.pid in self.procs:
-                    self._stop_proc(self.procs[gone.pid], now + self._grace())
+                    self._stop_proc(self.procs[gone.pid], now + self._grace(), retire=True)
         self.config = reload.config
         self._reload = None
         self._gc_sockets()

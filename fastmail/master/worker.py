@@ -11,6 +11,9 @@ extra kind, such as the delivery runner).  Its duties towards the master:
 * **Stop.**  On SIGTERM/SIGINT/SIGQUIT stop accepting (close the listening sockets: the master keeps
   its own copies open for the replacement), let sessions finish, return.  The master SIGKILLs it after
   the grace period.  :func:`install_worker_signals` maps those signals to a callback.
+* **Retire.**  On RETIRE_SIGNAL (SIGUSR2: a reload replaced it) the same, except that sessions, idle ones
+  too, are served until they end or the grace period nears (a reload drops no connection); a process
+  without sessions to keep treats it as a stop.
 * **Boot failure.**  Raise :class:`~fastmail.master.errors.BootError` (or exit with
   ``WORKER_BOOT_ERROR``) when it cannot start: the master then stops instead of respawning.
 * **LMDB** (ARCHITECTURE §1): open the environment inside ``worker_main``, never before the fork.
@@ -30,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = [
+    "RETIRE_SIGNAL",
     "STOP_SIGNALS",
     "WorkerContext",
     "heartbeat",
@@ -47,6 +51,7 @@ _REASON_AT = _BEAT.size
 _REASON_MAX = SHM_SIZE - _REASON_AT - _REASON_LEN.size
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+RETIRE_SIGNAL = signal.SIGUSR2
 
 
 def read_beat(shm: mmap.mmap) -> float:
@@ -98,11 +103,14 @@ class WorkerContext:
             _BEAT.pack_into(self._shm, 0, time.monotonic())
 
 
-def install_worker_signals(loop: asyncio.AbstractEventLoop, on_stop: Callable[[], None]) -> None:
+def install_worker_signals(loop: asyncio.AbstractEventLoop, on_stop: Callable[[], None],
+                           on_retire: Callable[[], None] | None = None) -> None:
     """Call ``on_stop()`` from ``loop`` on SIGTERM, SIGINT and SIGQUIT (each time one arrives; a
-    second one may mean "hurry").  SIGHUP stays ignored in workers: the master coordinates reloads."""
+    second one may mean "hurry"), and ``on_retire()`` (default: ``on_stop``) on RETIRE_SIGNAL.  SIGHUP
+    stays ignored in workers: the master coordinates reloads."""
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, on_stop)
+    loop.add_signal_handler(RETIRE_SIGNAL, on_retire or on_stop)
 
 
 async def heartbeat(ctx: WorkerContext, interval: float | None = None) -> None:

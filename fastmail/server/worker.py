@@ -211,7 +211,19 @@ async def _serve(ctx: WorkerContext, services: Services) -> None:
                                               ssl_handshake_timeout=30 if ssl_ctx else None)
         servers.append(server)
     stopping = asyncio.Event()
-    install_worker_signals(loop, stopping.set)
+    retiring = False  # a reload replaced this worker: its sessions, idle ones too, go on (grace period)
+
+    def stop() -> None:
+        nonlocal retiring
+        retiring = False
+        stopping.set()
+
+    def retire() -> None:
+        nonlocal retiring
+        retiring = not stopping.is_set()
+        stopping.set()
+
+    install_worker_signals(loop, stop, retire)
     beat = start_heartbeat(ctx, loop)
     log.buffer()
     flusher = loop.create_task(_flush_logs())
@@ -219,14 +231,19 @@ async def _serve(ctx: WorkerContext, services: Services) -> None:
     log.event("worker_ready", index=ctx.index, generation=ctx.generation, listeners=len(servers))
     await stopping.wait()
     # Graceful stop: no new connections; sessions finish up to the grace period; then 421 to the rest.
+    # Idle sessions are closed at once, except when retiring (a reload): then they go on being served, and
+    # get their 421 / BYE a little before the master's deadline (it SIGKILLs at the grace period's end).
     for server in servers:
         server.close()
     await asyncio.sleep(0.05)  # connections accepted just before the close get their protocol first
-    deadline = time.monotonic() + services.config.grace_period
+    grace = services.config.grace_period
+    deadline = time.monotonic() + (grace - min(1.0, grace / 10) if retiring else grace)
+    log.event("worker_stopping", index=ctx.index, retiring=int(retiring), sessions=len(services.sessions))
     while services.sessions and time.monotonic() < deadline:
-        for s in list(services.sessions):
-            if s.idle:
-                s.shutdown()
+        if not retiring:
+            for s in list(services.sessions):
+                if s.idle:
+                    s.shutdown()
         await asyncio.sleep(0.05)
     for s in list(services.sessions):
         s.shutdown()

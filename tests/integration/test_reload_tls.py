@@ -4,15 +4,17 @@ nothing, and a worker that dies afterwards is replaced with the certificate that
 
 from __future__ import annotations
 
+import imaplib
 import os
 import re
 import signal
+import smtplib
 import socket
 import ssl
 
 from fastmail.tlsfiles import ensure_self_signed
 
-from .conftest import make_server, poll
+from .conftest import PASSWORDS, make_server, poll
 from .wire import insecure_tls_context
 
 
@@ -73,6 +75,53 @@ def test_worker_replaced_after_a_failed_reload_keeps_the_loaded_certificate(tmp_
         srv.proc.send_signal(signal.SIGHUP)
         assert poll(lambda: "event=reload_done" in srv.log.read_text())
         assert _served_cert(port) == ssl.PEM_cert_to_DER_cert(cert.read_text()) != good
+        assert srv.stop() == 0
+    finally:
+        srv.kill_tree()
+
+
+def test_hup_with_a_new_certificate_keeps_open_sessions_and_serves_the_new_one(tmp_path):
+    """A renewal: new files and a HUP.  Sessions opened before it (implicit TLS and after STARTTLS, SMTP and
+    IMAP) go on working with the certificate they negotiated; every new connection gets the new one."""
+    cert, key = tmp_path / "fullchain.pem", tmp_path / "privkey.pem"
+    ensure_self_signed(cert, key, "mx.example.org")
+    old_der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+    srv = make_server(tmp_path, workers=1, extra=f'\n[tls]\ncert = "{cert}"\nkey = "{key}"\n')
+    # long enough that the old worker's sessions outlive the reload however slow the machine is
+    srv.config.write_text(srv.config.read_text().replace("grace_period = 5.0", "grace_period = 120.0"))
+    srv.start()
+    try:
+        ctx = insecure_tls_context()
+        implicit = smtplib.SMTP_SSL("127.0.0.1", srv.ports["submissions"], timeout=15, context=ctx)
+        upgraded = smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=15)
+        upgraded.starttls(context=ctx)
+        imap = imaplib.IMAP4_SSL("127.0.0.1", srv.ports["imaps"], ssl_context=ctx, timeout=15)
+        imap.login("alice@example.org", PASSWORDS["alice@example.org"])
+        for sock in (implicit.sock, upgraded.sock, imap.sock):
+            assert sock.getpeercert(binary_form=True) == old_der
+
+        ensure_self_signed(cert.with_name("new.pem"), key.with_name("new.key"), "mx.example.org")
+        os.replace(cert.with_name("new.key"), key)
+        os.replace(cert.with_name("new.pem"), cert)
+        new_der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+        assert new_der != old_der
+        srv.proc.send_signal(signal.SIGHUP)
+        assert poll(lambda: "event=reload_done" in srv.log.read_text()), srv.log.read_text()[-3000:]
+
+        assert _served_cert(srv.ports["submissions"]) == new_der
+        with smtplib.SMTP("127.0.0.1", srv.ports["submission"], timeout=15) as fresh:
+            fresh.starttls(context=ctx)
+            assert fresh.sock.getpeercert(binary_form=True) == new_der
+        with imaplib.IMAP4_SSL("127.0.0.1", srv.ports["imaps"], ssl_context=ctx, timeout=15) as fresh_imap:
+            assert fresh_imap.sock.getpeercert(binary_form=True) == new_der
+
+        # the sessions of before the HUP still answer, over the TLS session they had
+        assert implicit.noop()[0] == 250 and upgraded.noop()[0] == 250
+        assert imap.noop()[0] == "OK" and imap.select("INBOX")[0] == "OK"
+        for sock in (implicit.sock, upgraded.sock, imap.sock):
+            assert sock.getpeercert(binary_form=True) == old_der
+        assert implicit.quit()[0] == 221 and upgraded.quit()[0] == 221
+        imap.logout()
         assert srv.stop() == 0
     finally:
         srv.kill_tree()
