@@ -73,7 +73,14 @@ from fastmail.master.privileges import (
     resolve_credentials,
     workers_run_as_root,
 )
-from fastmail.master.worker import RETIRE_SIGNAL, SHM_SIZE, WorkerContext, read_beat, read_reason, write_reason
+from fastmail.master.worker import (
+    RETIRE_SIGNAL,
+    SHM_SIZE,
+    WorkerContext,
+    read_beat,
+    read_reason,
+    write_reason,
+)
 
 __all__ = [
     "WORKER",
