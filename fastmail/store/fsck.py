@@ -10,7 +10,15 @@ The invariants (docs/fsck.md says the same for operators):
    above every UID and its `modseq` at least every message's.
 4. A user's usage (bytes, messages) is the sum over the user's mailboxes.
 5. Every queue entry's blob exists (as in 1).
-6. Segment bytes referenced by no blob record are garbage: between two referenced ranges they are an
+6. The secondary indexes agree with the records they index (issue #8): every message record belongs to a
+   mailbox record; the name index (`mailboxes`: user | name -> id) names each mailbox exactly once, by the
+   user and name its record holds, and nothing else; each message has exactly one `modseqs` entry, at its
+   own mod-sequence; each `expunged` record (mailbox | uid -> mod-sequence) has its `modseqs` expunge entry
+   and the other way round, of a mailbox that exists and a UID no message holds; a mailbox's `uidnext` and
+   `modseq` are above every UID and at least every mod-sequence these indexes hold; msgmeta/msgwire
+   entries have a blob record; a queue entry not held has exactly its one schedule key, a schedule key its
+   queue entry.
+7. Segment bytes referenced by no blob record are garbage: between two referenced ranges they are an
    orphan range (problem, punched); past the last referenced byte of a segment no process writes to any
    more they are a torn tail (by design no error: a batch whose LMDB commit never happened, or the
    zero-filled runway of a killed writer; truncated on repair); a segment without any referenced byte that
@@ -54,6 +62,12 @@ MAILBOX_COUNTERS = "mailbox-counters"  # exists/unseen/size/uidnext/modseq wrong
 USAGE = "usage"  # a user's quota usage wrong: recomputed
 ORPHAN_RANGE = "orphan-range"  # segment bytes between referenced ranges, referenced by none: punched
 DEAD_SEGMENT = "dead-segment"  # a segment file nothing references, no writer: unlinked
+ORPHAN_MESSAGE = "orphan-message"  # a message record whose mailbox record is gone: removed
+MAILBOX_NAME = "mailbox-name"  # the name index and the mailbox records disagree: set from the records
+MODSEQ_INDEX = "modseq-index"  # a `modseqs` entry missing, stale, or of no mailbox: added / dropped
+EXPUNGED_INDEX = "expunged-index"  # an `expunged` record of no mailbox, of a live UID, or without its entry
+ORPHAN_META = "orphan-meta"  # a msgmeta/msgwire entry without a blob record: dropped
+QUEUE_SCHEDULE = "queue-schedule"  # a queue entry without its schedule key, or a stale key: set
 # Not a problem: a torn tail (reported as a note; truncated on repair)
 TORN_TAIL = "torn-tail"
 
@@ -201,7 +215,13 @@ class _Index:
     usage: dict[int, tuple[int, int]] = field(default_factory=dict)  # user id -> (bytes, messages) found
     stored_usage: dict[int, tuple[int, int]] = field(default_factory=dict)
     queue_broken: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
+    orphan_refs: dict[bytes, int] = field(default_factory=dict)  # blob id -> references by orphan messages
+    fixes: list[tuple[str, bytes, bytes | None]] = field(default_factory=list)  # (db, key, value or None: delete)
     findings: list[Finding] = field(default_factory=list)
+
+    def fix(self, kind: str, detail: dict[str, Any], *changes: tuple[str, bytes, bytes | None]) -> None:
+        self.findings.append(Finding(kind, detail))
+        self.fixes.extend(changes)
 
 
 def _scan(store: Store, txn: lmdb.Transaction, files: _Files) -> _Index:
@@ -221,13 +241,17 @@ def _scan(store: Store, txn: lmdb.Transaction, files: _Files) -> _Index:
         ix.stored_usage[R.U64.unpack(k)[0]] = R.USAGE.unpack(raw)
     for uid_key in txn.cursor(db=db["user_ids"]).iternext(values=False):
         ix.usage[R.U64.unpack(uid_key)[0]] = (0, 0)
+    live: dict[tuple[int, int], int] = {}  # (mailbox, uid) -> modseq of every message of a mailbox
     for k, raw in txn.cursor(db=db["msgs"]):
         mid, uid = R.MSG_KEY.unpack(k)
         msg = R.parse_message_record(bytes(raw))
         box = ix.boxes.get(mid)
         blob = msg["blob"]
-        if box is None:
-            continue  # a message of no mailbox: not ours to judge here (its blob reference still counts)
+        if box is None:  # a message of no mailbox: nobody can see it; removed, its blob reference with it
+            ix.orphan_refs[blob] = ix.orphan_refs.get(blob, 0) + 1
+            ix.fix(ORPHAN_MESSAGE, {"mailbox": mid, "uid": uid, "blob": blob.hex()}, ("msgs", bytes(k), None))
+            continue
+        live[mid, uid] = msg["modseq"]
         box.max_uid = max(box.max_uid, uid)
         box.max_modseq = max(box.max_modseq, msg["modseq"])
         unseen = SEEN not in msg["flags"]
@@ -260,10 +284,13 @@ def _scan(store: Store, txn: lmdb.Transaction, files: _Files) -> _Index:
                 "why": ix.bad_blobs.get(blob, "no blob record")}))
             continue
         ix.refs[blob] = ix.refs.get(blob, 0) + 1
+    _scan_indexes(store, txn, ix, live)
     for blob, (seg, off, length, refs) in ix.blobs.items():
         found = ix.refs.get(blob, 0)
         if blob in ix.broken_refs:
             continue  # reported with what references it (missing-blob, queue-missing-blob)
+        if found + ix.orphan_refs.get(blob, 0) == refs and blob in ix.orphan_refs:
+            continue  # right but for the orphan messages (reported as such): their removal sets it
         if found == 0:
             ix.findings.append(Finding(ORPHAN_BLOB, {"blob": blob.hex(), "segment": f"{seg:016x}", "offset": off,
                                                      "length": length, "refs": refs}))
@@ -298,11 +325,116 @@ def _scan(store: Store, txn: lmdb.Transaction, files: _Files) -> _Index:
     return ix
 
 
+def _scan_indexes(store: Store, txn: lmdb.Transaction, ix: _Index, live: dict[tuple[int, int], int]) -> None:
+    """The secondary indexes against the records (invariant 6); what each fix changes goes to ix.fixes."""
+    db = store.db
+    # the name index: each mailbox named once, by its record's user and name
+    names: dict[bytes, int] = {}
+    for k, v in txn.cursor(db=db["mailboxes"]):
+        names[bytes(k)] = R.U64.unpack(v)[0]
+    taken = {k for k, mid in names.items() if mid in ix.boxes}
+    for key, mid in names.items():
+        box = ix.boxes.get(mid)
+        rec = box.rec if box else None
+        if rec is None or R.mailbox_key(rec.get("user", 0), rec.get("name", "")) != key:
+            why = "no mailbox record" if rec is None else "names another user or name"
+            taken.discard(key)
+            ix.fix(MAILBOX_NAME, {"mailbox": mid, "user": R.U64.unpack(key[:8])[0],
+                                  "name": key[8:].decode(errors="replace"), "why": why}, ("mailboxes", key, None))
+    for mid, box in ix.boxes.items():
+        rec = box.rec
+        key = R.mailbox_key(rec.get("user", 0), rec.get("name", ""))
+        if names.get(key) == mid:
+            continue
+        detail = {"mailbox": mid, "user": rec.get("user"), "name": rec.get("name"), "why": "not in the name index"}
+        if key in taken:  # the name is another mailbox's: this one is kept under a name of its own
+            rec["name"] = f"{rec.get('name')}.fsck-{mid}"
+            key = R.mailbox_key(rec.get("user", 0), rec["name"])
+            detail["renamed"] = rec["name"]
+            ix.fixes.append(("mbox", R.U64.pack(mid), R.dumps(rec)))
+        taken.add(key)
+        ix.fix(MAILBOX_NAME, detail, ("mailboxes", key, R.U64.pack(mid)))
+    # expunged records: of a mailbox, of a UID no message holds
+    gone: dict[tuple[int, int], int] = {}
+    for k, v in txn.cursor(db=db["expunged"]):
+        mid, uid = R.MSG_KEY.unpack(k)
+        modseq = R.U64.unpack(v)[0]
+        bad = "no mailbox" if mid not in ix.boxes else "uid in use" if (mid, uid) in live else None
+        if bad:
+            ix.fix(EXPUNGED_INDEX, {"mailbox": mid, "uid": uid, "modseq": modseq, "why": bad},
+                   ("expunged", bytes(k), None))
+        else:
+            gone[mid, uid] = modseq
+    # the modseqs index: one entry per message at its mod-sequence, one per expunge at the expunge's
+    seen: set[tuple[int, int]] = set()
+    unrecorded: dict[tuple[int, int], int] = {}  # expunge entries without an expunged record: uid -> modseq
+    for k, v in txn.cursor(db=db["modseqs"]):
+        mid, modseq, uid = R.MODSEQ_KEY.unpack(k)
+        msg = (mid, uid)
+        if mid not in ix.boxes:
+            why = "no mailbox"
+        elif v == b"" and live.get(msg) == modseq:
+            seen.add(msg)
+            continue
+        elif v == changes.EXPUNGED and msg not in live and gone.get(msg, modseq) == modseq:
+            if msg in gone:
+                seen.add(msg)
+            else:
+                unrecorded[msg] = max(unrecorded.get(msg, 0), modseq)
+            continue
+        else:
+            why = "stale" if v in (b"", changes.EXPUNGED) else "bad value"
+        ix.fix(MODSEQ_INDEX, {"mailbox": mid, "uid": uid, "modseq": modseq, "why": why}, ("modseqs", bytes(k), None))
+    for (mid, uid), modseq in unrecorded.items():  # the only trace of an expunge: its record comes back
+        gone[mid, uid] = modseq
+        ix.fix(EXPUNGED_INDEX, {"mailbox": mid, "uid": uid, "modseq": modseq, "why": "no expunged record"},
+               ("expunged", R.msg_key(mid, uid), R.U64.pack(modseq)))
+        seen.add((mid, uid))
+    for (mid, uid), modseq in live.items():
+        if (mid, uid) not in seen:
+            ix.fix(MODSEQ_INDEX, {"mailbox": mid, "uid": uid, "modseq": modseq, "why": "missing"},
+                   ("modseqs", R.MODSEQ_KEY.pack(mid, modseq, uid), b""))
+    for (mid, uid), modseq in gone.items():
+        if (mid, uid) not in seen:
+            ix.fix(MODSEQ_INDEX, {"mailbox": mid, "uid": uid, "modseq": modseq, "why": "missing expunge"},
+                   ("modseqs", R.MODSEQ_KEY.pack(mid, modseq, uid), changes.EXPUNGED))
+        box = ix.boxes[mid]  # an expunged UID is never given again, nor its mod-sequence
+        box.max_uid = max(box.max_uid, uid)
+        box.max_modseq = max(box.max_modseq, modseq)
+    # blob side tables
+    for name in ("msgmeta", "msgwire"):
+        for k in txn.cursor(db=db[name]).iternext(values=False):
+            if bytes(k) in ix.broken_refs:  # of a missing blob, reported as such: dropped with it
+                ix.fixes.append((name, bytes(k), None))
+            elif bytes(k) not in ix.blobs:
+                ix.fix(ORPHAN_META, {"db": name, "blob": bytes(k).hex()}, (name, bytes(k), None))
+    # the queue's schedule: a key per entry not held, at its next attempt
+    wanted: dict[bytes, bytes] = {}
+    broken = {qid for qid, _ in ix.queue_broken}  # removed with their keys on repair
+    for k, raw in txn.cursor(db=db["queue"]):
+        rec = R.loads(raw)
+        if not rec.get("held") and bytes(k) not in broken:
+            wanted[R.SCHEDULE_KEY.pack(int(rec.get("next_attempt", 0) * 1000), bytes(k))] = bytes(k)
+    for sk in txn.cursor(db=db["schedule"]).iternext(values=False):
+        skey = bytes(sk)
+        at, qid = R.SCHEDULE_KEY.unpack(skey)
+        if wanted.pop(skey, None) is None and qid not in broken:
+            ix.fix(QUEUE_SCHEDULE, {"qid": qid.hex(), "at": at, "why": "stale key"}, ("schedule", skey, None))
+    for skey, qid in wanted.items():
+        ix.fix(QUEUE_SCHEDULE, {"qid": qid.hex(), "at": R.SCHEDULE_KEY.unpack(skey)[0], "why": "no schedule key"},
+               ("schedule", skey, b""))
+
+
 def _fix_index(store: Store, txn: lmdb.Transaction, ix: _Index) -> None:
     """Make the records say what _scan found they should (inside the write transaction that scanned).
     Dropped blob records leave their bytes to the segment pass (an orphan range or a torn tail then): it
     punches only bytes no remaining record references, even if a corrupt record shared a range."""
     db = store.db
+    for table, fkey, fvalue in sorted(ix.fixes, key=lambda f: f[2] is not None):  # drops first, then puts
+        if fvalue is None:
+            txn.delete(fkey, db=db[table])
+        else:
+            txn.put(fkey, fvalue, db=db[table])
     usage = dict(ix.usage)
     for box in ix.boxes.values():
         user = box.rec.get("user")
@@ -555,4 +687,4 @@ def repair(store: Store) -> Report:
 def _ident(f: Finding) -> tuple[Any, ...]:
     d = f.detail
     return (d.get("mailbox"), d.get("uid"), d.get("blob"), d.get("qid"), d.get("user"), d.get("segment"),
-            d.get("offset"))
+            d.get("offset"), d.get("modseq"), d.get("db"), d.get("name"), d.get("why"))

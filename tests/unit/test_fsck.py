@@ -194,10 +194,10 @@ def test_orphan_blob_record_and_broken_queue_entry(built):
     before = _all_messages(s)
     (entry,) = s.queue_list()
     qid = bytes.fromhex(entry["id"])
-    with s.write() as txn:  # the queue entry gone, its blob reference left behind
+    with s.write() as txn:  # the queue entry gone, its blob reference and its schedule key left behind
         txn.delete(qid, db=s.db["queue"])
     report = fsck.check(s)
-    assert _kinds(report) == [fsck.ORPHAN_BLOB], report.as_dict()
+    assert _kinds(report) == [fsck.ORPHAN_BLOB, fsck.QUEUE_SCHEDULE], report.as_dict()
     _repair_and_recheck(s, before)
     assert s.blob_location(qid) is None
     s.close()
@@ -342,4 +342,215 @@ def test_expunged_neighbours_free_the_block_where_they_meet(built):
     finally:
         os.close(fd)
     assert fsck.check(s).clean
+    s.close()
+
+
+# -- the secondary indexes (issue #8): each corrupted on purpose ------------------------------------------
+
+
+def _alice_inbox(s: Store) -> tuple[int, list[dict]]:
+    mid = s.mailbox_id(s.get_user("alice@example.org")["id"], "INBOX")
+    return mid, s.list_messages(mid)
+
+
+def _expunge(s: Store, mid: int, uid: int) -> None:
+    from fastmail.store.mailboxes import Mailboxes
+
+    boxes = Mailboxes(s)
+    boxes.store_flags(mid, [uid], "+", ["\\Deleted"])
+    assert boxes.expunge(mid) == [uid]
+
+
+def test_orphan_message_record(built):
+    """A message record of a mailbox that does not exist (its blob counted in the refcount): removed, the
+    blob's count goes back to the references that are left, its bytes stay for the others."""
+    s = _open(built)
+    before = _all_messages(s)
+    _, msgs = _alice_inbox(s)
+    m = msgs[0]  # alice and bob share it
+    with s.write() as txn:
+        seg, off, length, refs = R.BLOB.unpack(txn.get(m["blob"], db=s.db["blobs"]))
+        txn.put(m["blob"], R.BLOB.pack(seg, off, length, refs + 1), db=s.db["blobs"])
+        txn.put(R.msg_key(999, 7), R.message_record(m["blob"], m["size"], 0, [], 3), db=s.db["msgs"])
+    report = fsck.check(s)
+    assert _kinds(report) == [fsck.ORPHAN_MESSAGE], report.as_dict()
+    assert (report.problems[0].detail["mailbox"], report.problems[0].detail["uid"]) == (999, 7)
+    _repair_and_recheck(s, before)
+    with s.read() as txn:
+        assert txn.get(R.msg_key(999, 7), db=s.db["msgs"]) is None
+        assert R.BLOB.unpack(txn.get(m["blob"], db=s.db["blobs"]))[3] == refs
+    assert _all_messages(s) == before
+    s.close()
+
+
+def test_orphan_message_with_wrong_refcount_and_the_only_reference(built):
+    """An orphan message that is a blob's only reference, the count not counting it: the blob goes too."""
+    s = _open(built)
+    before = _all_messages(s)
+    mid, msgs = _alice_inbox(s)
+    m = [m for m in msgs if m["uid"] == 2][0]  # alice only
+    with s.write() as txn:  # the message moved under a mailbox id that does not exist
+        txn.delete(R.msg_key(mid, 2), db=s.db["msgs"])
+        txn.put(R.msg_key(998, 2), R.message_record(m["blob"], m["size"], 0, [], m["modseq"]), db=s.db["msgs"])
+        txn.delete(R.MODSEQ_KEY.pack(mid, m["modseq"], 2), db=s.db["modseqs"])
+        rec = R.loads(txn.get(R.U64.pack(mid), db=s.db["mbox"]))
+        rec.update(exists=rec["exists"] - 1, unseen=rec["unseen"] - 1, size=rec["size"] - m["size"])
+        txn.put(R.U64.pack(mid), R.dumps(rec), db=s.db["mbox"])
+        a = s.get_user("alice@example.org")["id"]
+        used, n = R.USAGE.unpack(txn.get(R.U64.pack(a), db=s.db["usage"]))
+        txn.put(R.U64.pack(a), R.USAGE.pack(used - m["size"], n - 1), db=s.db["usage"])
+    del before[mid, 2]
+    report = fsck.check(s)
+    assert _kinds(report) == [fsck.ORPHAN_MESSAGE], report.as_dict()
+    _repair_and_recheck(s, before)
+    assert s.blob_location(m["blob"]) is None  # dropped, its range punched (the recheck is clean)
+    s.close()
+
+
+def test_mailbox_name_index(built):
+    """Name index entries: one lost (the mailbox unreachable by name), one naming a mailbox that does not
+    exist, one naming the wrong mailbox (Sent's name pointing at INBOX): each set from the records."""
+    s = _open(built)
+    before = _all_messages(s)
+    alice = s.get_user("alice@example.org")["id"]
+    bob = s.get_user("bob@example.org")["id"]
+    a_inbox, sent = s.mailbox_id(alice, "INBOX"), s.mailbox_id(bob, "Sent")
+    b_inbox = s.mailbox_id(bob, "INBOX")
+    with s.write() as txn:
+        txn.delete(R.mailbox_key(alice, "INBOX"), db=s.db["mailboxes"])
+        txn.put(R.mailbox_key(alice, "Ghost"), R.U64.pack(4242), db=s.db["mailboxes"])
+        txn.put(R.mailbox_key(bob, "Sent"), R.U64.pack(b_inbox), db=s.db["mailboxes"])
+    assert s.mailbox_id(alice, "INBOX") is None
+    report = fsck.check(s)
+    assert _kinds(report) == [fsck.MAILBOX_NAME] * 4, report.as_dict()
+    assert {(p.detail["mailbox"], p.detail["why"]) for p in report.problems} == {
+        (a_inbox, "not in the name index"), (4242, "no mailbox record"),
+        (b_inbox, "names another user or name"), (sent, "not in the name index")}
+    _repair_and_recheck(s, before)
+    assert s.mailbox_id(alice, "INBOX") == a_inbox and s.mailbox_id(bob, "Sent") == sent
+    assert s.mailbox_id(alice, "Ghost") is None
+    assert _all_messages(s) == before
+    s.close()
+
+
+def test_mailbox_name_taken_by_another_keeps_both(built):
+    """A mailbox whose name index entry now names another mailbox of the same name (two records say
+    "Trash"): the unnamed one is kept under a name of its own, never dropped."""
+    s = _open(built)
+    alice = s.get_user("alice@example.org")["id"]
+    trash, junk = s.mailbox_id(alice, "Trash"), s.mailbox_id(alice, "Junk")
+    with s.write() as txn:
+        rec = R.loads(txn.get(R.U64.pack(junk), db=s.db["mbox"]))
+        rec["name"] = "Trash"
+        txn.put(R.U64.pack(junk), R.dumps(rec), db=s.db["mbox"])
+    report = fsck.check(s)
+    assert _kinds(report) == [fsck.MAILBOX_NAME] * 2, report.as_dict()  # Junk's key stale; Junk unnamed
+    fsck.repair(s)
+    assert fsck.check(s).clean
+    assert s.mailbox_id(alice, "Trash") == trash and s.mailbox_id(alice, f"Trash.fsck-{junk}") == junk
+    s.close()
+
+
+def test_modseq_index_missing_stale_and_of_no_mailbox(built):
+    from fastmail.store import changes
+
+    s = _open(built)
+    before = _all_messages(s)
+    mid, msgs = _alice_inbox(s)
+    m = msgs[3]
+    with s.write() as txn:
+        assert txn.delete(R.MODSEQ_KEY.pack(mid, m["modseq"], m["uid"]), db=s.db["modseqs"])
+        txn.put(R.MODSEQ_KEY.pack(mid, 1, msgs[4]["uid"]), b"", db=s.db["modseqs"])  # an old one left
+        txn.put(R.MODSEQ_KEY.pack(777, 5, 1), b"", db=s.db["modseqs"])
+    report = fsck.check(s)
+    assert _kinds(report) == [fsck.MODSEQ_INDEX] * 3, report.as_dict()
+    assert sorted(p.detail["why"] for p in report.problems) == ["missing", "no mailbox", "stale"]
+    _repair_and_recheck(s, before)
+    with s.read() as txn:
+        since = changes.since(txn, s.db, mid, 0)
+    assert sorted(uid for uid, _ in since) == sorted(x["uid"] for x in msgs)  # each once, none expunged
+    assert not any(gone for _, gone in since)
+    s.close()
+
+
+def test_expunged_index_against_the_modseq_index(built):
+    """An expunge leaves an `expunged` record and a `modseqs` expunge entry at one mod-sequence: either
+    lost is written back from the other; an expunged record of a live UID, or of no mailbox, is dropped;
+    an expunged UID at or above uidnext raises uidnext (a UID is never given twice)."""
+    from fastmail.store import changes
+    from fastmail.store.mailboxes import Mailboxes
+
+    s = _open(built)
+    mid, msgs = _alice_inbox(s)
+    _expunge(s, mid, 4)
+    _expunge(s, mid, 5)
+    assert fsck.check(s).clean
+    before = _all_messages(s)
+    boxes = Mailboxes(s)
+    with s.read() as txn:
+        gone4 = R.U64.unpack(txn.get(R.msg_key(mid, 4), db=s.db["expunged"]))[0]
+        gone5 = R.U64.unpack(txn.get(R.msg_key(mid, 5), db=s.db["expunged"]))[0]
+        uidnext = R.loads(txn.get(R.U64.pack(mid), db=s.db["mbox"]))["uidnext"]
+    with s.write() as txn:
+        txn.delete(R.msg_key(mid, 4), db=s.db["expunged"])  # the record lost: the entry has it
+        assert txn.delete(R.MODSEQ_KEY.pack(mid, gone5, 5), db=s.db["modseqs"])  # the entry lost
+        txn.put(R.msg_key(mid, 6), R.U64.pack(gone5), db=s.db["expunged"])  # uid 6 is live
+        txn.put(R.msg_key(555, 1), R.U64.pack(9), db=s.db["expunged"])
+        txn.put(R.msg_key(mid, uidnext + 3), R.U64.pack(gone5), db=s.db["expunged"])  # beyond uidnext
+    assert boxes.expunged_since(mid, 0) == [5, 6, uidnext + 3]
+    report = fsck.check(s)
+    assert _kinds(report) == sorted([fsck.EXPUNGED_INDEX] * 3 + [fsck.MODSEQ_INDEX] * 2
+                                    + [fsck.MAILBOX_COUNTERS]), report.as_dict()
+    whys = sorted(p.detail["why"] for p in report.problems if "why" in p.detail)
+    assert whys == ["missing expunge", "missing expunge", "no expunged record", "no mailbox", "uid in use"]
+    counters = [p for p in report.problems if p.kind == fsck.MAILBOX_COUNTERS][0]
+    assert counters.detail["uidnext"] == f"{uidnext}->{uidnext + 4}"
+    _repair_and_recheck(s, before)
+    assert boxes.expunged_since(mid, 0) == [4, 5, uidnext + 3]
+    with s.read() as txn:
+        assert R.U64.unpack(txn.get(R.msg_key(mid, 4), db=s.db["expunged"]))[0] == gone4
+        assert [uid for uid, gone in changes.since(txn, s.db, mid, 0) if gone] == [4, 5, uidnext + 3]
+    assert boxes.by_id(mid)["uidnext"] == uidnext + 4
+    assert _all_messages(s) == before
+    s.close()
+
+
+def test_orphan_meta_and_queue_schedule(built):
+    """msgmeta/msgwire of no blob record; a queue entry that lost its schedule key (never attempted
+    again), a stale key, a held entry with a key."""
+    from fastmail.delivery import queue as Q
+
+    s = _open(built)
+    before = _all_messages(s)
+    (entry,) = s.queue_list()
+    qid = bytes.fromhex(entry["id"])
+    key = Q.schedule_key(qid, entry["next_attempt"])
+    with s.write() as txn:
+        txn.put(b"\x01" * 12, R.dumps({"v": 1}), db=s.db["msgmeta"])
+        txn.put(b"\x02" * 12, b"wire", db=s.db["msgwire"])
+        assert txn.delete(key, db=s.db["schedule"])
+        txn.put(Q.schedule_key(b"\x03" * 12, 5), b"", db=s.db["schedule"])
+    report = fsck.check(s)
+    assert _kinds(report) == [fsck.ORPHAN_META] * 2 + [fsck.QUEUE_SCHEDULE] * 2, report.as_dict()
+    _repair_and_recheck(s, before)
+    with s.read() as txn:
+        assert list(txn.cursor(db=s.db["schedule"]).iternext(values=False)) == [key]
+        assert txn.get(b"\x01" * 12, db=s.db["msgmeta"]) is None
+    with s.write() as txn:  # held: no key
+        txn.put(qid, R.dumps(dict(entry, held=True)), db=s.db["queue"])
+    report = fsck.check(s)
+    assert _kinds(report) == [fsck.QUEUE_SCHEDULE] and report.problems[0].detail["why"] == "stale key"
+    _repair_and_recheck(s, before)
+    s.close()
+
+
+def test_deleting_a_user_leaves_no_index_entries(built):
+    """`fastmail user del` drops the user's expunged records and modseqs entries with the mailboxes."""
+    s = _open(built)
+    alice = s.get_user("alice@example.org")["id"]
+    mid = s.mailbox_id(alice, "INBOX")
+    _expunge(s, mid, 2)
+    s.del_user("alice@example.org")
+    report = fsck.check(s)
+    assert report.clean, report.as_dict()  # (a torn tail note: the released last blob of the segment)
     s.close()
