@@ -185,9 +185,11 @@ class SMTPConnection:
         rcpt_hook: RcptHook | None = None,
         refused_hook: RefusedHook | None = None,
         new_qid: Callable[[], str] | None = None,
+        room_for: Callable[[int], bool] | None = None,
     ) -> None:
         self.session = session
         self.mail_hook = mail_hook
+        self.room_for = room_for  # room_for(size): the store has room now for a message of this declared size
         self.rcpt_hook = rcpt_hook
         self.refused_hook = refused_hook
         self.new_qid = new_qid
@@ -541,6 +543,11 @@ class SMTPConnection:
                 return
             if int(size) > self.limits.max_message_size:
                 self._error(R.TOO_BIG)
+                return
+            if self.room_for is not None and not self.room_for(int(size)):
+                # RFC 1870 §6.1: more than the server can take now (the data's free disk space): 452 at MAIL,
+                # a temporary condition of ours, not counted as a client error
+                self._refuse(R.INSUFFICIENT_STORAGE)
                 return
         body = (params.get("BODY") or "7BIT").upper()
         if body not in ("7BIT", "8BITMIME"):

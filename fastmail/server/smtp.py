@@ -86,6 +86,7 @@ class SMTPProtocol(Session):
             rcpt_hook=self._check_rcpt if self.mode is P.Mode.SMTP and cfg.greylist_enabled else None,
             refused_hook=self._refused,
             new_qid=_new_qid_hex,
+            room_for=self.services.room_for,
         )
         log.event("connect", sid=self.sid, listener=self.listener, peer=self.peer, port=self.port,
                   tls=int(self.implicit_tls))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 import ssl
 import time
@@ -114,6 +115,16 @@ class Services:
         self.dkim = DKIMKeys(cfg.dkim_keys) if cfg.dkim_sign else None  # signs authenticated senders' mail
         self.auth_failure_delay = 1.0
         self._auth_pool = ThreadPoolExecutor(2, thread_name_prefix="auth")  # threads start after the drop
+
+    def room_for(self, size: int) -> bool:
+        """Is there room on the data folder's filesystem for a message of `size` bytes (SIZE=, RFC 1870)?
+        The free space an unprivileged user may use, one statvfs; a folder it cannot look at says yes (the
+        write then answers for itself)."""
+        try:
+            st = os.statvfs(self.config.data_dir)
+        except OSError:
+            return True
+        return size <= st.f_bavail * st.f_frsize
 
     def is_trusted(self, ip: str) -> bool:
         if not self.trusted:

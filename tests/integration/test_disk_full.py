@@ -15,7 +15,7 @@ import pytest
 from fastmail.store import fsck
 from fastmail.store.store import Store
 
-from .conftest import PASSWORDS, Server, make_server
+from .conftest import PASSWORDS, Server, make_server, poll
 
 
 @pytest.fixture
@@ -54,8 +54,12 @@ def _msg(i: int, size: int) -> bytes:
 
 
 def _send_until_refused(srv: Server, numbers: range, accepted: list[bytes]) -> smtplib.SMTPDataError | None:
-    """900 kB messages over one session until one is refused (returned); the accepted ones are appended."""
+    """900 kB messages over one session until one is refused (returned); the accepted ones are appended.
+    The size is not declared: the writes must find the disk full (a SIZE= beyond the free space is refused
+    at MAIL already: test_size_beyond_the_free_space_gets_452_at_mail)."""
     with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as s:
+        s.ehlo()
+        s.esmtp_features.pop("size", None)
         for i in numbers:
             msg = _msg(i, 900_000)
             try:
@@ -85,6 +89,7 @@ def test_disk_full_answers_452_keeps_what_was_accepted_and_recovers(small_disk, 
         # LMTP says the same, per recipient; IMAP APPEND says NO [UNAVAILABLE] (not OVERQUOTA: no quota here)
         with smtplib.LMTP("127.0.0.1", srv.ports["lmtp"], timeout=30) as lm:
             lm.ehlo_or_helo_if_needed()
+            lm.esmtp_features.pop("size", None)  # undeclared, as above
             with pytest.raises(smtplib.SMTPDataError) as exc:
                 lm.sendmail("a@remote.test", ["bob@example.org"], _msg(100, 900_000))
             assert exc.value.smtp_code == 452 and exc.value.smtp_error.startswith(b"4.3.1 ")
@@ -146,3 +151,46 @@ def test_map_full_grows_the_map_under_commit_batch(tmp_path):
     s = Store(tmp_path / "d", map_size=1 << 20)
     assert fsck.check(s).clean
     s.close()
+
+
+def test_size_beyond_the_free_space_gets_452_at_mail(small_disk, tmp_path):
+    """RFC 1870 §6.1: a declared SIZE larger than the data folder's free space is refused at MAIL with
+    452 4.3.1 (SMTP and LMTP), before any data is sent; a SIZE that fits is taken, and so is the large one
+    once the space is back."""
+    srv = make_server(tmp_path, workers=1)
+    assert srv.data == small_disk
+    srv.start()
+    try:
+        def mail(port: int, size: int, lmtp: bool = False) -> tuple[int, bytes]:
+            cls = smtplib.LMTP if lmtp else smtplib.SMTP
+            with cls("127.0.0.1", port, timeout=30) as s:
+                s.ehlo_or_helo_if_needed()
+                return s.mail("a@remote.test", [f"SIZE={size}"])
+
+        assert mail(srv.ports["smtp"], 900_000)[0] == 250
+        filler = small_disk / "filler"
+        _fill(filler)
+        os.truncate(filler, filler.stat().st_size - 512 * 1024)  # about 512 KiB free
+        st = os.statvfs(small_disk)
+        free = st.f_bavail * st.f_frsize
+        assert 256 * 1024 < free < 900_000, free
+        for port, lmtp in ((srv.ports["smtp"], False), (srv.ports["lmtp"], True)):
+            assert mail(port, 900_000, lmtp) == (452, b"4.3.1 Insufficient system storage")
+            assert mail(port, free + 1, lmtp)[0] == 452
+            assert mail(port, 100_000, lmtp)[0] == 250  # what fits is taken
+        with smtplib.SMTP("127.0.0.1", srv.ports["submission"], timeout=30) as s:
+            s.starttls()
+            s.login("alice@example.org", PASSWORDS["alice@example.org"])
+            assert s.mail("alice@example.org", ["SIZE=900000"]) == (452, b"4.3.1 Insufficient system storage")
+        def refused() -> list[str]:
+            return [x for x in srv.log.read_text().splitlines() if "event=refused" in x and " cmd=MAIL " in x]
+
+        assert poll(lambda: len(refused()) >= 5)  # the worker writes its log lines every 0.2 s
+        assert len(refused()) == 5
+        assert all('reply="452 4.3.1" reason=insufficient_storage' in x for x in refused())
+        filler.unlink()
+        assert mail(srv.ports["smtp"], 900_000)[0] == 250
+        assert mail(srv.ports["lmtp"], 900_000, True)[0] == 250
+    finally:
+        srv.stop()
+        srv.kill_tree()

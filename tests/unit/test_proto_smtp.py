@@ -366,3 +366,25 @@ def test_dsn_values_are_checked_and_params_need_ehlo():
     for orcpt in (b"alice@example.org", b";alice@example.org", b"rfc822;", b"rfc 822;a@b", b"rfc822;a=b"):
         assert codes(send(c, b"RCPT TO:<alice@example.org> ORCPT=" + orcpt + b"\r\n")) == ["501 5.5.4"], orcpt
     assert codes(send(c, b"RCPT TO:<alice@example.org> ORCPT=rfc822;alice+2B1@example.org\r\n")) == ["250 2.1.5"]
+
+
+def test_size_beyond_the_room_left_is_452_at_mail_and_no_client_error():
+    """RFC 1870 §6.1: a declared SIZE the store has no room for now: 452 4.3.1 at MAIL (temporary, ours);
+    within max_message_size but beyond the room, and not counted towards max_errors."""
+    asked: list[int] = []
+
+    def room_for(size: int) -> bool:
+        asked.append(size)
+        return size <= 1000
+
+    conn = P.SMTPConnection(P.Session(peer="192.0.2.1", mode=P.Mode.SMTP), FakePolicy(), "mx.example.org",
+                            P.Limits(max_errors=2), room_for=room_for)
+    conn.take_output()
+    assert codes(send(conn, b"EHLO c\r\n")) == ["250 HELP"]
+    for _ in range(3):  # more than max_errors: still not closed
+        assert send(conn, b"MAIL FROM:<a@remote.test> SIZE=1001\r\n") == b"452 4.3.1 Insufficient system storage\r\n"
+    assert conn.errors == 0 and not conn.closed
+    assert codes(send(conn, b"MAIL FROM:<a@remote.test> SIZE=1000\r\n")) == ["250 2.1.0"]
+    assert codes(send(conn, b"RSET\r\nMAIL FROM:<a@remote.test>\r\n")) == ["250 2.0.0", "250 2.1.0"]  # undeclared
+    assert codes(send(conn, b"RSET\r\nMAIL FROM:<a@remote.test> SIZE=999999999\r\n")) == ["250 2.0.0", "552 5.3.4"]
+    assert asked == [1001, 1001, 1001, 1000]  # asked only for a declared size within the limit
