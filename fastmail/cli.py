@@ -56,9 +56,12 @@ def _print(args: argparse.Namespace, data: Any, text: str) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from fastmail import log
+    from functools import partial
+
+    from fastmail import log, metrics
     from fastmail.delivery.runner import delivery_main, delivery_prepare
     from fastmail.master.arbiter import Arbiter
+    from fastmail.metrics.exporter import metrics_main, metrics_prepare
     from fastmail.server.worker import worker_main, worker_prepare
     from fastmail.tlsfiles import TLSLoadError
 
@@ -84,8 +87,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"{new.source}: delivery.relayhost_password_file: {e.strerror}: {e.filename}") from None
         return new
 
-    return Arbiter(reload, worker_main, extra_kinds={"delivery": delivery_main},
-                   prepare={"worker": worker_prepare, "delivery": delivery_prepare}).run()
+    data_dir = cfg.data_dir  # the metrics files stay where the master started them (a HUP does not move them)
+    return Arbiter(reload, worker_main, extra_kinds={"delivery": delivery_main, "metrics": metrics_main},
+                   prepare={"worker": worker_prepare, "delivery": delivery_prepare, "metrics": metrics_prepare},
+                   on_exit=partial(metrics.process_dead, data_dir)).run()
 
 
 def bootstrap(cfg: Config) -> None:
@@ -103,6 +108,12 @@ def bootstrap(cfg: Config) -> None:
         data.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"{cfg.source}: server.data_dir: cannot make {data}: {e.strerror}") from None
+    from fastmail import metrics
+
+    try:
+        metrics.reset_dir(data)  # this run's counters start from zero (fastmail.metrics)
+    except OSError as e:
+        raise ConfigError(f"{cfg.source}: server.data_dir: cannot make {metrics.directory(data)}: {e.strerror}") from None
     if not cfg.tls_cert:
         cert, key = cfg.tls_files
         try:

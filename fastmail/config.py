@@ -223,6 +223,13 @@ def _mailbox_name(v: Any) -> None:
         raise ValueError("must not be INBOX")
 
 
+def _metrics_listen(v: Any) -> None:
+    if v.startswith("unix:"):
+        raise ValueError(f"{short_repr(v)}: the metrics endpoint is HOST:PORT (TCP)")
+    if v:
+        parse_listen(v)
+
+
 def _finite(v: Any) -> None:
     if not math.isfinite(v):
         raise ValueError("must be a finite number")
@@ -394,6 +401,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pop3.max_errors", int, 20, "Failed commands (-ERR) before the session is closed.", _positive),
     Setting("pop3.login_delay", int, 0, "Seconds a user must wait between two POP3 logins (RFC 2449 LOGIN-DELAY, advertised in CAPA; earlier logins get -ERR [LOGIN-DELAY]); 0: none.", _at_least(0)),
     Setting("pop3.max_login_failures", int, 10, "Failed logins from one client address within 10 minutes before a worker refuses its logins ([SYS/TEMP]); 0: no limit.", _at_least(0)),
+    # metrics (docs/operations.md "Metrics")
+    Setting("metrics.listen", str, "", "HOST:PORT where the metrics process answers GET /metrics (Prometheus text format; plain HTTP, no authentication: keep it on a private address); empty: no metrics (the embedded dev server: 127.0.0.1:9525).", _metrics_listen),
     # delivery (outbound queue)
     Setting("delivery.processes", int, 1, "Delivery processes running the outbound queue (each owns a share of the queue ids); 0: none (mail for other hosts waits in the queue).", _at_least(0)),
     Setting("delivery.resolver", str, "", "DNS server for MX/A/AAAA lookups, ADDRESS[:PORT] ('[v6]:PORT' for IPv6); empty: the system resolver.", _nameserver),
@@ -545,7 +554,7 @@ class Config:
     @property
     def extra_counts(self) -> dict[str, int]:
         """Processes per extra kind (the arbiter's duck-typed view)."""
-        return {"delivery": int(self.delivery_processes)}
+        return {"delivery": int(self.delivery_processes), "metrics": 1 if self.metrics_listen else 0}
 
     @property
     def hostname(self) -> str:
@@ -643,6 +652,13 @@ def _check_listeners(values: dict[str, Any], bad: set[str]) -> Problems:
                     break
             else:
                 seen.append((key, item, address))
+    metrics = values.get("metrics.listen")
+    if metrics and "metrics.listen" not in bad:
+        address = parse_listen(metrics)
+        for other_key, other_item, other in seen:
+            if _overlap(address, other):
+                problems.append(("metrics.listen", f"{metrics!r} overlaps {other_item!r} of {other_key} (the same port)"))
+                break
     return problems
 
 
@@ -715,6 +731,7 @@ def load(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] |
     raw: dict[str, Any] = {}
     if path is None:
         values["server.demo"] = True
+        values["metrics.listen"] = "127.0.0.1:9525"  # the embedded dev server has its metrics on
     else:
         source = str(path)
         try:

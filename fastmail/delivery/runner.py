@@ -42,7 +42,7 @@ from typing import Any
 
 import uvloop
 
-from fastmail import log
+from fastmail import log, metrics
 from fastmail.config import Config, split_hostport
 from fastmail.delivery import queue as Q
 from fastmail.delivery import srs, wake
@@ -134,7 +134,10 @@ class ResultCommitter:
                     if not fut.done():
                         fut.set_exception(e)
                 continue
-            for (_, fut), effect in zip(batch, effects, strict=True):
+            m = metrics.current()
+            for (update, fut), effect in zip(batch, effects, strict=True):
+                for result in update.results.values():  # recorded: one attempt per recipient (fastmail.metrics)
+                    m.delivered(result.state)
                 if not fut.done():
                     fut.set_result(effect)
 
@@ -618,6 +621,7 @@ def delivery_prepare(ctx: WorkerContext) -> Prepared:
         password = cfg.relay_password()  # read by the master (fastmail.cli): here only when it was not
     except OSError as e:
         raise BootError(f"delivery.relayhost_password_file: {e.strerror}: {e.filename}") from e
+    metrics.setup(cfg)  # this process's metrics files (fastmail.metrics)
     try:
         return Prepared(Store(cfg.data_dir, map_size=cfg.server_map_size_mb * 1024 * 1024), password)
     except Exception as e:

@@ -191,9 +191,12 @@ class Arbiter:
         worker_main: Callable[[WorkerContext], None],
         extra_kinds: Mapping[str, Callable[[WorkerContext], None]] | None = None,
         prepare: Mapping[str, Callable[[WorkerContext], object]] | None = None,
+        on_exit: Callable[[int], None] | None = None,
     ) -> None:
         """``prepare[kind](ctx)``, when given, runs in the child before privileges are dropped; its result
-        is ``ctx.prepared`` for the main function, which runs after the drop."""
+        is ``ctx.prepared`` for the main function, which runs after the drop.  ``on_exit(pid)``, when given,
+        runs in the master's loop for every child it reaps (fastmail.metrics drops the dead pid's live gauges)."""
+        self.on_exit = on_exit
         self.load_config = load_config
         self.worker_main = worker_main
         self.extra_kinds = dict(extra_kinds or {})
@@ -570,6 +573,11 @@ class Arbiter:
             if pid == 0:
                 return
             proc = self.procs.pop(pid, None)
+            if self.on_exit is not None:
+                try:
+                    self.on_exit(pid)
+                except Exception:
+                    log.exception(kv(event="on_exit_failed", pid=pid))
             if proc is not None:
                 self._on_exit(proc, os.waitstatus_to_exitcode(status))
 

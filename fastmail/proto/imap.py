@@ -23,6 +23,7 @@ import binascii
 import inspect
 import ipaddress
 import re
+import time
 from array import array
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -108,8 +109,11 @@ class IMAPConnection(MailboxCommands):
     def __init__(self, boxes: Mailboxes, limits: Limits, *, peer: str = "127.0.0.1", tls: bool = False,
                  tls_available: bool = False, plaintext_loopback: bool = True,
                  plaintext_anywhere: bool = False,
-                 learn: Callable[[bool, list[bytes]], None] | None = None) -> None:
+                 learn: Callable[[bool, list[bytes]], None] | None = None,
+                 on_command: Callable[[str, float], None] | None = None) -> None:
         self.boxes = boxes
+        self._on_command = on_command  # (name, seconds) of each command completed but IDLE (fastmail.metrics)
+        self._cmd_started = 0.0
         self._learn = learn  # (spam, blob ids): a transfer into / out of Junk (fastmail.hygiene.learn)
         self.limits = limits
         self.peer = peer
@@ -284,6 +288,8 @@ class IMAPConnection(MailboxCommands):
                       else S.WRONG_STATE)
             return
         self._cmd = cmd
+        if self._on_command is not None:
+            self._cmd_started = time.perf_counter()
         if self.view is not None and cmd.name.startswith("UID "):
             # UID commands may carry EXPUNGE (RFC 9051 §7.5.1): announce pending ones first, so that the
             # command works on the same view the client now has.
@@ -348,6 +354,8 @@ class IMAPConnection(MailboxCommands):
             self._bad(cmd.tag, status)
         else:
             self._write(status.line(cmd.tag))
+        if self._on_command is not None and cmd.name != "IDLE":
+            self._on_command(cmd.name, time.perf_counter() - self._cmd_started)
 
     def _sync(self, allow_expunge: bool) -> None:
         view = self.view

@@ -8,16 +8,20 @@ batch grows with the load by itself, with no timer adding latency to a lone mess
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from fastmail import metrics as M
 from fastmail.store import mime
 from fastmail.store.store import Incoming, Outcome, Store
 
 
 class Committer:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, metrics: M.Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics or M.current()
+        self._seconds = 0.0  # how long the last batch's commit_batch took (written by the commit thread)
         self._pending: list[tuple[Incoming, asyncio.Future[Outcome]]] = []
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="commit")
         self._task: asyncio.Task[None] | None = None
@@ -41,7 +45,10 @@ class Committer:
                     item.meta = mime.analyze(item.raw)
                 except Exception:  # never lose a message over its index entry; IMAP re-derives it
                     item.meta = None
-        return self.store.commit_batch(batch)
+        t0 = time.perf_counter()
+        outcomes = self.store.commit_batch(batch)
+        self._seconds = time.perf_counter() - t0
+        return outcomes
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -58,6 +65,8 @@ class Committer:
             self.batches += 1
             self.messages += len(batch)
             self.largest_batch = max(self.largest_batch, len(batch))
+            self.metrics.commit_batch.observe(len(batch))
+            self.metrics.commit_seconds.observe(self._seconds)
             for (_, fut), outcome in zip(batch, outcomes, strict=True):
                 if not fut.done():
                     fut.set_result(outcome)

@@ -58,7 +58,9 @@ class IMAPProtocol(Session):
             tls_available=services.tls_context is not None and not self.implicit_tls,
             plaintext_loopback=cfg.imap_plaintext_auth_loopback,
             learn=partial(services.learner.submit, sid=self.sid) if services.learner else None,
+            on_command=services.metrics.imap_command_done,
         )
+        self.metrics.sessions.inc()
         log.event("connect", sid=self.sid, listener=self.listener, peer=ip, tls=int(self.implicit_tls))
         self._pump()
 
@@ -180,9 +182,11 @@ class IMAPProtocol(Session):
         if services.imap_throttle.blocked(self.peer):
             log.event("auth", sid=self.sid, user=request.username, mech=request.mechanism, ok=0, throttled=1,
                       proto="imap")
+            self.metrics.auth["throttled"].inc()
             return S.LOGIN_THROTTLED
         ok, user_id = await services.authenticate(request.username, request.password)
         log.event("auth", sid=self.sid, user=request.username, mech=request.mechanism, ok=int(ok), proto="imap")
+        self.metrics.auth["success" if ok and user_id is not None else "failure"].inc()
         if not ok or user_id is None:
             services.imap_throttle.failed(self.peer)
             await asyncio.sleep(services.auth_failure_delay)

@@ -43,6 +43,7 @@ class POP3Protocol(Session):
         self.conn = P.POP3Connection(session, self.services.hostname, P.Limits(max_errors=cfg.pop3_max_errors,
                                                                             login_delay=cfg.pop3_login_delay))
         log.event("connect", sid=self.sid, listener=self.listener, peer=self.peer, tls=int(self.implicit_tls))
+        self.metrics.sessions.inc()
         self._pump()
 
     def finish(self, exc: Exception | None) -> None:
@@ -121,12 +122,14 @@ class POP3Protocol(Session):
         throttle = services.pop3_throttle
         if throttle.blocked(self.peer):
             log.event("auth", sid=self.sid, user=req.username, mech=req.mechanism, ok=0, throttled=1)
+            self.metrics.auth["throttled"].inc()
             conn.login_done(P.LoginFailed.THROTTLED)
             return
         ok, user_id = await services.authenticate(req.username, req.password)
         if ok and req.authzid and req.authzid.lower() != req.username.lower():
             ok = False  # no proxy authorization
         log.event("auth", sid=self.sid, user=req.username, mech=req.mechanism, ok=int(ok), proto="pop3")
+        self.metrics.auth["success" if ok and user_id is not None else "failure"].inc()
         if not ok or user_id is None:
             throttle.failed(self.peer)
             await asyncio.sleep(services.auth_failure_delay)

@@ -101,6 +101,7 @@ class Session(asyncio.Protocol):
         self._reading_paused = False
         self.started = time.monotonic()
         self.sid = f"{os.getpid():x}.{self.sid_tag}{next(_session_ids):x}"  # follows one connection in the log
+        self.metrics = services.metrics.service(listener)  # fastmail.metrics: this listener's counters
 
     # -- for subclasses ---------------------------------------------------------------------------------
 
@@ -122,6 +123,8 @@ class Session(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer, self.port = peer_endpoint(transport)
+        self.metrics.connections.inc()
+        self.metrics.open.inc()
         self.services.sessions.add(self)
         deadlines.sessions.watch(self)
         self.start()
@@ -136,6 +139,7 @@ class Session(asyncio.Protocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.metrics.open.dec()
         self.deadline = None
         deadlines.sessions.forget(self)
         self.services.sessions.discard(self)

@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from fastmail import log
+from fastmail import metrics as M
 from fastmail.hygiene import dmarc, ratelimit
 from fastmail.hygiene.inbound import ClientChecks, Transaction
 from fastmail.proto import replies as R
@@ -90,6 +91,7 @@ class SMTPProtocol(Session):
         )
         log.event("connect", sid=self.sid, listener=self.listener, peer=self.peer, port=self.port,
                   tls=int(self.implicit_tls))
+        self.metrics.sessions.inc()
         inbound = self.services.inbound
         if self.mode is P.Mode.SMTP and inbound.auth and not session.trusted:
             # the checks of the client's address, asked now and shared by the session's messages
@@ -135,6 +137,7 @@ class SMTPProtocol(Session):
         limiter = self.services.inbound.ratelimit
         if limiter is None or not limiter.over(kind, key, limit, float(cfg.ratelimit_message_window)):
             return None
+        self.metrics.rejected["ratelimit"].inc()
         log.event("refused", sid=self.sid, cmd="MAIL", reply=_status(ratelimit.TOO_MANY_MESSAGES),
                   reason="ratelimit", peer=session.peer, helo=session.helo or None, user=session.user,
                   sender=sender or "<>")
@@ -166,6 +169,7 @@ class SMTPProtocol(Session):
         reply = decision.reply
         if reply is None:
             return None
+        self.metrics.rejected["greylisted"].inc()
         log.event("greylisted", sid=self.sid, peer=session.peer, sender=env.sender or "<>", rcpt=rcpt,
                   qid=env.qid or None, reply=_status(reply), wait=f"{decision.wait:.0f}")
         return reply
@@ -181,6 +185,8 @@ class SMTPProtocol(Session):
     def _refused(self, r: P.Refusal) -> None:
         """The state machine refused a command: one line, Postfix's "reject:" — the reply, why, the client, and
         the transaction (queue id, sender) and address it was about."""
+        if r.verb in ("MAIL", "RCPT", "DATA", "BDAT"):
+            self.metrics.rejected[M.reject_reason(R.reason(r.reply))].inc()
         self._refusal_lines += 1
         if self._refusal_lines > MAX_REFUSAL_LINES:
             return
@@ -311,6 +317,7 @@ class SMTPProtocol(Session):
         if ok and req.authzid and req.authzid.lower() != req.username.lower():
             ok = False  # no proxy authorization
         log.event("auth", sid=self.sid, user=req.username, mech=req.mechanism, ok=int(ok))
+        self.metrics.auth["success" if ok else "failure"].inc()
         if not ok:
             await asyncio.sleep(self.services.auth_failure_delay)
             conn.auth_done(None)
@@ -353,6 +360,7 @@ class SMTPProtocol(Session):
                 for key, value in verdict.log.items():
                     fields.setdefault(key, value)
                 log.event("refused", **fields)
+                self.metrics.rejected["checks"].inc()
                 conn.deliver_done(qhex, refused=Reply(code, enhanced, text))
                 return
             header += verdict.headers
@@ -392,16 +400,19 @@ class SMTPProtocol(Session):
             outcome = await services.committer.commit(item)
         except Exception as e:
             log.event("store_failed", level=logging.ERROR, sid=self.sid, qid=qhex, error=repr(e))
+            self.metrics.rejected["storage"].inc()
             conn.deliver_done(qhex, failed=True, refused=R.INSUFFICIENT_STORAGE if storage_full(e) else None)
             return
         self._count_message(conn.session)
         local = len(users) - len(outcome.over_quota)
         if local > 0 or remote:
             self.messages += 1
+            self.metrics.accepted.inc()
             log.event("accepted", sid=self.sid, qid=qhex, sender=env.sender or "<>", rcpts=len(env.rcpts),
                       local=local, remote=len(remote), size=len(raw),
                       over_quota=len(outcome.over_quota) or None, mode=self.mode.value, user=conn.session.user)
         else:  # every recipient over quota: nothing stored, the client gets 552 5.2.2
+            self.metrics.rejected["mailbox_full"].inc()
             log.event("refused", sid=self.sid, qid=qhex, cmd="BDAT" if env.bdat else "DATA",
                       reply=_status(R.MAILBOX_FULL), reason="mailbox_full", peer=self.peer,
                       helo=conn.session.helo or None, user=conn.session.user, sender=env.sender or "<>",

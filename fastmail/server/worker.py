@@ -20,7 +20,7 @@ from typing import Any
 
 import uvloop
 
-from fastmail import auth, log
+from fastmail import auth, log, metrics
 from fastmail.config import Config
 from fastmail.delivery import srs, wake
 from fastmail.hygiene.dkimkeys import DKIMKeys
@@ -92,7 +92,8 @@ class Services:
         )
         self.tls_context = make_tls_context(cfg)
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in cfg.smtp_trusted_networks]
-        self.committer = Committer(store)
+        self.metrics = metrics.current()  # fastmail.metrics: this process's instruments
+        self.committer = Committer(store, self.metrics)
         self.committer.on_queued = partial(wake.notify, cfg.data_dir, cfg.delivery_processes)
         self.sessions: set[Any] = set()  # SMTPProtocol and IMAPProtocol: .idle, .shutdown()
         self.mailboxes = Mailboxes(store)
@@ -158,6 +159,7 @@ def worker_prepare(ctx: WorkerContext) -> Services:
         store = Store(cfg.data_dir, map_size=cfg.server_map_size_mb * 1024 * 1024)
     except Exception as e:
         raise BootError(f"store cannot open at {cfg.data_dir}: {e}") from e
+    metrics.setup(cfg)  # this process's metrics files (fastmail.metrics), before any session counts
     try:
         services = Services(cfg, store)
     except TLSLoadError as e:
