@@ -538,7 +538,7 @@ class SMTPConnection:
             return
         size = params.get("SIZE")
         if size is not None:
-            if not size.isdigit():
+            if not (size.isascii() and size.isdigit()):  # RFC 1870 §3: 1*DIGIT; "²" is a str digit int() refuses
                 self._error(R.SYNTAX_PARAMS)
                 return
             if int(size) > self.limits.max_message_size:

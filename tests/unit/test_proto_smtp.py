@@ -336,6 +336,15 @@ def test_mail_parameter_without_its_value_is_a_syntax_error(line):
     assert codes(send(c, b"MAIL FROM:<s@remote.test> SMTPUTF8\r\n")) == ["250 2.1.0"]
 
 
+@pytest.mark.parametrize("size", ["\u00b2", "\u0663", "\uff11"])
+def test_size_of_non_ascii_digits_is_a_syntax_error(size):
+    """Found by tests/fuzz: with SMTPUTF8 a SIZE value may be UTF-8; "²" passed str.isdigit() and int() raised."""
+    c = make()
+    send(c, b"EHLO x\r\n")
+    assert codes(send(c, b"MAIL FROM:<s@remote.test> SMTPUTF8 SIZE=" + size.encode() + b"\r\n")) == ["501 5.5.4"]
+    assert c.envelope is None
+
+
 @pytest.mark.parametrize("param", [b"NOTIFY", b"ORCPT"])
 def test_rcpt_parameter_without_its_value_is_a_syntax_error(param):
     c = make()
