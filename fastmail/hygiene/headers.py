@@ -43,6 +43,10 @@ def split_message(raw: bytes) -> tuple[bytes, bytes]:
 def header_fields(head: bytes) -> list[bytes]:
     """The header section as whole fields (folded lines kept with their field)."""
     starts = [m.start() for m in _FIELD_START.finditer(head)]
+    if not head:
+        return []
+    if not starts or starts[0]:  # a first line that starts with white space: kept, as a "field" of its own
+        starts.insert(0, 0)
     return [head[a:b] for a, b in zip(starts, [*starts[1:], len(head)], strict=True)]
 
 
@@ -63,13 +67,58 @@ def strip_authres(raw: bytes, authserv_id: str) -> tuple[bytes, int]:
     kept, removed = [], 0
     for f in header_fields(head):
         if field_name(f) == b"authentication-results":
-            value = f.split(b":", 1)[1] if b":" in f else b""
-            ident = re.sub(rb"\([^)]*\)", b"", value).split(b";", 1)[0].split()
-            if ident and ident[0].lower() == ours:
+            ident = authserv_id_of(f.split(b":", 1)[1]) if b":" in f else None
+            if ident is not None and ident.lower() == ours:
                 removed += 1
                 continue
         kept.append(f)
     return b"".join(kept) + rest, removed
+
+
+def _skip_cfws(v: bytes, i: int) -> int:
+    """The offset after the CFWS at `i` (RFC 5322 §3.2.2: comments nest and hold quoted-pairs)."""
+    depth, n = 0, len(v)
+    while i < n:
+        c = v[i]
+        if depth and c == 0x5C:  # "\\" quoted-pair
+            i += 2
+            continue
+        if c == 0x28:  # "("
+            depth += 1
+        elif depth and c == 0x29:  # ")"
+            depth -= 1
+        elif not depth and c not in b" \t\r\n":
+            break
+        i += 1
+    return i
+
+
+_TOKEN = re.compile(rb"[^\x00-\x20\x7f()<>@,;:\\\"/\[\]?=]+")  # RFC 2045 §5.1 token
+
+
+def authserv_id_of(value: bytes) -> bytes | None:
+    """The authserv-id an Authentication-Results field value starts with (RFC 8601 §2.2: [CFWS] value, a
+    token or a quoted-string, RFC 2045 §5.1), unquoted; None when there is none.  As a reader of the field
+    finds it: a comment in a comment, or the id in quotes, must not hide ours from the stripping."""
+    i = _skip_cfws(value, 0)
+    if value[i:i + 1] != b'"':
+        m = _TOKEN.match(value, i)
+        return m.group() if m else None
+    out = bytearray()
+    i += 1
+    while i < len(value):
+        c = value[i]
+        if c == 0x22:  # the closing quote
+            return bytes(out)
+        if c == 0x5C:  # "\\" quoted-pair
+            i += 1
+            if i >= len(value):
+                break
+            c = value[i]
+        if c not in b"\r\n":  # folding inside the quotes
+            out.append(c)
+        i += 1
+    return None
 
 
 def edit_headers(raw: bytes, remove: Mapping[str, int], subject: str | None) -> bytes:

@@ -138,3 +138,21 @@ def test_strip_authres_only_ours() -> None:
            b"Authentication-Results: other.example; spf=fail\r\n\r\nx")
     out, removed = H.strip_authres(raw, "mx.example.org")
     assert removed == 2 and out == b"Authentication-Results: other.example; spf=fail\r\n\r\nx"
+
+
+@pytest.mark.parametrize("value", [b" ((nested) comment) mx.example.org; spf=pass", b' "mx.example.org"; spf=pass',
+                                   b' "mx\\.example\\.org" (c); dkim=pass', b"\r\n\t(a \\) b) MX.EXAMPLE.ORG;spf=pass"])
+def test_strip_authres_finds_our_id_as_a_reader_does(value) -> None:
+    """Found by tests/fuzz: an id in quotes or behind a comment in a comment hid from the stripping."""
+    raw = b"Authentication-Results:" + value + b"\r\nSubject: x\r\n\r\nbody"
+    assert H.strip_authres(raw, "mx.example.org") == (b"Subject: x\r\n\r\nbody", 1)
+    other = raw.replace(b"mx", b"my").replace(b"MX", b"MY")
+    assert H.strip_authres(other, "mx.example.org") == (other, 0)
+
+
+def test_edit_headers_of_an_empty_or_odd_header_section() -> None:
+    """Found by tests/fuzz: an empty message crashed header_fields(); a first line starting with white space
+    was lost."""
+    assert H.edit_headers(b"", {"Subject": 0}, None) == b""
+    raw = b" odd first line\r\nSubject: a\r\nX: b\r\n\r\nbody"
+    assert H.edit_headers(raw, {"X": 0}, None) == b" odd first line\r\nSubject: a\r\n\r\nbody"
