@@ -79,9 +79,11 @@ def parse_policy(text: str, ident: str, now: float) -> Policy | None:
     mx = tuple(fields.get("mx", []))
     if (fields.get("version") or [""])[0] != "STSv1" or mode not in ("enforce", "testing", "none"):
         return None
-    if not age.isdigit() or (mode != "none" and not mx):
+    # ASCII digits only ("²" is a str digit int() refuses); a longer number than max_age's 1*10DIGIT (§3.2) is
+    # the limit, without an int() of it (Python refuses over 4,300 digits)
+    if not (age.isascii() and age.isdigit()) or (mode != "none" and not mx):
         return None
-    return Policy(ident, mode, mx, min(int(age), MAX_AGE_LIMIT), now)
+    return Policy(ident, mode, mx, min(int(age), MAX_AGE_LIMIT) if len(age) <= 10 else MAX_AGE_LIMIT, now)
 
 
 class STS:

@@ -155,9 +155,12 @@ def _alignment(value: str | None) -> Alignment:
 
 
 def _pct(value: str | None) -> int:
-    if value is None or not value.isdigit():  # §6.3: pct is an integer 0-100, default 100
+    # §6.3: pct is an integer 0-100, default 100.  ASCII digits only ("²" is a str digit int() refuses), and
+    # no int() of a long string (Python refuses over 4,300 digits; a TXT record may be that long)
+    if value is None or not (value.isascii() and value.isdigit()):
         return 100
-    return min(int(value), 100)
+    digits = value.lstrip("0") or "0"
+    return 100 if len(digits) > 3 else min(int(digits), 100)
 
 
 class _Temporary(Exception):

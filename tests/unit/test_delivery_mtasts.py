@@ -31,6 +31,9 @@ def test_policy_file():
     assert parse_policy("version: STSv1\nmode: enforce\nmax_age: 10\n", "i", 0) is None  # enforce needs mx
     assert parse_policy("version: STSv1\nmode: none\nmax_age: 10\n", "i", 0) is not None
     assert parse_policy(text.replace("604800", "99999999999"), "i", 0).max_age == 31557600  # type: ignore[union-attr]
+    # found by tests/fuzz: "²" passed str.isdigit() and int() raised; int() of 5,000 digits raises too
+    assert parse_policy(text.replace("604800", "\u00b2"), "i", 0) is None
+    assert parse_policy(text.replace("604800", "9" * 5000), "i", 0).max_age == 31557600  # type: ignore[union-attr]
 
 
 def test_mx_patterns():

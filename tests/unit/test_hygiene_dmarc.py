@@ -63,6 +63,13 @@ def test_alignment_modes():
     assert not dmarc.aligned("", "example.co.uk", "r")
 
 
+def test_pct_of_non_ascii_or_long_digits():
+    """Found by tests/fuzz: "pct=²" passed str.isdigit() and int() raised; a pct of 5,000 digits too."""
+    for pct, expected in (("\u00b2", 100), ("\u0663", 100), ("0" * 5000 + "7", 7), ("9" * 5000, 100), ("007", 7)):
+        r = dmarc.parse_record(f"v=DMARC1; p=reject; pct={pct}")
+        assert r is not None and r.pct == expected, pct
+
+
 def test_parse_record():
     r = dmarc.parse_record("v=DMARC1; p=Quarantine; SP=reject; adkim=s; pct=20; rua=mailto:x@y; fo=1; x=1")
     assert r is not None and (r.p, r.sp, r.adkim, r.aspf, r.pct) == ("quarantine", "reject", "s", "r", 20)
