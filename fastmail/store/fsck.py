@@ -22,7 +22,8 @@ The invariants (docs/fsck.md says the same for operators):
    orphan range (problem, punched); past the last referenced byte of a segment no process writes to any
    more they are a torn tail (by design no error: a batch whose LMDB commit never happened, or the
    zero-filled runway of a killed writer; truncated on repair); a segment without any referenced byte that
-   no process writes to is dead (problem, unlinked).
+   no process writes to is empty when only holes and zeros are left (every message in it was released: no
+   error, unlinked on repair), else dead (problem, unlinked).
 
 Safe while the server runs.  The check is one read transaction (plus stat/lseek of segment files).  Index
 repairs are one short write transaction that checks again, inside it, before it changes anything, so it
@@ -70,6 +71,9 @@ ORPHAN_META = "orphan-meta"  # a msgmeta/msgwire entry without a blob record: dr
 QUEUE_SCHEDULE = "queue-schedule"  # a queue entry without its schedule key, or a stale key: set
 # Not a problem: a torn tail (reported as a note; truncated on repair)
 TORN_TAIL = "torn-tail"
+# Not a problem either: a segment nobody writes to any more whose every message was released (expunged,
+# deleted) — only holes and zeros are left; the store leaves it, `--repair` unlinks it
+EMPTY_SEGMENT = "empty-segment"
 
 
 @dataclass
@@ -518,6 +522,28 @@ def _segment_lock(store: Store, seg: int) -> Iterator[int | None]:
         os.close(fd)  # drops the lock
 
 
+def _all_zero(fd: int, size: int) -> bool:
+    """Nothing but holes and zero bytes in the file (every byte checked, partial blocks too)."""
+    pos = 0
+    while pos < size:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+            hole = min(os.lseek(fd, data, os.SEEK_HOLE), size)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                return True  # nothing but holes after pos
+            data, hole = pos, size  # no SEEK_DATA here: read it all
+        while data < hole:
+            chunk = os.pread(fd, min(hole - data, 1 << 20), data)
+            if not chunk:
+                return True
+            if chunk.count(0) != len(chunk):
+                return False
+            data += len(chunk)
+        pos = max(hole, pos + 1)
+    return True
+
+
 def _gaps(ranges: list[tuple[int, int]]) -> Iterator[tuple[int, int]]:
     """The unreferenced stretches before the last referenced byte."""
     pos = 0
@@ -547,8 +573,11 @@ def _scan_segments(store: Store, live: dict[int, list[tuple[int, int]]]) -> tupl
         with _segment_lock(store, seg) as locked:
             if locked is None:
                 continue  # a live writer's segment: its tail may be a batch about to commit
+            empty = not ranges and _all_zero(locked, size)
         last = max((end for _, end in ranges), default=0)
-        if not ranges:
+        if empty:
+            notes.append(Finding(EMPTY_SEGMENT, {"segment": f"{seg:016x}", "size": size}))
+        elif not ranges:
             problems.append(Finding(DEAD_SEGMENT, {"segment": f"{seg:016x}", "size": size}))
         elif size > last:
             notes.append(Finding(TORN_TAIL, {"segment": f"{seg:016x}", "offset": last, "length": size - last}))
@@ -605,13 +634,13 @@ def _repair_segments(store: Store, findings: list[Finding]) -> None:
             with store.read() as txn:  # check again, now that no writer can add a reference
                 ranges = _live_ranges(store, txn).get(seg, [])
             last = max((end for _, end in ranges), default=0)
-            if f.kind == DEAD_SEGMENT and not ranges:
+            if f.kind in (DEAD_SEGMENT, EMPTY_SEGMENT) and not ranges:
                 os.unlink(store.segments.path(seg))
                 f.repaired = True
             elif f.kind == TORN_TAIL and os.fstat(fd).st_size > last:
                 os.truncate(store.segments.path(seg), last)
                 f.repaired = True
-    if any(f.kind == DEAD_SEGMENT and f.repaired for f in findings):
+    if any(f.kind in (DEAD_SEGMENT, EMPTY_SEGMENT) and f.repaired for f in findings):
         from fastmail.store.segments import fsync_dir
 
         fsync_dir(store.segments.dir)

@@ -554,3 +554,31 @@ def test_deleting_a_user_leaves_no_index_entries(built):
     report = fsck.check(s)
     assert report.clean, report.as_dict()  # (a torn tail note: the released last blob of the segment)
     s.close()
+
+
+def test_segment_whose_messages_were_all_released_is_no_problem(built):
+    """Every message of a segment released (users deleted, the queue entry gone) after its writer left: only
+    holes and zeros remain — an `empty-segment` note, unlinked on repair; one byte of data left in it makes
+    it a `dead-segment` problem again."""
+    s = _open(built)
+    (entry,) = s.queue_list()
+    s.queue_delete(entry["id"])
+    s.del_user("alice@example.org")
+    s.del_user("bob@example.org")
+    s.close()
+    (seg_file,) = list((built / "segments").iterdir())
+    s = _open(built)
+    report = fsck.check(s)
+    assert report.clean and [n.kind for n in report.notes] == [fsck.EMPTY_SEGMENT], report.as_dict()
+    with open(seg_file, "r+b") as f:  # a stray byte in it: no longer empty
+        f.seek(100)
+        f.write(b"x")
+    report = fsck.check(s)
+    assert _kinds(report) == [fsck.DEAD_SEGMENT] and not report.notes, report.as_dict()
+    with open(seg_file, "r+b") as f:
+        f.seek(100)
+        f.write(b"\0")
+    report = fsck.repair(s)
+    assert report.clean and report.notes[0].repaired and not seg_file.exists()
+    assert fsck.check(s).clean and not fsck.check(s).notes
+    s.close()
