@@ -389,7 +389,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.rounds < 1 or args.retries < 0 or args.dns_ttl < 0 or args.rspamd_workers < 1:
         p.error("--rounds and --rspamd-workers must be at least 1, --retries and --dns-ttl at least 0")
     if args.message == "auto":
-        args.message = "signed" if any(FEATURES.get(t) for t in args.targets) else "generated"
+        args.message = "signed" if any("checks" in FEATURES.get(t, ()) for t in args.targets) else "generated"
     return args
 
 
@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
         if rows:
             print()
             print(format_table(rows))
-            if any(r["target"] in FEATURES and r["target"] != "fastmail" for r in rows):
+            if any("checks" in FEATURES.get(r["target"], ()) for r in rows):
                 print()
                 print(format_checks_table(rows))
             print()

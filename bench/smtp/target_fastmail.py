@@ -7,6 +7,9 @@ The variants of issue #7 add the checks of incoming mail to that configuration (
 - `fastmail-rspamd`: the checks and rspamd (`rspamd.url`); `fastmail-clamd`: the checks and clamd
   (`clamav.address`, its unix socket); `fastmail-all`: the checks, rspamd and clamd.
 
+Issue #9's variant `fastmail-metrics` sets `metrics.listen` (no checks): the workers count into their
+metrics files (fastmail.metrics) instead of in memory, and the metrics process runs (never scraped).
+
 Greylisting stays off and the rate limits unset (both written out, as their defaults): smtp-source never
 retries a 451.  `smtp.trusted_networks` stays empty: a trusted client skips the checks.
 """
@@ -31,6 +34,7 @@ FEATURES: dict[str, tuple[str, ...]] = {
     "fastmail-rspamd": ("checks", "rspamd"),
     "fastmail-clamd": ("checks", "clamd"),
     "fastmail-all": ("checks", "rspamd", "clamd"),
+    "fastmail-metrics": ("metrics",),
 }
 # What every message from smtp-source must get in the "checked" log line: anything else (a temperror, a
 # missing result) means a check did not really run, and the round fails.  rspamd's action: any that delivers.
@@ -61,7 +65,7 @@ class FastmailTarget(Target):
         self.features = FEATURES[name]
         self.services = services
         self.signed = signed  # smtp-source sends the DKIM-signed message (-F)
-        self.uses = (("dns",) if self.features else ()) + tuple(f for f in ("rspamd", "clamd") if f in self.features)
+        self.uses = (("dns",) if "checks" in self.features else ()) + tuple(f for f in ("rspamd", "clamd") if f in self.features)
         self.proc: subprocess.Popen[bytes] | None = None
         self.workdir = Path()
 
@@ -118,6 +122,8 @@ pop3s = []
             raise RuntimeError(f"fastmail did not start: {e}\n{self.log.read_text()[-2000:]}") from e
 
     def _checks_config(self) -> str:
+        if "metrics" in self.features:
+            return f'\n[metrics]\nlisten = "127.0.0.1:{free_port()}"\n'
         if not self.features:
             return ""
         svc = self.services

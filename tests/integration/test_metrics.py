@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import smtplib
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .conftest import PASSWORDS, Server, free_port, make_server, poll
+from .conftest import PASSWORDS, Server, fastmail_cmd, free_port, make_server, poll
 from .dnsserver import LocalDNS
 from .receivers import Loop, Receiver
 from .test_delivery import config as delivery_config
@@ -279,3 +280,31 @@ def test_submissions_over_tls_is_its_own_service(srv):
     assert delta(before, after, "fastmail_messages_accepted_total", service="submissions") == 1
     assert delta(before, after, "fastmail_auth_total", service="submissions", result="success") == 1
     assert delta(before, after, "fastmail_messages_accepted_total", service="submission") == 0
+
+
+def test_a_reload_replaces_the_metrics_process_and_keeps_the_totals(srv):
+    before = samples(srv)
+    with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as s:
+        assert not s.sendmail("someone@other.test", [ALICE], b"Subject: before reload\r\n\r\nx\r\n")
+    done = srv.log.read_text().count("event=reload_done")
+    assert srv.proc is not None
+    srv.proc.send_signal(signal.SIGHUP)
+    assert poll(lambda: srv.log.read_text().count("event=reload_done") > done, timeout=60)
+    # every worker and the metrics process were replaced; what the old workers counted stays counted
+    after = samples(srv)
+    assert delta(before, after, "fastmail_messages_accepted_total", service="smtp") == 1
+    with smtplib.SMTP("127.0.0.1", srv.ports["smtp"], timeout=30) as s:
+        assert not s.sendmail("someone@other.test", [ALICE], b"Subject: after reload\r\n\r\nx\r\n")
+    assert delta(before, samples(srv), "fastmail_messages_accepted_total", service="smtp") == 2
+
+
+def test_a_metrics_port_in_use_stops_the_start_with_the_reason(tmp_path):
+    with socket.socket() as taken:  # bound without SO_REUSEPORT: nobody can share it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        s = make_server(tmp_path, workers=1, extra=f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        res = subprocess.run(fastmail_cmd("serve", "-c", str(s.config)), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1
+    out = res.stdout + res.stderr
+    assert f"cannot bind listener 'metrics' to 127.0.0.1:{port}" in out, out[-2000:]
