@@ -33,3 +33,28 @@ def test_sigkill_of_each_process_kind_under_load_loses_nothing(tmp_path):
     assert res["counts"].get("smtp_accepted", 0) >= 100 and res["counts"].get("imap_append", 0) >= 10, summary
     assert res["counts"].get("imap_fetch_body", 0) >= 100 and res["outbound_accepted"] >= 20, summary
     assert all(k["kind"] != "master" or k["children_exit_s"] < 30 for k in res["kills"]), res["kills"]
+
+
+def test_the_judge_flags_each_kind_of_wrong_answer():
+    """The crash run's judge (crashload.Ledger) is no rubber stamp: changed bytes, a Message-ID at two UIDs, a
+    UID with two Message-IDs, a UID not above those seen before the message was sent, a message in the wrong
+    mailbox, a UIDVALIDITY that changes — each is a wrong answer."""
+    led = crashload.Ledger(run="t")
+    rng = random.Random(1)
+    a, raw_a = led.new_message("smtp", ("alice@example.org",), (), rng)
+    b, raw_b = led.new_message("append", ("alice@example.org",), (), rng)
+    assert led.body_ok(a, b"Received: from x\r\n\tby y\r\nReturn-Path: <s@x>\r\n" + raw_a)
+    assert not led.body_ok(a, b"Received: x\r\n" + raw_a[:-4] + b"xx\r\n")
+    assert not led.body_ok(a, b"X-Added: 1\r\n" + raw_a)
+    assert led.body_ok(b, raw_b) and not led.body_ok(b, b"Received: x\r\n" + raw_b)
+    assert not led.body_ok("nobody@x", raw_a)
+    led.seen("alice@example.org", 5, a)
+    led.check_validity("alice@example.org", 1)
+    assert led.wrong == []
+    led.seen("alice@example.org", 6, a)  # the same message at two UIDs
+    led.seen("alice@example.org", 5, b)  # a UID with two messages
+    c, _ = led.new_message("smtp", ("alice@example.org",), (), rng)  # sent after UID 6 was seen...
+    led.seen("alice@example.org", 4, c)  # ...stored under a lower UID
+    led.seen("bob@example.org", 1, c)  # not sent to bob
+    led.check_validity("alice@example.org", 2)
+    assert len(led.wrong) == 5, led.wrong
