@@ -159,10 +159,17 @@ class Load:
     def __init__(self, srv: Server, ledger: Ledger, seed: int, smtp_clients: int, imap_clients: int) -> None:
         self.srv, self.ledger = srv, ledger
         self.stop = threading.Event()
-        self.threads = [threading.Thread(target=self._smtp, args=(random.Random(f"{seed}-s{i}"),), daemon=True)
-                        for i in range(smtp_clients)]
-        self.threads += [threading.Thread(target=self._imap, args=(USERS[i % len(USERS)], random.Random(f"{seed}-i{i}")),
-                                          daemon=True) for i in range(imap_clients)]
+        self.threads = [threading.Thread(target=self._guard, args=(self._smtp, random.Random(f"{seed}-s{i}")),
+                                         daemon=True) for i in range(smtp_clients)]
+        self.threads += [threading.Thread(target=self._guard, args=(self._imap, random.Random(f"{seed}-i{i}"),
+                                                                    USERS[i % len(USERS)]), daemon=True)
+                         for i in range(imap_clients)]
+
+    def _guard(self, fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except BaseException as e:  # a client that dies is a failure of the run, never silence
+            self.ledger.bad(f"client thread died: {type(e).__name__}: {e}")
 
     def start(self) -> None:
         for t in self.threads:
@@ -182,7 +189,9 @@ class Load:
         while not self.stop.is_set():
             try:
                 s = smtplib.SMTP("127.0.0.1", self.srv.ports["smtp"], timeout=30)
-            except RESETS:
+            except (*RESETS, smtplib.SMTPConnectError) as e:
+                if isinstance(e, smtplib.SMTPConnectError) and e.smtp_code != 421:
+                    led.bad(f"smtp greeting: {e.smtp_code} {e.smtp_error!r}")
                 led.count("smtp_connect_fail")
                 self.stop.wait(0.05)
                 continue
@@ -230,12 +239,14 @@ class Load:
             finally:
                 s.close()
 
-    def _imap(self, user: str, rng: random.Random) -> None:
+    def _imap(self, rng: random.Random, user: str) -> None:
         led = self.ledger
         while not self.stop.is_set():
             try:
                 m = imaplib.IMAP4("127.0.0.1", self.srv.ports["imap"], timeout=30)
-            except RESETS:
+            except (*RESETS, imaplib.IMAP4.error) as e:
+                if isinstance(e, imaplib.IMAP4.error) and not isinstance(e, imaplib.IMAP4.abort) and "BYE" not in str(e):
+                    led.bad(f"imap greeting: {e}")
                 led.count("imap_connect_fail")
                 self.stop.wait(0.05)
                 continue
