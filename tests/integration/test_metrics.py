@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import imaplib
 import os
+import pwd
 import re
+import shutil
 import signal
 import smtplib
 import socket
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -308,3 +312,36 @@ def test_a_metrics_port_in_use_stops_the_start_with_the_reason(tmp_path):
     assert res.returncode == 1
     out = res.stdout + res.stderr
     assert f"cannot bind listener 'metrics' to 127.0.0.1:{port}" in out, out[-2000:]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges (CI runs as root)")
+def test_counts_with_workers_and_the_metrics_process_as_another_user():
+    base = Path(tempfile.mkdtemp(prefix="fastmail-metrics-priv-"))
+    base.chmod(0o755)  # the unprivileged processes must reach their data folder
+    try:
+        port = free_port()
+        s = make_server(base, workers=2, extra=f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        s.metrics_port = port  # type: ignore[attr-defined]
+        s.config.write_text(s.config.read_text().replace("[server]\n", '[server]\nuser = "nobody"\n', 1))
+        s.start()
+        try:
+            nobody = pwd.getpwnam("nobody").pw_uid
+            kids = s.worker_pids()
+            assert kids and all(int(Path(f"/proc/{p}/status").read_text().split("\nUid:")[1].split()[0]) == nobody
+                                for p in kids)
+            before = samples(s)
+            with smtplib.SMTP("127.0.0.1", s.ports["smtp"], timeout=30) as c:
+                assert not c.sendmail("someone@other.test", [ALICE], b"Subject: as nobody\r\n\r\nx\r\n")
+            held = Client(s.ports["smtp"])
+            pid = _worker_of(s, held.sock.getsockname()[1])
+            assert value(samples(s), "fastmail_connections_open", service="smtp") == 1
+            os.kill(pid, signal.SIGKILL)
+            assert poll(lambda: value(samples(s), "fastmail_connections_open", service="smtp") == 0, timeout=20)
+            after = samples(s)
+            assert delta(before, after, "fastmail_messages_accepted_total", service="smtp") == 1
+            assert delta(before, after, "fastmail_connections_total", service="smtp") == 2
+        finally:
+            s.stop()
+            s.kill_tree()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
