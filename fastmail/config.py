@@ -466,6 +466,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ratelimit.messages_per_ip", int, 0, "Messages one client address (an IPv6 /64) may send without AUTH per ratelimit.message_window (more get 451 4.7.1 at MAIL); 0: no limit.", _at_least(0)),
     Setting("ratelimit.messages_per_user", int, 0, "Messages one authenticated user may submit per ratelimit.message_window (more get 451 4.7.1 at MAIL); 0: no limit.", _at_least(0)),
     Setting("ratelimit.message_window", float, 3600.0, "Seconds over which the message limits count (a sliding window).", _positive),
+    # failed logins (fastmail.hygiene.authfail): SMTP AUTH, IMAP LOGIN/AUTHENTICATE, POP3 USER/PASS and AUTH
+    Setting("auth.failure_delay", float, 1.0, "Seconds a failed login waits for its answer.", _at_least(0)),
+    Setting("auth.throttle_delay", float, 1.0, "After a failed login, every login from that client address (an IPv6 /64) or for that account waits this long before its password is checked, doubled with each further failure (up to auth.throttle_max_delay); 0: no throttle.", _at_least(0)),
+    Setting("auth.throttle_max_delay", float, 15.0, "Longest wait of auth.throttle_delay, in seconds.", _at_least(0)),
+    Setting("auth.throttle_window", float, 900.0, "Seconds after the last failure when the failures of an address or account are forgotten (a successful login forgets them at once).", _positive),
 )
 
 

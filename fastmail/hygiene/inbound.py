@@ -30,6 +30,7 @@ from typing import Any
 from fastmail import log
 from fastmail.delivery.dns import DNSTemporary
 from fastmail.hygiene import arc, dkim, dmarc, dnsq, message, spf
+from fastmail.hygiene.authfail import AuthFailures
 from fastmail.hygiene.clamd import TooBig
 from fastmail.hygiene.filters import FilterUnavailable
 from fastmail.hygiene.greylist import Greylist
@@ -102,6 +103,7 @@ class Inbound:
         self._state_failed = False
         self._greylist: Greylist | None = None
         self._ratelimit: RateLimiter | None = None
+        self._authfail: AuthFailures | None = None
 
     @property
     def active(self) -> bool:
@@ -130,6 +132,17 @@ class Inbound:
             assert self._state is not None
             self._ratelimit = RateLimiter(self._state)
         return self._ratelimit
+
+    @property
+    def auth_failures(self) -> AuthFailures | None:
+        """The failed-login throttle (fastmail.hygiene.authfail) when auth.throttle_delay is set and the state
+        opens; made on first use."""
+        cfg = self.config
+        if self._authfail is None and cfg.auth_throttle_delay > 0 and self._open_state() is not None:
+            assert self._state is not None
+            self._authfail = AuthFailures(self._state, float(cfg.auth_throttle_delay),
+                                          float(cfg.auth_throttle_max_delay), float(cfg.auth_throttle_window))
+        return self._authfail
 
     def _open_state(self) -> HygieneState | None:
         if self._state is None and not self._state_failed:

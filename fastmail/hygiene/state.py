@@ -31,7 +31,7 @@ from fastmail import log
 MAP_SIZE = 256 * 1024 * 1024  # address space only: the file grows as records come (~100 bytes each)
 PURGE_EVERY = 60.0  # seconds between two purges by one process
 PURGE_BATCH = 2000  # records looked at per purge (a short write transaction)
-DBS = (b"greylist", b"clients", b"rate")
+DBS = (b"greylist", b"clients", b"rate", b"authfail")
 
 Clock = Callable[[], float]
 

@@ -184,7 +184,7 @@ class IMAPProtocol(Session):
                       proto="imap")
             self.metrics.auth["throttled"].inc()
             return S.LOGIN_THROTTLED
-        ok, user_id = await services.authenticate(request.username, request.password)
+        ok, user_id = await services.authenticate(request.username, request.password, self.peer)
         log.event("auth", sid=self.sid, user=request.username, mech=request.mechanism, ok=int(ok), proto="imap")
         self.metrics.auth["success" if ok and user_id is not None else "failure"].inc()
         if not ok or user_id is None:

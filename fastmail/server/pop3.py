@@ -125,7 +125,7 @@ class POP3Protocol(Session):
             self.metrics.auth["throttled"].inc()
             conn.login_done(P.LoginFailed.THROTTLED)
             return
-        ok, user_id = await services.authenticate(req.username, req.password)
+        ok, user_id = await services.authenticate(req.username, req.password, self.peer)
         if ok and req.authzid and req.authzid.lower() != req.username.lower():
             ok = False  # no proxy authorization
         log.event("auth", sid=self.sid, user=req.username, mech=req.mechanism, ok=int(ok), proto="pop3")

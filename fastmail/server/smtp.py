@@ -313,7 +313,7 @@ class SMTPProtocol(Session):
     async def _authenticate(self, req: P.Authenticate) -> None:
         conn = self.conn
         assert conn is not None
-        ok, user_id = await self.services.authenticate(req.username, req.password)
+        ok, user_id = await self.services.authenticate(req.username, req.password, conn.session.peer)
         if ok and req.authzid and req.authzid.lower() != req.username.lower():
             ok = False  # no proxy authorization
         log.event("auth", sid=self.sid, user=req.username, mech=req.mechanism, ok=int(ok))

@@ -114,7 +114,7 @@ class Services:
             self.learner = Learner(cfg.rspamd_controller_url, cfg.rspamd_password, cfg.rspamd_timeout,
                                    self.mailboxes.body, self.imap_pool)
         self.dkim = DKIMKeys(cfg.dkim_keys) if cfg.dkim_sign else None  # signs authenticated senders' mail
-        self.auth_failure_delay = 1.0
+        self.auth_failure_delay = float(cfg.auth_failure_delay)
         self._auth_pool = ThreadPoolExecutor(2, thread_name_prefix="auth")  # threads start after the drop
 
     def room_for(self, size: int) -> bool:
@@ -136,17 +136,32 @@ class Services:
             return False
         return any(addr in net for net in self.trusted)
 
-    async def authenticate(self, username: str, password: str) -> tuple[bool, int | None]:
-        """Check a password off the loop (argon2id costs ~100 ms of CPU); same work for unknown users."""
+    async def authenticate(self, username: str, password: str, peer: str | None = None) -> tuple[bool, int | None]:
+        """Check a password off the loop (argon2id costs ~100 ms of CPU); same work for unknown users.  With
+        the client's address `peer`, the failed-login throttle first (fastmail.hygiene.authfail): the login
+        waits as long as the recent failures of that address or of that account say, whether the password
+        is right or not, the account known or not; the outcome is counted."""
+        throttle = self.inbound.auth_failures if peer is not None else None
+        delay = throttle.delay(peer, username) if throttle is not None else 0.0
+        if delay > 0:
+            await asyncio.sleep(delay)
         try:
             record = self.store.get_user(username)
         except Exception as e:  # e.g. a malformed address: same reply and cost as an unknown user
             log.event("auth_lookup_failed", error=repr(e))
             record = None
         loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(
-            self._auth_pool, auth.verify_password, record["hash"] if record else None, password
+        ok, hashed = await loop.run_in_executor(
+            self._auth_pool, auth.check_password, record["hash"] if record else None, password
         )
+        ok = ok and record is not None
+        if throttle is not None:
+            if ok:
+                throttle.succeeded(peer, username)
+            else:
+                throttle.failed(peer, username)
+        log.event("auth_check", peer=peer, user=username, known=int(record is not None), hashed=int(hashed),
+                  ok=int(ok), delay=f"{delay:.3f}")
         return (ok, record["id"]) if ok and record else (False, None)
 
 

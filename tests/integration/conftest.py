@@ -16,6 +16,10 @@ import pytest
 
 # Servers of tests that are not about outbound delivery keep what they queue (tests inspect it).
 NO_DELIVERY = "[delivery]\nprocesses = 0\n"
+# The failed-login throttle (fastmail.hygiene.authfail) of the test servers: on, but in tenths of a second
+# (the defaults, 1 s doubling to 15 s, would make the tests that fail logins on purpose slow);
+# test_auth_attacks sets its own.
+AUTH_THROTTLE = "[auth]\nthrottle_delay = 0.05\nthrottle_max_delay = 0.4\n"
 PASSWORDS = {"alice@example.org": "alice-secret", "bob@example.org": "bob-secret", "carol@example.org": "carol-secret"}
 
 
@@ -63,6 +67,7 @@ pop3 = ["127.0.0.1:{self.ports['pop3']}"]
 pop3s = ["127.0.0.1:{self.ports['pop3s']}"]
 
 {"" if "[delivery]" in self.extra else NO_DELIVERY}
+{AUTH_THROTTLE}
 [smtp]
 max_message_size = 1048576
 {self.extra}

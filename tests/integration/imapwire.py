@@ -14,8 +14,10 @@ _LITERAL = re.compile(rb"~?\{(\d+)\}$")
 
 
 class RawIMAP:
-    def __init__(self, port: int, *, tls: bool = False, timeout: float = TIMEOUT) -> None:
-        sock = socket.create_connection((HOST, port), timeout=timeout)
+    def __init__(self, port: int, *, tls: bool = False, timeout: float = TIMEOUT, source: str | None = None) -> None:
+        """`source`: the client's own address (another 127.0.0.0/8 address: a different client to the server)."""
+        sock = socket.create_connection((HOST, port), timeout=timeout,
+                                        source_address=(source, 0) if source else None)
         if tls:
             sock = insecure_tls_context().wrap_socket(sock)
         self.sock: socket.socket | ssl.SSLSocket = sock

@@ -30,3 +30,11 @@ def test_no_or_malformed_hash_is_false(stored: str | None) -> None:
 
 def test_unencodable_password_is_false() -> None:
     assert auth.verify_password(auth.hash_password("pw"), "pw\udc80") is False
+
+
+def test_check_password_runs_argon2id_for_an_unknown_user_too() -> None:
+    h = auth.hash_password("pw")
+    assert auth.check_password(h, "pw") == (True, True)
+    assert auth.check_password(h, "wrong") == (False, True)
+    assert auth.check_password(None, "pw") == (False, True)  # the dummy hash: the same work
+    assert auth.check_password(None, "fastmail-dummy-password") == (False, True)  # never a login
