@@ -217,8 +217,10 @@ class Soak:
 # -- sampling ------------------------------------------------------------------------------------------------
 
 
-def rss_by_process(srv: Any, log_from: int) -> dict[str, int]:
-    """VmRSS (KiB) of the master and each of its children, labelled master / worker-PID / delivery-PID."""
+def rss_by_process(srv: Any, log_from: int, field: str = "VmRSS") -> dict[str, int]:
+    """VmRSS (KiB) of the master and each of its children, labelled master / worker-PID / delivery-PID; or
+    another field of /proc/PID/status (RssAnon: the heap, without the LMDB map's and the libraries' file
+    pages, which grow with the index and are the kernel's to drop)."""
     from tests.integration.crashload import READY
 
     assert srv.proc is not None
@@ -230,7 +232,7 @@ def rss_by_process(srv: Any, log_from: int) -> dict[str, int]:
     for pid in process_tree([master]):
         try:
             with open(f"/proc/{pid}/status") as f:
-                rss = next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+                rss = next((int(line.split()[1]) for line in f if line.startswith(field + ":")), 0)
         except OSError:
             continue
         label = "master" if pid == master else f"{kinds.get(pid, 'child')}-{pid}"
@@ -242,13 +244,13 @@ def _kind(label: str) -> str:
     return label.split("-")[0]
 
 
-def growth(samples: list[dict[str, Any]]) -> dict[str, Any]:
+def growth(samples: list[dict[str, Any]], key: str = "rss_kib") -> dict[str, Any]:
     """Per kind (and in all): mean RSS of the first and of the last quarter of the samples, and the change."""
     q = max(1, len(samples) // 4)
     out = {}
-    for kind in sorted({_kind(k) for s in samples for k in s["rss_kib"]} | {"total"}):
+    for kind in sorted({_kind(k) for s in samples for k in s[key]} | {"total"}):
         def at(s: dict[str, Any], kind: str = kind) -> int:
-            return sum(v for k, v in s["rss_kib"].items() if kind == "total" or _kind(k) == kind)
+            return sum(v for k, v in s[key].items() if kind == "total" or _kind(k) == kind)
 
         first = sum(at(s) for s in samples[:q]) / q
         last = sum(at(s) for s in samples[-q:]) / q
@@ -341,7 +343,8 @@ def main(argv: list[str] | None = None) -> int:
             d = {k: counts[k] - last[k] for k in counts}
             span = now - (samples[-1]["t"] if samples else 0.0)
             out_total = sum(delivered.values())
-            s = {"t": round(now, 1), "rss_kib": rss, "queue": queue_size(srv.data), "counts": dict(counts),
+            s = {"t": round(now, 1), "rss_kib": rss, "anon_kib": rss_by_process(srv, log_from, "RssAnon"),
+                 "queue": queue_size(srv.data), "counts": dict(counts),
                  "delivered": out_total}
             out_rate = (out_total - (samples[-1]["delivered"] if samples else 0)) / span
             samples.append(s)
@@ -376,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             "outbound_accepted": len(remote_accepted), "outbound_delivered": sum(delivered.values()),
             "outbound_missing_count": len(remote_accepted - set(delivered)),
             "outbound_duplicates": sum(n - 1 for n in delivered.values() if n > 1),
-            "samples": samples, "rss_growth": growth(samples),
+            "samples": samples, "rss_growth": growth(samples), "anon_growth": growth(samples, "anon_kib"),
         })
     finally:
         soak.stop.set()
@@ -403,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {kind:<9} mean {g['first_quarter_mib']:7.1f} -> {g['last_quarter_mib']:7.1f} MiB "
               f"({g['change_mib']:+.1f} MiB, {g['change_pct']:+.1f}%);  lowest {g['first_quarter_min_mib']:7.1f} -> "
               f"{g['last_quarter_min_mib']:7.1f} MiB ({g['min_change_mib']:+.1f} MiB, {g['min_change_pct']:+.1f}%)")
+    print("RssAnon (heap only), first vs last quarter, lowest:")
+    for kind, g in result["anon_growth"].items():
+        print(f"  {kind:<9} {g['first_quarter_min_mib']:7.1f} -> {g['last_quarter_min_mib']:7.1f} MiB "
+              f"({g['min_change_mib']:+.1f} MiB, {g['min_change_pct']:+.1f}%)")
     for e in result["errors"][:10]:
         print("  error:", e)
     RESULTS.mkdir(exist_ok=True)
