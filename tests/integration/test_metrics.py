@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import imaplib
 import os
+import poplib
 import pwd
 import re
 import shutil
@@ -345,3 +346,35 @@ def test_counts_with_workers_and_the_metrics_process_as_another_user():
             s.kill_tree()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_pop3_and_lmtp_are_their_own_services(srv):
+    before = samples(srv)
+    p = poplib.POP3("127.0.0.1", srv.ports["pop3"], timeout=30)
+    try:
+        p.user(ALICE)
+        with pytest.raises(poplib.error_proto):
+            p.pass_("wrong password")
+    finally:
+        p.quit()
+    p = poplib.POP3("127.0.0.1", srv.ports["pop3"], timeout=30)
+    try:
+        p.user(ALICE)
+        p.pass_(PASSWORDS[ALICE])
+        p.stat()  # the maildrop is open (poplib.error_proto otherwise)
+    finally:
+        p.quit()
+    with smtplib.LMTP("127.0.0.1", srv.ports["lmtp"], timeout=30) as lm:
+        assert not lm.sendmail("x@remote.test", [ALICE], b"Subject: over lmtp\r\n\r\nx\r\n")
+    with smtplib.LMTP(str(srv.lmtp_sock), timeout=30) as lm:  # the unix socket is the same service
+        with pytest.raises(smtplib.SMTPRecipientsRefused):
+            lm.sendmail("x@remote.test", ["nobody@example.org"], b"Subject: nobody\r\n\r\nx\r\n")
+    after = samples(srv)
+    assert delta(before, after, "fastmail_connections_total", service="pop3") == 2
+    assert delta(before, after, "fastmail_sessions_total", service="pop3") == 2
+    assert delta(before, after, "fastmail_auth_total", service="pop3", result="failure") == 1
+    assert delta(before, after, "fastmail_auth_total", service="pop3", result="success") == 1
+    assert delta(before, after, "fastmail_connections_total", service="lmtp") == 2
+    assert delta(before, after, "fastmail_messages_accepted_total", service="lmtp") == 1
+    assert delta(before, after, "fastmail_messages_rejected_total", service="lmtp", reason="user_unknown") == 1
+    assert delta(before, after, "fastmail_messages_accepted_total", service="smtp") == 0
