@@ -12,7 +12,8 @@ state in one short read transaction.  The work runs on one thread, one scrape at
 keeps the heartbeat.
 
 HTTP: one request per connection (``Connection: close``); ``GET /metrics`` (any query string) is 200, any
-other method or path 404; a request head larger than 8 KiB or slower than 10 s is dropped.
+other method or path 404; a request head larger than 8 KiB or slower than 10 s is dropped, and so is a client
+that does not read the answer within 10 s.
 """
 
 from __future__ import annotations
@@ -139,8 +140,8 @@ class Exporter:
                     writer.write(_response("200 OK", CONTENT_TYPE, body))
             else:
                 writer.write(_response("404 Not Found", "text/plain; charset=utf-8", b"not found\n"))
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                await asyncio.wait_for(writer.drain(), HEAD_TIMEOUT)  # a client that does not read: dropped
         finally:
             writer.close()
 
