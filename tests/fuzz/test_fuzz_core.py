@@ -10,12 +10,13 @@ Contracts:
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from fastmail._core import variants
+from tests.fuzz.fuzzing import fuzz
 
-SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = fuzz(600)
 
 SMTP = variants("smtp")
 DATA = variants("data")

@@ -10,22 +10,18 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from fastmail._core import variants
 from fastmail.store import mime as store_mime
+from tests.fuzz.fuzzing import fuzz
 
 VARIANTS = variants("mime")
 CORPUS = sorted((Path(__file__).resolve().parent.parent / "corpus" / "mime").glob("*.eml"))
 SEEDS = [p.read_bytes() for p in CORPUS]
 
-FUZZ = settings(
-    max_examples=300,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+FUZZ = fuzz(500)
 
 
 def analyze_with(core, raw: bytes) -> dict:
@@ -229,7 +225,7 @@ def leaves(tree, path: str):
         yield from leaves(child, f"{path}.{i}" if path else str(i))
 
 
-@settings(max_examples=200, deadline=None, database=None)
+@fuzz(300)
 @given(TREE)
 def test_generated_trees(tree):
     raw = b"From: gen@example.com\r\nMIME-Version: 1.0\r\n" + build(tree, [0])
