@@ -253,3 +253,104 @@ def test_line_reader_chunking(stream, cuts, max_length):
                     break
                 got.append(line)
         assert got == expected
+
+
+# -- smtp replies (the outbound client's parser) -------------------------------------------------------------
+
+REPLY_SOUP = st.lists(st.sampled_from([b"2", b"5", b"0", b"9", b"250", b"-", b" ", b"5.1.1", b"2.0.0", b".", b"x",
+                                       b"1234", b"\xff", b"\r"]), max_size=10).map(b"".join)
+
+
+@SETTINGS
+@given(st.one_of(REPLY_SOUP, st.binary(max_size=20)), st.integers(0, 999))
+def test_reply_line(line, code):
+    """parse_reply_line returns (code, last, text) or raises ReplySyntaxError; split_enhanced never raises and
+    gives back a suffix of the text; both builds agree."""
+    results = []
+    for mod in SMTP.values():
+        try:
+            parsed = mod.parse_reply_line(line)
+        except mod.ReplySyntaxError:
+            parsed = "error"
+        else:
+            assert 200 <= parsed[0] <= 599 and line.endswith(parsed[2])
+        enhanced, rest = mod.split_enhanced(line, code)
+        assert line.endswith(rest) and (not enhanced or line.startswith(enhanced.encode()))
+        results.append((parsed, enhanced, rest))
+    assert results[0] == results[1]
+
+
+# -- data: dot-stuffing in parts, CRLF normalization ------------------------------------------------------------
+
+@SETTINGS
+@given(BODY, st.booleans())
+def test_stuffing_parts_and_normalization(body, after_cr):
+    results = []
+    for mod in DATA.values():
+        assert b"".join(bytes(p) for p in mod.dot_stuff_parts(body)) == mod.dot_stuff(body)
+        normalized, bare = mod.crlf_normalize(body, after_cr)
+        skip = 1 if after_cr and normalized[:1] == b"\n" else 0  # that LF ends the CR that ended the last chunk
+        assert b"\n" not in normalized[skip:].replace(b"\r\n", b"")
+        results.append((mod.dot_stuff(body), normalized, bare))
+    assert results[0] == results[1]
+
+
+# -- mime: the header-value parsers on their own ---------------------------------------------------------------
+
+MIME = variants("mime")
+VALUE_SOUP = st.lists(st.sampled_from([b"a", b"@", b"<", b">", b",", b";", b":", b'"', b"\\", b"(", b")", b" ",
+                                       b"\t", b"\r\n ", b"=", b"/", b"*", b"'", b"text/plain", b"charset=utf-8",
+                                       b"name*0*=utf-8''%41", b"=?utf-8?q?x?=", b"\xc3\xa9", b"\xff", b"\x00",
+                                       b"example.org", b"group:", b"[1.2.3.4]"]), max_size=24).map(b"".join)
+
+
+@SETTINGS
+@given(st.one_of(VALUE_SOUP, st.binary(max_size=40)))
+def test_mime_value_parsers(value):
+    """parse_addresses, content_value (both forms), lex_address: never raise, both builds agree."""
+    results = []
+    for mod in MIME.values():
+        results.append((mod.parse_addresses(value), mod.content_value(value, True), mod.content_value(value, False),
+                        mod.lex_address(value)))
+    assert results[0] == results[1]
+
+
+@SETTINGS
+@given(st.lists(st.sampled_from([b"Subject: x", b"From: a", b"\r\n", b"\n", b" cont", b"\tcont", b"no colon",
+                                 b":", b"X-\xff: \xc3\xa9", b"\r", b"\r\n\r\n"]), max_size=16).map(b"".join),
+       st.integers(0, 200), st.integers(0, 200))
+def test_mime_header_fields(head, a, b):
+    """fields() and field_spans() of any slice: both builds agree; spans are inside the slice, in order."""
+    start, end = min(a, b, len(head)), min(max(a, b), len(head))
+    results = []
+    for mod in MIME.values():
+        spans = mod.field_spans(head, start, end)
+        last = start
+        for _name, lo, hi in spans:
+            assert last <= lo < hi <= end
+            last = hi
+        results.append((mod.fields(head, start, end, None), spans))
+    assert results[0] == results[1]
+
+
+# -- imap: the argument helpers ------------------------------------------------------------------------------------
+
+IMAP = variants("imap")
+
+
+@SETTINGS
+@given(st.one_of(st.text(alphabet="0123456789*$:,xNIL%", min_size=1, max_size=12), st.binary(max_size=12),
+                 st.lists(st.text(alphabet="ab1", min_size=1, max_size=3), max_size=2)), st.booleans())
+def test_imap_argument_helpers(token, flag):
+    """number, astring, nstring: a value or IMAPSyntaxError for any token the reader gives (an ASCII atom,
+    a string, a list), the same in both builds."""
+    results = []
+    for mod in IMAP.values():
+        got = []
+        for fn, args in ((mod.number, (token, flag)), (mod.astring, (token, flag)), (mod.nstring, (token,))):
+            try:
+                got.append(fn(*args))
+            except mod.IMAPSyntaxError as e:
+                got.append(("error", e.text))
+        results.append(got)
+    assert results[0] == results[1]
