@@ -16,15 +16,16 @@ serve: $(BIN)/python
 	$(BIN)/fastmail serve
 
 # Debian packages the tests drive (swaks, fetchmail, curl, mbsync from isync, offlineimap3, the filters clamd
-# from clamav-daemon and rspamd, systemd-analyze to verify deploy/fastmail.service) or the benchmarks use
-# (postfix's smtp-source).
+# from clamav-daemon and rspamd, systemd-analyze to verify deploy/fastmail.service, nginx with its mail module
+# as the proxy tier of tests/integration/test_cluster.py) or the benchmarks use (postfix's smtp-source).
 system-deps:
 	@command -v swaks >/dev/null && command -v smtp-source >/dev/null && command -v fetchmail >/dev/null \
 	  && command -v curl >/dev/null && command -v mbsync >/dev/null && command -v offlineimap >/dev/null \
-	  && command -v clamd >/dev/null && command -v rspamd >/dev/null && command -v systemd-analyze >/dev/null || { \
+	  && command -v clamd >/dev/null && command -v rspamd >/dev/null && command -v systemd-analyze >/dev/null \
+	  && command -v nginx >/dev/null && test -e /usr/lib/nginx/modules/ngx_mail_module.so || { \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
 	    swaks postfix fetchmail curl ca-certificates libnet-ssleay-perl libauthen-sasl-perl isync offlineimap3 \
-	    clamav-daemon rspamd systemd ; }
+	    clamav-daemon rspamd systemd nginx libnginx-mod-mail ; }
 
 # Editable install compiles the core in place (the .so files sit beside their .py twins).
 compile: $(BIN)/python

@@ -262,10 +262,19 @@ def cmd_user(args: argparse.Namespace) -> int:
     elif args.action == "del":
         store.del_user(args.address)
         print(f"user {args.address} deleted")
+    elif args.action == "move":  # docs/scaling.md: only the routing moves; the mail moves with export/import
+        nodes = _load(args).cluster_nodes
+        if args.node not in nodes:
+            raise CLIError(f"no node {args.node} in cluster.nodes" + (f" ({', '.join(sorted(nodes))})" if nodes else ""))
+        store.set_node(args.address, args.node)
+        print(f"user {args.address} is on node {args.node}")
     else:
         users = store.list_users()
+        for u in users:
+            u["node"] = u.get("node") or ""
         text = "\n".join(
             f"{u['address']}\tid={u['id']}\tmessages={u['messages']}\tused={u['used_bytes']}\tquota={u['quota'] or '-'}"
+            + (f"\tnode={u['node']}" if u["node"] else "")
             for u in users
         )
         _print(args, users, text)
@@ -597,6 +606,10 @@ def build_parser() -> argparse.ArgumentParser:
     x.set_defaults(func=cmd_user)
     x = u.add_parser("del", parents=[common])
     x.add_argument("address")
+    x.set_defaults(func=cmd_user)
+    x = u.add_parser("move", parents=[common], help="place the user's mailbox on a cluster node (docs/scaling.md)")
+    x.add_argument("address")
+    x.add_argument("node", help="a name in cluster.nodes")
     x.set_defaults(func=cmd_user)
     u.add_parser("list", parents=[common, jsonp]).set_defaults(func=cmd_user)
 

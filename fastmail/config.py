@@ -230,6 +230,22 @@ def _metrics_listen(v: Any) -> None:
         parse_listen(v)
 
 
+def _cluster_node_name(v: Any) -> None:
+    if v and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}", v):
+        raise ValueError(f"{short_repr(v)}: a node name is letters, digits, '-' and '_'")
+
+
+def _cluster_nodes(v: Any) -> None:
+    for name, address in v.items():
+        _cluster_node_name(name)
+        if not isinstance(address, str):
+            raise ValueError(f"node {name}: the value is its IP address, a string")
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"node {name}: {short_repr(address)} is not an IP address") from None
+
+
 def _finite(v: Any) -> None:
     if not math.isfinite(v):
         raise ValueError("must be a finite number")
@@ -466,6 +482,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ratelimit.messages_per_ip", int, 0, "Messages one client address (an IPv6 /64) may send without AUTH per ratelimit.message_window (more get 451 4.7.1 at MAIL); 0: no limit.", _at_least(0)),
     Setting("ratelimit.messages_per_user", int, 0, "Messages one authenticated user may submit per ratelimit.message_window (more get 451 4.7.1 at MAIL); 0: no limit.", _at_least(0)),
     Setting("ratelimit.message_window", float, 3600.0, "Seconds over which the message limits count (a sliding window).", _positive),
+    # cluster (docs/scaling.md): one file shared by every node; each node finds its own name
+    Setting("cluster.nodes", dict, {}, "Mailbox nodes, name = \"IP address\" (a [cluster.nodes] table); users are placed on one with `fastmail user move`; empty: no cluster.", _cluster_nodes),
+    Setting("cluster.node", str, "", "This node's name in cluster.nodes (empty: the node whose address is on this host; none: an MX or proxy-only node).", _cluster_node_name),
+    Setting("cluster.lmtp_port", int, 24, "LMTP port of every mailbox node (MX nodes deliver there).", _port),
+    Setting("cluster.imap_port", int, 143, "IMAP port of every mailbox node (the proxy connects there).", _port),
+    Setting("cluster.pop3_port", int, 110, "POP3 port of every mailbox node (the proxy connects there).", _port),
+    Setting("cluster.submission_port", int, 587, "Submission port of every mailbox node (the proxy connects there with XCLIENT).", _port),
+    Setting("cluster.proxies", list, [], "Networks (CIDR) of the mail proxies (nginx): only they may use XCLIENT and the auth_http endpoint.", _networks),
+    Setting("cluster.auth_http_listen", list, [], "Addresses of the nginx auth_http endpoint (HOST:PORT); empty: none.", _addresses),
     # failed logins (fastmail.hygiene.authfail): SMTP AUTH, IMAP LOGIN/AUTHENTICATE, POP3 USER/PASS and AUTH
     Setting("auth.failure_delay", float, 1.0, "Seconds a failed login waits for its answer.", _at_least(0)),
     Setting("auth.throttle_delay", float, 1.0, "After a failed login, every login from that client address (an IPv6 /64) or for that account waits this long before its password is checked, doubled with each further failure (up to auth.throttle_max_delay); 0: no throttle.", _at_least(0)),
@@ -576,6 +601,8 @@ class Config:
             for i, item in enumerate(getattr(self, f"listen_{name}")):
                 address = parse_listen(item)
                 specs.append(ListenerSpec(name if i == 0 else f"{name}#{i}", address))
+        for i, item in enumerate(self.cluster_auth_http_listen):  # nginx's auth_http (fastmail.cluster)
+            specs.append(ListenerSpec("auth_http" if i == 0 else f"auth_http#{i}", parse_listen(item)))
         return specs
 
     @property
@@ -690,6 +717,8 @@ _RULES: tuple[tuple[str, tuple[str, ...], Callable[[dict[str, Any]], str | None]
     ("spam.junk_score", ("spam.reject_score",), lambda v: f"{v['spam.junk_score']} is above spam.reject_score "
      f"({v['spam.reject_score']}): nothing would go to Junk" if v["spam.junk_score"] > v["spam.reject_score"]
      else None),
+    ("cluster.node", ("cluster.nodes",), lambda v: f"{short_repr(v['cluster.node'])} is not in cluster.nodes"
+     if v["cluster.node"] and v["cluster.node"] not in v["cluster.nodes"] else None),
     ("rspamd.learn", ("rspamd.controller_url",), lambda v: "needs rspamd.controller_url"
      if v["rspamd.learn"] and not v["rspamd.controller_url"] else None),
 )

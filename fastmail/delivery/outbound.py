@@ -247,10 +247,12 @@ async def open_session(
     auth: tuple[str, str] | None = None,
     connect_timeout: float = 30.0,
     timeout_scale: float = 1.0,
+    lmtp: bool = False,
 ) -> Session:
-    """A session on `ip`:`port` (the MX `host`) ready for a message, or SessionError."""
+    """A session on `ip`:`port` (the MX `host`; with `lmtp`, a mailbox node's LMTP) ready for a message, or
+    SessionError."""
     loop = asyncio.get_running_loop()
-    client = C.Client(hostname, tls=tls_context is not None, require_tls=require_tls, auth=auth)
+    client = C.Client(hostname, tls=tls_context is not None, require_tls=require_tls, auth=auth, lmtp=lmtp)
     try:
         transport, proto = await asyncio.wait_for(
             loop.create_connection(lambda: _Protocol(client, timeout_scale), ip, port), connect_timeout)

@@ -43,6 +43,7 @@ from typing import Any
 import uvloop
 
 from fastmail import log, metrics
+from fastmail.cluster import Cluster
 from fastmail.config import Config, split_hostport
 from fastmail.delivery import queue as Q
 from fastmail.delivery import srs, wake
@@ -55,6 +56,7 @@ from fastmail.proto import smtp_client as C
 from fastmail.store.store import Store, StoreError
 
 RELAY = "[relayhost]"  # the one MX host when delivery.relayhost is set
+NODE = "[node:"  # "[node:NAME]": the destination of users whose mailbox is on cluster node NAME (LMTP)
 MAX_INFLIGHT = 5000  # queue entries being tried at once by one process (refilled when half are done)
 SCAN_BATCH = 1000  # entries one scan starts at most
 BATCH_PAUSE = 0.05  # seconds before the scan after one that started SCAN_BATCH (those get going first)
@@ -76,6 +78,7 @@ class Route:
     auth: tuple[str, str] | None
     sts: str  # the MTA-STS mode ("" when none)
     implicit: str  # the domain, when it has no MX record (it is its own mail exchanger), else ""
+    lmtp: bool = False  # a mailbox node of the cluster (docs/scaling.md), spoken to over LMTP
 
 
 @dataclass
@@ -180,6 +183,8 @@ class Runner:
         self.verified_tls.minimum_version = ssl.TLSVersion.TLSv1_2
         self.sts: STS | None = None
         self._mine = (lambda q: wake.owner(q, self.processes) == self.index) if processes > 1 else None
+        self.cluster = Cluster(cfg)  # users whose mailbox is on another node go there over LMTP
+        self.nodes: dict[str, tuple[str, int]] = {}  # "[node:NAME]" -> (address, LMTP port), as last routed
 
     # -- the loop -------------------------------------------------------------------------------------------
 
@@ -287,7 +292,11 @@ class Runner:
         groups: dict[tuple[str, str], list[int]] = {}
         rcpts = rec["rcpts"]
         for i in todo:
-            # one transaction per recipient domain (or the smarthost) and envelope sender
+            # one transaction per recipient domain (or the smarthost, or the cluster node) and envelope sender
+            node = self._node_of(rcpts[i]["to"])
+            if node is not None:
+                groups.setdefault((node, rec["sender"]), []).append(i)
+                continue
             domain = RELAY if self.relay else Q.domain_of(rcpts[i]["to"])
             groups.setdefault((domain, self._sender_for(rec, rcpts[i])), []).append(i)
         params = rec.get("params") or {}
@@ -314,6 +323,18 @@ class Runner:
 
         await asyncio.gather(*(record(j) for j in jobs))
         self._effect(rec, await self.committer.submit(Q.Update(qid, {}, finish=True, now=time.time())))
+
+    def _node_of(self, address: str) -> str | None:
+        """"[node:NAME]" when `address` is a user whose mailbox is on another node of the cluster."""
+        if not self.cluster.active:
+            return None
+        route = self.cluster.lmtp_route(self.store, address)
+        if route is None:
+            return None
+        name, ip, port = route
+        key = f"{NODE}{name}]"
+        self.nodes[key] = (ip, port)
+        return key
 
     def _sender_for(self, rec: dict[str, Any], r: dict[str, Any]) -> str:
         """MAIL FROM for recipient `r`: the envelope sender, or its SRS0 form when `r` is a forward (reached
@@ -372,6 +393,11 @@ class Runner:
         """The route of `domain`: its MX hosts (or the smarthost), filtered and made to require verified
         TLS by an enforced MTA-STS policy (RFC 8461 §5).  Raises DNSError, or SessionError when no MX
         host is allowed by the policy."""
+        if domain.startswith(NODE) and domain in self.nodes:
+            ip, port = self.nodes[domain]
+            node_mx: tuple[tuple[int, str], ...] = ((0, f"[{ip}]"),)
+            return Route((node_mx, port, False, False, "lmtp", ""), node_mx, port, False, None, None, "", "",
+                         lmtp=True)
         if self.relay is not None:
             relay, port = self.relay
             host = f"[{relay}]" if _is_ip(relay) else relay  # A/AAAA only: no MX lookup for a smarthost
@@ -580,7 +606,7 @@ class Runner:
                         session = await open_session(host, ip, route.port, hostname=self.hostname, tls_context=ctx,
                                                      require_tls=require, auth=route.auth,
                                                      connect_timeout=self.cfg.delivery_connect_timeout,
-                                                     timeout_scale=self.timeout_scale)
+                                                     timeout_scale=self.timeout_scale, lmtp=route.lmtp)
                         session.sts = route.sts
                         return session
                     except SessionError as e:

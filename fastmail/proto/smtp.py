@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 import time
 from collections.abc import Callable
@@ -136,11 +137,21 @@ class Deliver:
 
 
 @dataclass
+class XClient:
+    """XCLIENT from a trusted proxy (docs/scaling.md): the session continues as this client, then the
+    driver calls xclient_done().  `login` None: not given; "": [UNAVAILABLE] (no user)."""
+
+    addr: str | None
+    helo: str | None
+    login: str | None
+
+
+@dataclass
 class Close:
     pass
 
 
-Request = StartTLS | Authenticate | Deliver | Close
+Request = StartTLS | Authenticate | Deliver | XClient | Close
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,8 +197,10 @@ class SMTPConnection:
         refused_hook: RefusedHook | None = None,
         new_qid: Callable[[], str] | None = None,
         room_for: Callable[[int], bool] | None = None,
+        xclient: bool = False,
     ) -> None:
         self.session = session
+        self.xclient = xclient and session.mode is not Mode.LMTP  # the client is a configured proxy
         self.mail_hook = mail_hook
         self.room_for = room_for  # room_for(size): the store has room now for a message of this declared size
         self.rcpt_hook = rcpt_hook
@@ -271,6 +284,21 @@ class SMTPConnection:
         else:
             self._error(R.AUTH_TEMP if temporary else R.AUTH_FAILED)
         self._resume(State.READY)
+
+    def xclient_done(self, user: str | None, user_id: int | None, peer: str, trusted: bool,
+                     refused: Reply | None = None) -> None:
+        """The XClient request finished: the session starts over as the proxied client (a new greeting,
+        EHLO again), authenticated as `user` when a LOGIN was given; or `refused` and nothing changed."""
+        if refused is not None:
+            self._error(refused)
+            self._resume(State.READY)
+            return
+        s = self.session
+        s.peer, s.user, s.user_id, s.trusted = peer, user, user_id, trusted
+        s.helo, s.esmtp = "", False
+        self.envelope = None
+        self._reply(Reply(220, "", f"{self.hostname} ESMTP fastmail"))
+        self._resume(State.GREET)
 
     def deliver_done(self, qid: str, over_quota: set[int] | frozenset[int] = frozenset(), failed: bool = False,
                      refused: Reply | None = None) -> None:
@@ -432,6 +460,8 @@ class SMTPConnection:
             lines.append("STARTTLS")
         if self._auth_offered():
             lines.append("AUTH PLAIN LOGIN")
+        if self.xclient:
+            lines.append("XCLIENT " + " ".join(_XCLIENT_ATTRS))
         lines.append("HELP")
         self._reply(Reply(250, "", "\n".join(lines)))
 
@@ -750,6 +780,50 @@ class SMTPConnection:
         self._request(Deliver(env), State.READY)
         return True
 
+    def cmd_xclient(self, args: bytes) -> None:
+        """Postfix's XCLIENT (XCLIENT_README), as nginx's mail proxy sends it after authenticating the client
+        itself: `XCLIENT ADDR=192.0.2.1 LOGIN=user NAME=[UNAVAILABLE]`.  Only for configured proxies."""
+        if not self.xclient:
+            self._error(R.XCLIENT_DENIED)
+            return
+        if self._need_helo():
+            return
+        if self.envelope is not None:
+            self._error(R.BAD_SEQUENCE)
+            return
+        attrs: dict[str, str] = {}
+        for item in args.split():
+            name, sep, raw = item.partition(b"=")
+            key = name.decode("ascii", "replace").upper()
+            if not sep or key not in _XCLIENT_ATTRS or not raw.isascii():
+                self._error(R.SYNTAX_PARAMS)
+                return
+            try:  # xtext (RFC 3461 §4); nginx sends the values as they are
+                value = core_smtp.xtext_decode(raw.decode("ascii"))
+            except core_smtp.SMTPSyntaxError:
+                value = raw.decode("ascii")
+            if not value.isprintable():
+                self._error(R.SYNTAX_PARAMS)
+                return
+            attrs[key] = value
+        if not attrs:
+            self._error(R.SYNTAX_PARAMS)
+            return
+        addr = attrs.get("ADDR")
+        if addr is not None:
+            if addr.upper() in ("[UNAVAILABLE]", "[TEMPUNAVAIL]"):
+                addr = None
+            else:
+                addr = addr[5:] if addr.upper().startswith("IPV6:") else addr
+                if not _is_ip(addr):
+                    self._error(R.SYNTAX_PARAMS)
+                    return
+        login = attrs.get("LOGIN")
+        if login is not None and login.upper() in ("[UNAVAILABLE]", "[TEMPUNAVAIL]"):
+            login = ""
+        helo = attrs.get("HELO")
+        self._request(XClient(addr, helo if helo and not helo.startswith("[") else None, login), State.READY)
+
     def cmd_rset(self, args: bytes) -> None:
         self.envelope = None
         if self.state is not State.GREET:
@@ -792,7 +866,18 @@ _HANDLERS = {
     "VRFY": SMTPConnection.cmd_vrfy,
     "EXPN": SMTPConnection.cmd_expn,
     "HELP": SMTPConnection.cmd_help,
+    "XCLIENT": SMTPConnection.cmd_xclient,
 }
+
+_XCLIENT_ATTRS = ("NAME", "ADDR", "PORT", "PROTO", "HELO", "LOGIN", "DESTADDR", "DESTPORT")
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _join(address: tuple[str, str]) -> str:

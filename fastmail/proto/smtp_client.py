@@ -133,9 +133,12 @@ class Client:
     temporary failure (per-domain policy)."""
 
     def __init__(self, hostname: str, tls: bool = True, require_tls: bool = False,
-                 auth: tuple[str, str] | None = None, chunking: bool = True) -> None:
+                 auth: tuple[str, str] | None = None, chunking: bool = True, lmtp: bool = False) -> None:
         self.hostname = hostname
-        self.chunking = chunking  # BDAT when the server offers CHUNKING (RFC 3030)
+        # LMTP (RFC 2033) to a mailbox node of the cluster (docs/scaling.md): LHLO, and after the data one
+        # reply per accepted recipient (§4.2); DATA, not BDAT, so that those replies come after one end mark
+        self.lmtp = lmtp
+        self.chunking = chunking and not lmtp  # BDAT when the server offers CHUNKING (RFC 3030)
         self.want_tls = tls
         self.auth = auth  # (user, password) for a smarthost: AUTH PLAIN or LOGIN, only over TLS (RFC 4954 §4)
         self.authenticated = False
@@ -172,7 +175,7 @@ class Client:
             return TIMEOUT_GREETING
         if self.phase is Phase.TRANSACTION and self._expect:
             return {"MAIL": TIMEOUT_MAIL, "RCPT": TIMEOUT_RCPT, "DATA": TIMEOUT_DATA,
-                    "END": TIMEOUT_DATA_END, "BDAT": TIMEOUT_DATA_END}.get(self._expect[0][0], TIMEOUT_OTHER)
+                    "END": TIMEOUT_DATA_END, "LMTP": TIMEOUT_DATA_END, "BDAT": TIMEOUT_DATA_END}.get(self._expect[0][0], TIMEOUT_OTHER)
         return TIMEOUT_OTHER
 
     def receive(self, data: bytes) -> list[Event]:
@@ -219,7 +222,7 @@ class Client:
         """Whether another message may be sent now while a transaction is open: the server pipelines and
         every reply still awaited is an end-of-data one (RFC 2920 §3.1)."""
         return (self.phase is Phase.TRANSACTION and len(self._txns) == 1 and "PIPELINING" in self.extensions
-                and not self._queue and all(kind == "END" for kind, _, _ in self._expect))
+                and not self._queue and all(kind in ("END", "LMTP") for kind, _, _ in self._expect))
 
     def send(self, msg: Message) -> list[Event]:
         """Start the transaction of `msg` (when Ready, or when `can_send_next`)."""
@@ -376,6 +379,10 @@ class Client:
         if reply.code != 220:
             return self._fail(reply)
         self.greeting = reply.text
+        if self.lmtp:  # a node of our own cluster, chosen by name: it may share our host name
+            self._command(b"LHLO " + self.hostname.encode("idna") + b"\r\n")
+            self.phase = Phase.EHLO
+            return []
         if reply.text.split(" ", 1)[0].lower() == self.hostname.lower():
             # RFC 5321 §5.1 / §6.3: the MX is this very host (a wrong MX record or a relay loop)
             return self._fail(local_reply(554, "5.4.6", f"mail for this destination loops back to myself ({self.hostname})"))
@@ -391,7 +398,7 @@ class Client:
                 self.phase = Phase.STARTTLS
                 return []
             return self._ready()
-        if reply.code in (500, 501, 502, 504, 550) and not self.tls_active:
+        if reply.code in (500, 501, 502, 504, 550) and not self.tls_active and not self.lmtp:
             # RFC 5321 §3.2: a server that does not know EHLO gets HELO
             self._command(b"HELO " + self.hostname.encode("idna") + b"\r\n")
             self.phase = Phase.HELO
@@ -452,7 +459,10 @@ class Client:
             accepted = [k for k, r in enumerate(txn.rcpt_replies) if r is not None and r.ok]
             mail_ok = txn.mail_reply is not None and txn.mail_reply.ok
             if reply.code == 354:
-                if mail_ok and accepted:
+                if mail_ok and accepted and self.lmtp:  # RFC 2033 §4.2: a reply per accepted recipient
+                    self._expect.extend(("LMTP", k, txn) for k in accepted)
+                    self._out.append(txn.body)
+                elif mail_ok and accepted:
                     self._expect.append(("END", 0, txn))
                     self._out.append(txn.body)
                 else:  # RFC 2920 §3.1: DATA accepted with no recipient: send an empty message, ignore it
@@ -473,6 +483,11 @@ class Client:
                 return self._finish(txn)
             self._end_without_data(txn)  # a refused (or pointless, pipelined) BDAT: RSET before the next one
             return []
+        elif kind == "LMTP":
+            txn.results[i] = reply
+            if any(k == "LMTP" and t is txn for k, _, t in self._expect):
+                return []
+            return self._finish(txn)
         elif kind == "IGNORE":
             self._end_without_data(txn)
             return []

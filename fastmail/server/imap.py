@@ -47,7 +47,7 @@ class IMAPProtocol(Session):
         services.imap_per_ip[ip] = services.imap_per_ip.get(ip, 0) + 1
         services.imap_sessions.add(self)
         limit = cfg.imap_max_connections_per_ip
-        if limit and services.imap_per_ip[ip] > limit:
+        if limit and services.imap_per_ip[ip] > limit and not services.is_proxy(ip):
             log.event("refused", sid=self.sid, listener=self.listener, peer=ip, reason="connections_per_ip")
             assert self.transport is not None
             self.transport.write(S.BYE_TOO_MANY_CONNECTIONS.line())
@@ -57,6 +57,7 @@ class IMAPProtocol(Session):
             services.mailboxes, services.imap_limits, peer=ip, tls=self.implicit_tls,
             tls_available=services.tls_context is not None and not self.implicit_tls,
             plaintext_loopback=cfg.imap_plaintext_auth_loopback,
+            plaintext_anywhere=services.is_proxy(ip),  # the proxy checked TLS with the client (docs/scaling.md)
             learn=partial(services.learner.submit, sid=self.sid) if services.learner else None,
             on_command=services.metrics.imap_command_done,
         )

@@ -37,7 +37,7 @@ class POP3Protocol(Session):
         session = P.Session(
             peer=self.peer,
             tls=self.implicit_tls,
-            plaintext_ok=is_loopback(self.peer) and cfg.pop3_plaintext_auth_loopback,
+            plaintext_ok=is_loopback(self.peer) and cfg.pop3_plaintext_auth_loopback or self.services.is_proxy(self.peer),
             tls_available=self.services.tls_context is not None and not self.implicit_tls,
         )
         self.conn = P.POP3Connection(session, self.services.hostname, P.Limits(max_errors=cfg.pop3_max_errors,

@@ -88,6 +88,7 @@ class SMTPProtocol(Session):
             refused_hook=self._refused,
             new_qid=_new_qid_hex,
             room_for=self.services.room_for,
+            xclient=self.services.is_proxy(self.peer),
         )
         log.event("connect", sid=self.sid, listener=self.listener, peer=self.peer, port=self.port,
                   tls=int(self.implicit_tls))
@@ -296,6 +297,8 @@ class SMTPProtocol(Session):
                 await self._authenticate(request)
             elif isinstance(request, P.Deliver):
                 await self._deliver(request.envelope)
+            elif isinstance(request, P.XClient):
+                self._xclient(request)
         except Exception:
             logging.getLogger("fastmail.smtp").exception("request %s failed", type(request).__name__)
             self._end = "error"
@@ -323,6 +326,27 @@ class SMTPProtocol(Session):
             conn.auth_done(None)
         else:
             conn.auth_done(req.username.lower(), user_id)
+
+    def _xclient(self, req: P.XClient) -> None:
+        """XCLIENT from a proxy (docs/scaling.md): the client's address and, when the proxy authenticated
+        the client (nginx asked our auth_http endpoint), its login."""
+        conn = self.conn
+        assert conn is not None
+        session = conn.session
+        peer = req.addr or session.peer
+        user, user_id = session.user, session.user_id
+        if req.login is not None:
+            try:
+                record = self.services.store.get_user(req.login) if req.login else None
+            except Exception:  # a malformed address: no user
+                record = None
+            if req.login and record is None:
+                log.event("xclient", sid=self.sid, addr=peer, login=req.login, ok=0)
+                conn.xclient_done(None, None, peer, False, refused=R.XCLIENT_UNKNOWN_LOGIN)
+                return
+            user, user_id = (str(record["address"]), int(record["id"])) if record else (None, None)
+        log.event("xclient", sid=self.sid, addr=peer, login=user, ok=1)
+        conn.xclient_done(user, user_id, peer, self.services.is_trusted(peer))
 
     async def _dkim_sign(self, content: bytes) -> bytes:
         """An authenticated sender's message, with a DKIM-Signature for each key of its From domain (RFC 6376

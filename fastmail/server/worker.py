@@ -21,6 +21,7 @@ from typing import Any
 import uvloop
 
 from fastmail import auth, log, metrics
+from fastmail.cluster import Cluster, ClusterError, ClusterPolicy
 from fastmail.config import Config
 from fastmail.delivery import srs, wake
 from fastmail.hygiene.dkimkeys import DKIMKeys
@@ -30,6 +31,7 @@ from fastmail.master.errors import BootError
 from fastmail.master.worker import WorkerContext, install_worker_signals, start_heartbeat
 from fastmail.proto import imap as IP
 from fastmail.proto import smtp as P
+from fastmail.server.auth_http import AuthHTTPProtocol
 from fastmail.server.commit import Committer
 from fastmail.server.imap import IMAPProtocol, watch_changes
 from fastmail.server.pop3 import POP3Protocol
@@ -82,7 +84,10 @@ class Services:
         self.config = cfg
         self.store = store
         self.hostname = cfg.hostname
-        self.policy = StorePolicy(store, cfg.data_dir if cfg.delivery_srs else None)
+        self.policy: Any = StorePolicy(store, cfg.data_dir if cfg.delivery_srs else None)
+        self.cluster = Cluster(cfg)  # docs/scaling.md: users on other nodes are queued for them (LMTP)
+        if self.cluster.active:
+            self.policy = ClusterPolicy(self.policy, store, self.cluster)
         self.limits = P.Limits(
             max_line_length=cfg.smtp_max_line_length,
             max_recipients=cfg.smtp_max_recipients,
@@ -108,6 +113,7 @@ class Services:
         self.imap_per_ip: dict[str, int] = {}  # connections per client address in this worker
         self.imap_per_user: dict[int, int] = {}  # logged-in sessions per user id in this worker
         self.pop3_throttle = LoginThrottle(cfg.pop3_max_login_failures)
+        self.auth_http_throttle = LoginThrottle(cfg.imap_max_login_failures)  # nginx's logins, by Client-IP
         self.inbound = Inbound(cfg, self.hostname)  # #7: checks at the end of DATA on the SMTP listener
         self.learner: Learner | None = None  # IMAP moves into / out of Junk teach rspamd (rspamd.learn)
         if cfg.rspamd_learn and cfg.rspamd_controller_url:
@@ -126,6 +132,10 @@ class Services:
         except OSError:
             return True
         return size <= st.f_bavail * st.f_frsize
+
+    def is_proxy(self, ip: str) -> bool:
+        """A configured mail proxy (cluster.proxies): may use XCLIENT, auth_http and plaintext logins."""
+        return self.cluster.is_proxy(ip)
 
     def is_trusted(self, ip: str) -> bool:
         if not self.trusted:
@@ -179,6 +189,8 @@ def worker_prepare(ctx: WorkerContext) -> Services:
         services = Services(cfg, store)
     except TLSLoadError as e:
         raise BootError(f"TLS certificate or key cannot be loaded: {e}") from e
+    except ClusterError as e:
+        raise BootError(str(e)) from e
     _warm_up()
     return services
 
@@ -225,6 +237,9 @@ async def _serve(ctx: WorkerContext, services: Services) -> None:
         elif base in ("pop3", "pop3s"):
             implicit = base == "pop3s"
             factory = partial(POP3Protocol, services, name, implicit)
+        elif base == "auth_http":
+            implicit = False
+            factory = partial(AuthHTTPProtocol, services, name)
         elif mode is None:
             continue
         else:

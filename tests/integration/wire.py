@@ -76,14 +76,14 @@ class Client:
     every read is bounded by the socket timeout. With GREET it reads the 220 greeting first."""
 
     def __init__(self, port: int | None = None, *, path: str | Path | None = None, greet: bool = True,
-                 timeout: float = TIMEOUT) -> None:
+                 timeout: float = TIMEOUT, host: str = HOST) -> None:
         if path is not None:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self.sock.settimeout(timeout)
             self.sock.connect(str(path))
         else:
             assert port is not None
-            self.sock = socket.create_connection((HOST, port), timeout=timeout)
+            self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
         OPEN.append(self.sock)
         self.greeting: Reply | None = None
