@@ -17,6 +17,7 @@ time, at most once a minute per process, inside the writes that come anyway (`ma
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -41,6 +42,7 @@ class HygieneState:
 
     def __init__(self, path: Path, clock: Clock = time.time, map_size: int = MAP_SIZE) -> None:
         path.mkdir(parents=True, exist_ok=True)
+        _reserve_lock_file(path)
         self.path = path
         self.clock = clock
         self.env = lmdb.open(str(path), map_size=map_size, max_dbs=len(DBS), max_readers=1024, sync=False,
@@ -84,6 +86,26 @@ class HygieneState:
                     removed += purger(txn, now, PURGE_BATCH)
         except lmdb.Error as e:
             log.event("hygiene_purge_failed", level=logging.WARNING, error=repr(e))
+
+
+LOCK_RESERVE = 256 * 1024  # bytes: more than LMDB's lock table for 1,024 readers (~66 KiB)
+
+
+def _reserve_lock_file(path: Path) -> None:
+    """Allocate LMDB's lock file before LMDB maps it.  LMDB ftruncates the file to its reader table's size and
+    writes to it through a shared mapping: on a full filesystem (a tmpfs) touching a page that cannot be
+    allocated kills the process with SIGBUS.  Allocated here, a full disk is an OSError (ENOSPC) instead,
+    and the callers fail open.  A file already allocated (an earlier start) is left as it is."""
+    fd = os.open(path / "lock.mdb", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if os.fstat(fd).st_blocks * 512 < LOCK_RESERVE:
+            try:
+                os.posix_fallocate(fd, 0, LOCK_RESERVE)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    raise  # ENOSPC above all; a filesystem without fallocate keeps LMDB's own way
+    finally:
+        os.close(fd)
 
 
 def open_state(data_dir: Path, clock: Clock = time.time) -> HygieneState | None:

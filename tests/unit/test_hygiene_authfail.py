@@ -88,3 +88,23 @@ def test_shared_by_two_handles_of_the_state(tmp_path: Path, clock: Clock) -> Non
     two = HygieneState(tmp_path / "h", clock)
     assert AF.AuthFailures(two, 1.0, 15.0, 900.0).delay("192.0.2.1", "x") == 1.0
     two.close()
+
+
+def test_a_state_that_cannot_reserve_its_lock_file_fails_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a full disk LMDB would die of SIGBUS writing its mapped lock file (tests/integration/test_disk_full);
+    the lock file is allocated first, so a full disk is ENOSPC there and open_state says None (fail open)."""
+    import errno
+    import os
+
+    from fastmail.hygiene import state as S
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    assert S.open_state(tmp_path) is None
+    monkeypatch.undo()
+    opened = S.open_state(tmp_path)  # space back: it opens
+    assert opened is not None
+    assert (tmp_path / "hygiene" / "lock.mdb").stat().st_blocks * 512 >= S.LOCK_RESERVE
+    opened.close()
