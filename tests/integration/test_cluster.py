@@ -26,6 +26,7 @@ import poplib
 import signal
 import smtplib
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -37,6 +38,7 @@ import orjson
 import pytest
 
 from .conftest import fastmail_cmd, poll
+from .tlsca import TestCA
 from .wire import Client
 
 pytestmark = pytest.mark.integration
@@ -213,6 +215,7 @@ mb2 = "{net.addresses['mb2']}"
 
 
 def nginx_config(net: Net, prefix: Path) -> str:
+    """The proxy holds the clients' TLS (STARTTLS required before any login) and talks plain to the nodes."""
     px = net.addresses["px"]
     return f"""
 load_module {MAIL_MODULE};
@@ -226,6 +229,9 @@ mail {{
     auth_http {net.addresses['mx']}:{PORTS['auth_http']}/auth;
     proxy_pass_error_message on;
     xclient on;
+    ssl_certificate {prefix}/proxy.example.crt;
+    ssl_certificate_key {prefix}/proxy.example.key;
+    starttls only;
     server {{ listen {px}:143; protocol imap; imap_auth plain login; }}
     server {{ listen {px}:110; protocol pop3; pop3_auth plain; }}
     server {{ listen {px}:587; protocol smtp; smtp_auth plain login; }}
@@ -239,6 +245,7 @@ class Cluster:
     nodes: dict[str, Node]
     proxy: str  # nginx's address
     nginx_log: Path
+    tls: ssl.SSLContext  # clients' context: verifies nginx's certificate against the test CA
 
     def deliver(self, subject: str, *rcpts: str) -> None:
         msg = f"From: sender@remote.test\r\nTo: {', '.join(rcpts)}\r\nSubject: {subject}\r\n\r\n{subject} body\r\n"
@@ -248,6 +255,7 @@ class Cluster:
 
 def _start_nginx(net: Net, prefix: Path) -> subprocess.Popen[bytes]:
     conf = prefix / "nginx.conf"
+    TestCA(prefix).server_context("proxy.example.org")  # writes proxy.example.crt and .key (with_suffix)
     conf.write_text(nginx_config(net, prefix))
     proc = subprocess.Popen(["ip", "netns", "exec", net.namespaces["px"], NGINX, "-p", str(prefix), "-c", str(conf),
                              "-e", str(prefix / "error.log")],
@@ -291,7 +299,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             node.wait_ready()
         (tmp / "nginx").mkdir()
         nginx = _start_nginx(net, tmp / "nginx")
-        yield Cluster(net, nodes, net.addresses["px"], tmp / "nginx" / "error.log")
+        ca = (tmp / "nginx" / "proxy.example.crt").read_text().split("-----END CERTIFICATE-----\n", 1)[1]
+        tls = ssl.create_default_context(cadata=ca)
+        tls.check_hostname = False  # the clients dial the proxy's address; the chain is still verified
+        yield Cluster(net, nodes, net.addresses["px"], tmp / "nginx" / "error.log", tls)
     finally:
         if nginx is not None:
             try:
@@ -306,8 +317,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         net.down()
 
 
-def imap_subjects(host: str, user: str) -> list[str]:
-    with imaplib.IMAP4(host, 143, timeout=TIMEOUT) as m:
+def imap_subjects(cluster: Cluster, user: str) -> list[str]:
+    with imaplib.IMAP4(cluster.proxy, 143, timeout=TIMEOUT) as m:
+        m.starttls(ssl_context=cluster.tls)
         m.login(user, PASSWORDS[user])
         typ, data = m.select("INBOX", readonly=True)
         assert typ == "OK"
@@ -319,9 +331,10 @@ def imap_subjects(host: str, user: str) -> list[str]:
         return [email.message_from_bytes(part[1])["Subject"] for part in data if isinstance(part, tuple)]
 
 
-def pop3_subjects(host: str, user: str) -> list[str]:
-    p = poplib.POP3(host, 110, timeout=TIMEOUT)
+def pop3_subjects(cluster: Cluster, user: str) -> list[str]:
+    p = poplib.POP3(cluster.proxy, 110, timeout=TIMEOUT)
     try:
+        p.stls(context=cluster.tls)
         p.user(user)
         p.pass_(PASSWORDS[user])
         count, _ = p.stat()
@@ -350,31 +363,37 @@ def test_mail_flows_through_mx_proxy_and_survives_a_node_outage(cluster: Cluster
     assert "mx=[" + mb2.address + "]" in mx.log.read_text()
 
     # 2. read through the proxy: nginx asks the MX's auth_http endpoint, which names each user's node
-    assert imap_subjects(cluster.proxy, "alice@example.org") == ["first"]
-    assert imap_subjects(cluster.proxy, "bob@example.org") == ["first"]
-    assert pop3_subjects(cluster.proxy, "bob@example.org") == ["first"]
-    assert pop3_subjects(cluster.proxy, "alice@example.org") == ["first"]
+    assert imap_subjects(cluster, "alice@example.org") == ["first"]
+    assert imap_subjects(cluster, "bob@example.org") == ["first"]
+    assert pop3_subjects(cluster, "bob@example.org") == ["first"]
+    assert pop3_subjects(cluster, "alice@example.org") == ["first"]
     log = mx.log.read_text()
     assert "event=auth_http" in log and f"server={mb2.address}" in log and f"server={mb1.address}" in log
-    with imaplib.IMAP4(cluster.proxy, 143, timeout=TIMEOUT) as m, pytest.raises(imaplib.IMAP4.error):
-        m.login("alice@example.org", "wrong-password")
+    with imaplib.IMAP4(cluster.proxy, 143, timeout=TIMEOUT) as m:
+        assert "LOGINDISABLED" in m.capabilities  # nginx: no login before STARTTLS
+        m.starttls(ssl_context=cluster.tls)
+        with pytest.raises(imaplib.IMAP4.error):
+            m.login("alice@example.org", "wrong-password")
 
     # 3. submission through the proxy: XCLIENT LOGIN= to alice's node, which routes bob's copy to mb2
     with smtplib.SMTP(cluster.proxy, 587, timeout=TIMEOUT) as s:
+        s.starttls(context=cluster.tls)
         s.login("alice@example.org", PASSWORDS["alice@example.org"])
         s.sendmail("alice@example.org", ["bob@example.org"],
                    b"From: alice@example.org\r\nTo: bob@example.org\r\nSubject: submitted\r\n\r\nhi\r\n")
     assert poll(lambda: subjects(mb2.inbox("bob@example.org")) == ["first", "submitted"], 20), mb1.log.read_text()
     node_log = mb1.log.read_text()
     assert "event=xclient" in node_log and "login=alice@example.org ok=1" in node_log
-    with smtplib.SMTP(cluster.proxy, 587, timeout=TIMEOUT) as s, pytest.raises(smtplib.SMTPAuthenticationError):
-        s.login("alice@example.org", "wrong-password")
+    with smtplib.SMTP(cluster.proxy, 587, timeout=TIMEOUT) as s:
+        s.starttls(context=cluster.tls)
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            s.login("alice@example.org", "wrong-password")
 
     # 4. mb2 stops: alice is not affected; bob's mail waits in the MX's queue, with the reason
     mb2.stop()
     cluster.deliver("during outage", "alice@example.org", "bob@example.org")
     assert poll(lambda: "during outage" in subjects(mb1.inbox("alice@example.org")), 20)
-    assert imap_subjects(cluster.proxy, "alice@example.org") == ["first", "during outage"]
+    assert imap_subjects(cluster, "alice@example.org") == ["first", "during outage"]
 
     def deferred() -> dict | None:
         for entry in mx.queue():
@@ -391,6 +410,7 @@ def test_mail_flows_through_mx_proxy_and_survives_a_node_outage(cluster: Cluster
     assert [r["to"] for r in entry["rcpts"] if r["state"] != "sent"] == ["bob@example.org"]
     m = imaplib.IMAP4(cluster.proxy, 143, timeout=TIMEOUT)
     try:  # nginx authenticates bob, then cannot reach his node
+        m.starttls(ssl_context=cluster.tls)
         with pytest.raises((imaplib.IMAP4.error, imaplib.IMAP4.abort, OSError)):
             m.login("bob@example.org", PASSWORDS["bob@example.org"])
     finally:
@@ -403,7 +423,7 @@ def test_mail_flows_through_mx_proxy_and_survives_a_node_outage(cluster: Cluster
     assert poll(lambda: subjects(mb2.inbox("bob@example.org")) == ["first", "submitted", "during outage"], 20), \
         mx.log.read_text()
     assert poll(lambda: mx.queue() == [], 10)
-    assert imap_subjects(cluster.proxy, "bob@example.org") == ["first", "submitted", "during outage"]
+    assert imap_subjects(cluster, "bob@example.org") == ["first", "submitted", "during outage"]
 
 
 def test_only_proxies_may_use_xclient_and_auth_http(cluster: Cluster) -> None:
