@@ -73,6 +73,7 @@ from fastmail.master.privileges import (
     resolve_credentials,
     workers_run_as_root,
 )
+from fastmail.master.rlimits import raise_nofile
 from fastmail.master.worker import (
     RETIRE_SIGNAL,
     SHM_SIZE,
@@ -267,6 +268,7 @@ class Arbiter:
         except Exception as e:
             raise BootError(f"cannot load configuration: {e}") from e
         self._install_signals()
+        log.info(kv(event="nofile", **raise_nofile()))  # the children inherit it (fastmail.master.rlimits)
         self._write_pid_file(str(getattr(config, "pid_file", "") or ""))
         creds = resolve_credentials(str(config.user or ""), str(getattr(config, "group", "") or ""))
         sets, new = bind_socket_sets(
