@@ -76,8 +76,17 @@ DMARC_PIECES = ["v=DMARC1", "v = DMARC1", "V=DMARC1", ";", " ", "p=", "sp=", "pc
                 "\u0663", "\uff11", "mailto:a@b", "\t", "=", "\ufffd"]
 
 
+DMARC_TAGS = st.lists(st.tuples(st.sampled_from(["p", "sp", "pct", "adkim", "aspf", "rua", "x", "P", " pct "]),
+                                st.sampled_from(["none", "quarantine", "reject", "REJECT", "s", "r", "0", "50", "100",
+                                                 "101", "-1", "\u00b2", "\u0663", "\uff11", "9" * 5000, "",
+                                                 "mailto:a@b", "\ufffd"])).map("=".join),
+                      max_size=6).map(lambda tags: "v=DMARC1; " + "; ".join(tags))
+
+
 @fuzz(600)
-@given(soup(DMARC_PIECES, 14))
+@given(st.one_of(soup(DMARC_PIECES, 14), DMARC_TAGS))
+@example("v=DMARC1; p=none; pct=\u00b2")
+@example("v=DMARC1; p=none; pct=" + "9" * 5000)
 def test_dmarc_record(txt):
     record = dmarc.parse_record(txt)
     assert dmarc.is_dmarc_record(txt) or record is None
@@ -300,6 +309,8 @@ STS_PIECES = ["version: STSv1\n", "version:STSv1\r\n", "mode: enforce\n", "mode:
 
 @fuzz(600)
 @given(soup(STS_PIECES, 10))
+@example("version: STSv1\nmode: enforce\nmx: mx.example.org\nmax_age: \u00b2\n")
+@example("version: STSv1\nmode: none\nmax_age: " + "9" * 5000 + "\n")
 def test_mtasts_policy(text):
     policy = mtasts.parse_policy(text, "id1", 0.0)
     if policy is not None:

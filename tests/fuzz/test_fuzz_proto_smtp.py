@@ -47,7 +47,8 @@ _PARAM_KEYS = [b"SIZE", b"BODY", b"RET", b"ENVID", b"AUTH", b"NOTIFY", b"ORCPT",
 _PARAM_VALUES = [b"", b"=", b"=0", b"=12", b"=99999999999", b"=-1", b"=\xc2\xb2", b"=\xd9\xa3", b"=\xef\xbc\x91",
                  b"=7BIT", b"=8BITMIME", b"=FULL", b"=HDRS", b"=SUCCESS,FAILURE", b"=NEVER", b"=rfc822;a+40b",
                  b"=utf-8;\xc3\xa9", b"=x+2By", b"=+", b"=<>", b"=\xc3\xa9", b"=\x00", b"=\xff"]
-_PARAMS = st.lists(st.tuples(st.sampled_from(_PARAM_KEYS), st.sampled_from(_PARAM_VALUES)).map(b"".join),
+_PARAMS = st.lists(st.one_of(st.just(b"SMTPUTF8"),  # (it lets UTF-8 into the other values)
+                             st.tuples(st.sampled_from(_PARAM_KEYS), st.sampled_from(_PARAM_VALUES)).map(b"".join)),
                    max_size=4).map(b" ".join)
 _MAIL_RCPT = st.builds(lambda verb, params: verb + params + b"\r\n",
                        st.sampled_from([b"MAIL FROM:<a@remote.test> ", b"MAIL FROM:<> ", b"RCPT TO:<alice@example.org> ",
@@ -65,8 +66,9 @@ def scripted(draw) -> list[bytes]:
     if draw(st.booleans()):
         out.append(draw(st.sampled_from([_PLAIN, b"AUTH LOGIN\r\nYWxpY2VAZXhhbXBsZS5vcmc=\r\ncHc=\r\n"])))
     for _ in range(draw(st.integers(1, 3))):
-        out.append(draw(st.sampled_from([b"MAIL FROM:<a@remote.test>\r\n", b"MAIL FROM:<alice@example.org>\r\n",
-                                         b"MAIL FROM:<grey@remote.test>\r\n", b"MAIL FROM:<>\r\n"])))
+        mail = draw(st.sampled_from([b"MAIL FROM:<a@remote.test>", b"MAIL FROM:<alice@example.org>",
+                                     b"MAIL FROM:<grey@remote.test>", b"MAIL FROM:<>"]))
+        out.append(mail + (b" " + draw(_PARAMS) if draw(st.booleans()) else b"") + b"\r\n")
         out += draw(st.lists(st.sampled_from([b"RCPT TO:<alice@example.org>\r\n", b"RCPT TO:<Postmaster>\r\n",
                                               b"RCPT TO:<x@remote.test>\r\n", b"RCPT TO:<nobody@example.org>\r\n",
                                               b"RCPT TO:<alice@example.org> NOTIFY=SUCCESS\r\n"]),
