@@ -50,6 +50,7 @@ BYE_TIMEOUT = Status("BYE", None, "Autologout; idle for too long")
 BYE_SHUTDOWN = Status("BYE", "UNAVAILABLE", "Server shutting down")
 BYE_TOO_MANY_ERRORS = Status("BYE", None, "Too many invalid commands")
 BYE_TOO_MANY_CONNECTIONS = Status("BYE", "UNAVAILABLE", "Too many connections from your address")
+BYE_BUSY = Status("BYE", "UNAVAILABLE", "Too many connections, try again later")  # server.max_connections
 BYE_MAILBOX_GONE = Status("BYE", None, "Selected mailbox was deleted")
 
 # -- refusals (NO) ---------------------------------------------------------------------------------------

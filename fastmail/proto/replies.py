@@ -50,6 +50,7 @@ HELP = Reply(
 
 # 4xx: try again later
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
+BUSY = Reply(421, "4.3.2", "Too many connections, try again later")  # server.max_connections, instead of 220
 TIMEOUT = Reply(421, "4.4.2", "Timeout, closing connection")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")

@@ -46,6 +46,9 @@ class IMAPProtocol(Session):
         services, ip = self.services, self.peer
         services.imap_per_ip[ip] = services.imap_per_ip.get(ip, 0) + 1
         services.imap_sessions.add(self)
+        if self.refusal(None, 0) is not None:  # server.max_connections
+            self.refuse(S.BYE_BUSY.line(), "connections")
+            return
         limit = cfg.imap_max_connections_per_ip
         if limit and services.imap_per_ip[ip] > limit and not services.is_proxy(ip):
             log.event("refused", sid=self.sid, listener=self.listener, peer=ip, reason="connections_per_ip")
@@ -84,11 +87,13 @@ class IMAPProtocol(Session):
 
     def _pump(self) -> None:
         conn, transport = self.conn, self.transport
+        wrote = False
         for _ in range(10_000):
             if conn is None or transport is None or transport.is_closing():
                 return
             request = conn.next_request()
             out = conn.take_output_parts()
+            wrote = wrote or bool(out)
             if len(out) == 1:
                 transport.write(out[0])
             elif out:
@@ -104,16 +109,16 @@ class IMAPProtocol(Session):
             asyncio.get_running_loop().create_task(self._serve(request))
             break
         self._set_reading()
-        self._arm_timer()
+        self._arm_timer(wrote)
 
-    def _arm_timer(self) -> None:
+    def _arm_timer(self, fresh: bool = True) -> None:
         conn = self.conn
         if conn is None or conn.closed or conn.waiting:
             self.deadline = None
             return
         cfg = self.services.config
         partial = conn.buffered and not conn.idling
-        self.deadline = time.monotonic() + (cfg.imap_command_timeout if partial else cfg.imap_idle_timeout)
+        self._arm(cfg.imap_command_timeout if partial else cfg.imap_idle_timeout, fresh)
 
     @property
     def idle(self) -> bool:

@@ -21,6 +21,10 @@ from fastmail.store import maildrop
 if TYPE_CHECKING:
     from fastmail.server.worker import Services
 
+# Instead of the greeting (RFC 2449 §8.1.2 SYS/TEMP: try again later)
+BUSY = P.err("[SYS/TEMP] Too many connections, try again later")  # server.max_connections
+TOO_MANY_CONNECTIONS = P.err("[SYS/TEMP] Too many connections from your address, try again later")
+
 class POP3Protocol(Session):
     sid_tag = "p"
 
@@ -34,6 +38,10 @@ class POP3Protocol(Session):
 
     def start(self) -> None:
         cfg = self.services.config
+        why = self.refusal(self.services.pop3_per_ip, int(cfg.pop3_max_connections_per_ip))
+        if why is not None:
+            self.refuse(BUSY if why == "connections" else TOO_MANY_CONNECTIONS, why)
+            return
         session = P.Session(
             peer=self.peer,
             tls=self.implicit_tls,
@@ -57,8 +65,10 @@ class POP3Protocol(Session):
         conn, transport = self.conn, self.transport
         if conn is None or transport is None or transport.is_closing():
             return
+        wrote = False
         while True:
             out = conn.take_output_parts()
+            wrote = wrote or bool(out)
             if len(out) == 1:
                 transport.write(out[0])
             elif out:
@@ -78,7 +88,7 @@ class POP3Protocol(Session):
         if conn.closed or conn.waiting:
             self.deadline = None
         else:
-            self.deadline = time.monotonic() + self.services.config.pop3_idle_timeout
+            self._arm(self.services.config.pop3_idle_timeout, wrote)
 
     @property
     def idle(self) -> bool:

@@ -60,6 +60,13 @@ class SMTPProtocol(Session):
         cfg = self.services.config
         session = P.Session(peer=self.peer, mode=self.mode, tls=self.implicit_tls)
         session.trusted = self.services.is_trusted(self.peer)
+        # connections held at once: the worker's cap, then the client address's (not LMTP, not trusted networks)
+        counted = None if self.mode is P.Mode.LMTP or session.trusted else self.services.smtp_per_ip
+        why = self.refusal(counted, int(cfg.smtp_max_connections_per_ip))
+        if why is not None:
+            self._end = why
+            self.refuse((R.BUSY if why == "connections" else ratelimit.TOO_MANY_CONNECTIONS).encode(), why)
+            return
         if self._connection_limited(session):
             return
         delay = float(cfg.smtp_greeting_delay)
@@ -272,15 +279,15 @@ class SMTPProtocol(Session):
                 return
             self._task = asyncio.get_running_loop().create_task(self._serve(request))
         self._set_reading()
-        self._arm_timer()
+        self._arm_timer(bool(out))
 
-    def _arm_timer(self) -> None:
+    def _arm_timer(self, fresh: bool = True) -> None:
         conn = self.conn
         if conn is None or conn.closed or conn.waiting:
             self.deadline = None
             return
         cfg = self.services.config
-        self.deadline = time.monotonic() + (cfg.smtp_data_timeout if conn.in_data else cfg.smtp_command_timeout)
+        self._arm(cfg.smtp_data_timeout if conn.in_data else cfg.smtp_command_timeout, fresh)
 
     @property
     def idle(self) -> bool:

@@ -35,7 +35,7 @@ from fastmail.server.auth_http import AuthHTTPProtocol
 from fastmail.server.commit import Committer
 from fastmail.server.imap import IMAPProtocol, watch_changes
 from fastmail.server.pop3 import POP3Protocol
-from fastmail.server.session import LoginThrottle
+from fastmail.server.session import LoginThrottle, connection_cap
 from fastmail.server.smtp import SMTPProtocol
 from fastmail.store import mime
 from fastmail.store.mailboxes import Mailboxes
@@ -112,6 +112,9 @@ class Services:
         self.imap_throttle = LoginThrottle(cfg.imap_max_login_failures)
         self.imap_per_ip: dict[str, int] = {}  # connections per client address in this worker
         self.imap_per_user: dict[int, int] = {}  # logged-in sessions per user id in this worker
+        self.max_connections = connection_cap(cfg.server_max_connections)  # sessions at once, all listeners
+        self.smtp_per_ip: dict[str, int] = {}  # SMTP and submission connections per client address
+        self.pop3_per_ip: dict[str, int] = {}  # POP3 connections per client address
         self.pop3_throttle = LoginThrottle(cfg.pop3_max_login_failures)
         self.auth_http_throttle = LoginThrottle(cfg.imap_max_login_failures)  # nginx's logins, by Client-IP
         self.inbound = Inbound(cfg, self.hostname)  # #7: checks at the end of DATA on the SMTP listener
