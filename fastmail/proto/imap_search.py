@@ -230,7 +230,7 @@ def _date(token: Any) -> int:
         text = core.astring(token).decode("ascii")
         d, m, y = text.split("-")
         return calendar.timegm((int(y), _MONTHS.index(m.lower()) + 1, int(d), 0, 0, 0, 0, 0, 0))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, OverflowError):  # OverflowError: a year past C's long
         raise SYNTAX("Invalid date") from None
 
 
@@ -244,7 +244,7 @@ def _sent_day(item: Item) -> int | None:
         return None
     try:
         dt = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):  # OverflowError: a year or zone past C's int
         return None
     if dt is None:
         return None

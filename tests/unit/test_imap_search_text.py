@@ -13,6 +13,7 @@ from bench.imap import mailgen
 from fastmail.proto import imap_search as S
 from fastmail.proto.imap_fetch import decode_cte
 from fastmail.store import mime
+from fastmail.store.mailboxes import Message
 
 
 def folded_reference(raw: bytes) -> bytes:
@@ -88,3 +89,19 @@ def test_the_characters_folding_to_ascii_are_all_listed():
 def test_utf8_parts_with_and_without_folding_characters(text):
     raw = _message((text + "\r\n").encode(), "utf-8", "8bit")
     assert same_for_ascii_needles(raw)
+
+
+@pytest.mark.parametrize("date", ["1-Jan-99999999999999999999", "1-Jan-" + "9" * 5000, "1-Jan-\u00b2"])
+def test_search_date_past_any_calendar_is_a_syntax_error(date):
+    """Found by tests/fuzz: a year past C's long raised OverflowError (NO [SERVERBUG]) instead of BAD."""
+    with pytest.raises(S.SYNTAX):
+        S.Parser(["BEFORE", date], lambda tok, uid: set()).parse()
+
+
+@pytest.mark.parametrize("value", ["1 Feb 99999999999999999999 10:00 +0000", "1 Feb 1994 10:00 +99999999999999999999"])
+def test_sent_date_past_any_calendar_matches_nothing(value):
+    """Found by tests/fuzz: one message with such a Date: field made every SENT* search of its mailbox fail."""
+    raw = f"Date: {value}\r\nSubject: x\r\n\r\nbody\r\n".encode()
+    msg = Message(1, raw, len(raw), 0, [], 1)
+    pred = S.Parser(["SENTSINCE", "1-Jan-1970"], lambda tok, uid: set()).parse()
+    assert pred(S.Item(msg, 1, lambda blob: raw, lambda blob: None)) is False
