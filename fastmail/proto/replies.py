@@ -82,6 +82,7 @@ AUTH_MECH = Reply(504, "5.5.4", "Unrecognized authentication mechanism")
 USER_UNKNOWN = Reply(550, "5.1.1", "User unknown")
 PREGREET = Reply(554, "5.5.1", "Protocol error: talked before the greeting")  # smtp.greeting_delay
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops: mail loop")  # RFC 5321 §6.3, Received: fields counted
 XCLIENT_DENIED = Reply(550, "5.7.0", "Insufficient authorization")  # XCLIENT from a client that is no proxy
 XCLIENT_UNKNOWN_LOGIN = Reply(550, "5.7.8", "XCLIENT LOGIN is no user here")
 SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address not owned by authenticated user")

@@ -934,6 +934,17 @@ def _as_path(address: str) -> str:
     return '"' + local.replace("\\", "\\\\").replace('"', '\\"') + '"@' + domain
 
 
+MAX_HOPS = 50  # Received: fields a message may carry (Postfix's hopcount_limit): more is a mail loop
+
+
+def hops(content: bytes) -> int:
+    """The Received: fields in the header of `content` (RFC 5321 §6.3: a loop shows as a growing count;
+    e.g. two cluster nodes whose account copies each place a user on the other)."""
+    end = content.find(b"\r\n\r\n")
+    head = (content if end < 0 else content[:end + 2]).lower()
+    return head.count(b"\nreceived:") + head.startswith(b"received:")
+
+
 _trace_dates: dict[int, str] = {}
 
 

@@ -376,6 +376,12 @@ class SMTPProtocol(Session):
         qid = bytes.fromhex(qhex)
         header = P.received_header(conn.session, env, qhex, services.hostname)
         content = env.content
+        if P.hops(content) >= P.MAX_HOPS:  # RFC 5321 §6.3: a mail loop (docs/scaling.md)
+            log.event("refused", sid=self.sid, qid=qhex, cmd="BDAT" if env.bdat else "DATA",
+                      reply=_status(R.TOO_MANY_HOPS), reason="hops", peer=self.peer, sender=env.sender or "<>",
+                      rcpts=len(env.rcpts))
+            conn.deliver_done(qhex, refused=R.TOO_MANY_HOPS)
+            return
         folder = "INBOX"
         inbound = services.inbound
         if inbound.active and self.mode is P.Mode.SMTP and conn.session.user is None:

@@ -440,3 +440,18 @@ def test_only_proxies_may_use_xclient_and_auth_http(cluster: Cluster) -> None:
                   b"Client-IP: 10.0.0.1\r\n\r\n")
         answer = s.recv(4096)
     assert answer.startswith(b"HTTP/1.0 403") and b"Auth-Status: OK" not in answer
+
+
+def test_a_mail_loop_is_cut_at_the_hop_limit(cluster: Cluster) -> None:
+    """Two nodes whose account copies each place a user on the other would pass a message back and forth
+    over LMTP; every hop adds a Received: field, and at 50 the message is refused (RFC 5321 §6.3)."""
+    hops = "".join(f"Received: from hop{i}.example by node.example.org; Wed, 2 Dec 2026 07:00:00 +0000\r\n"
+                   for i in range(50))
+    msg = f"{hops}From: sender@remote.test\r\nSubject: loop\r\n\r\nround and round\r\n".encode()
+    with smtplib.SMTP(cluster.nodes["mx"].address, PORTS["smtp"], timeout=TIMEOUT) as s:
+        with pytest.raises(smtplib.SMTPDataError) as e:
+            s.sendmail("sender@remote.test", ["alice@example.org"], msg)
+        assert e.value.smtp_code == 554 and e.value.smtp_error.startswith(b"5.4.6")
+        # 48 here, 49 with the MX's own at the node: delivered
+        s.sendmail("sender@remote.test", ["alice@example.org"], msg.split(b"\r\n", 2)[2])
+    assert poll(lambda: "loop" in subjects(cluster.nodes["mb1"].inbox("alice@example.org")), 20)

@@ -156,3 +156,9 @@ def test_config_checks_the_cluster_table(tmp_path):
     with pytest.raises(configmod.ConfigError) as e:
         configmod.load(path)
     assert "cluster.nodes" in str(e.value)
+
+
+def test_hops_counts_received_fields_of_the_header_only():
+    assert P.hops(b"Subject: x\r\n\r\nReceived: in the body\r\n") == 0
+    assert P.hops(b"Received: a\r\n\tcontinued\r\nRECEIVED: b\r\nX-Received: no\r\n\r\nReceived: c\r\n") == 2
+    assert P.hops(b"received: only a header, no body") == 1
