@@ -349,7 +349,7 @@ def test_srs_round_trip(local, domain, now):
     sender = f"{local}@{domain}"
     address = srs.forward(KEY, sender, "fwd.example", now)
     srs_local = address.rpartition("@")[0]
-    if local and "=" not in domain:
+    if local and "=" not in domain and "@" not in domain:  # (a parsed sender's domain has neither)
         assert srs.reverse(KEY, srs_local, now) == sender
 
 

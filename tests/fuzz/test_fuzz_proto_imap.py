@@ -10,7 +10,7 @@ import random
 import re
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fastmail.store import mime
@@ -95,6 +95,7 @@ def _check(text: bytes) -> None:
 
 @fuzz(250)
 @given(st.lists(st.sampled_from(_TOKENS), min_size=1, max_size=25), st.integers(0, 2**32 - 1))
+@example(tokens=[_TOKENS[2], _TOKENS[3], b"a5 SEARCH BEFORE 1-Jan-99999999999999999999\r\n"], seed=0)
 def test_never_raises_and_answers_are_well_formed(store, tokens, seed):
     data = b"".join(tokens)
     text = _run(store, [data])
