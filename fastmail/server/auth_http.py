@@ -12,8 +12,9 @@ nginx sends one HTTP/1.0 GET per login attempt, its answer is in the headers onl
     Client-IP: 192.0.2.42                        Auth-Wait: 3)
 
 Auth-User and Auth-Pass come %-escaped (nginx's NGX_ESCAPE_MAIL_AUTH).  The password is checked as every
-login is (fastmail.auth, argon2id, same cost for unknown users); failures are counted per Client-IP in the
-worker's throttle (imap.max_login_failures in 10 minutes), past which the proxy is told to close the
+login is (fastmail.auth, argon2id, same cost for unknown users), behind the same failed-login throttle
+(fastmail.hygiene.authfail: growing delays by Client-IP and by account); failures are also counted per
+Client-IP in the worker (imap.max_login_failures in 10 minutes), past which the proxy is told to close the
 connection.  Without Auth-Wait nginx closes the client's connection; it is left out after
 MAX_ATTEMPTS attempts in one session, as the nginx documentation asks.  Only the proxies
 (cluster.proxies, or loopback when none is set) may ask: anyone else gets 403, so the endpoint is no
@@ -139,7 +140,8 @@ class AuthHTTPProtocol(asyncio.Protocol):
             log.event("auth_http", ok=0, reason="throttled", **fields)
             self._send(_response(TEMPORARY))  # no Auth-Wait: nginx closes the client's connection
             return
-        ok, _ = await services.authenticate(user, password)
+        # the failed-login throttle of every login (fastmail.hygiene.authfail) by the client's own address
+        ok, _ = await services.authenticate(user, password, client)
         record = services.store.get_user(user) if ok else None
         if not ok or record is None:
             throttle.failed(client)

@@ -455,3 +455,37 @@ def test_a_mail_loop_is_cut_at_the_hop_limit(cluster: Cluster) -> None:
         # 48 here, 49 with the MX's own at the node: delivered
         s.sendmail("sender@remote.test", ["alice@example.org"], msg.split(b"\r\n", 2)[2])
     assert poll(lambda: "loop" in subjects(cluster.nodes["mb1"].inbox("alice@example.org")), 20)
+
+
+def auth_http(cluster: Cluster, user: str, password: str, protocol: str, method: str = "plain",
+              attempt: int = 1) -> dict[str, str]:
+    """One auth_http request as nginx sends it, made with curl from the proxy's namespace; the answer's
+    status line and header fields."""
+    headers = {"Auth-Method": method, "Auth-User": user.replace("@", "%40"), "Auth-Pass": password,
+               "Auth-Protocol": protocol, "Auth-Login-Attempt": str(attempt), "Client-IP": "192.0.2.50"}
+    args = [arg for k, v in headers.items() for arg in ("-H", f"{k}: {v}")]
+    res = subprocess.run(["ip", "netns", "exec", cluster.net.namespaces["px"], "curl", "-s", "-0", "-o", "/dev/null",
+                          "-D", "-", "--max-time", "30", *args,
+                          f"http://{cluster.nodes['mx'].address}:{PORTS['auth_http']}/auth"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    lines = res.stdout.strip().splitlines()
+    out = {"status": lines[0]}
+    out.update(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return out
+
+
+def test_auth_http_names_each_users_node_per_protocol(cluster: Cluster) -> None:
+    mb1, mb2 = cluster.nodes["mb1"].address, cluster.nodes["mb2"].address
+    a = auth_http(cluster, "bob@example.org", PASSWORDS["bob@example.org"], "imap")
+    assert (a["status"], a["Auth-Status"], a["Auth-Server"], a["Auth-Port"]) == \
+        ("HTTP/1.0 200 OK", "OK", mb2, str(PORTS["imap"]))
+    a = auth_http(cluster, "alice@example.org", PASSWORDS["alice@example.org"], "smtp", method="login")
+    assert (a["Auth-Status"], a["Auth-Server"], a["Auth-Port"]) == ("OK", mb1, str(PORTS["submission"]))
+    a = auth_http(cluster, "alice@example.org", PASSWORDS["alice@example.org"], "pop3")
+    assert (a["Auth-Server"], a["Auth-Port"]) == (mb1, str(PORTS["pop3"]))
+    a = auth_http(cluster, "nobody@example.org", "guess", "imap")
+    assert a["Auth-Status"] == "Invalid login or password" and a["Auth-Wait"] == "3" and "Auth-Server" not in a
+    a = auth_http(cluster, "nobody@example.org", "guess", "imap", attempt=10)
+    assert a["Auth-Status"] == "Invalid login or password" and "Auth-Wait" not in a  # nginx closes
+    a = auth_http(cluster, "alice@example.org", "x", "imap", method="cram-md5")  # needs clear passwords
+    assert a["Auth-Status"] == "Invalid login or password" and "Auth-Server" not in a
