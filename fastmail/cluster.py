@@ -13,16 +13,52 @@ cluster users).  From there:
   here but queued, addressed to that user; the delivery process (fastmail.delivery.runner) sends it over
   LMTP to the node (`lmtp_route`), with the queue's retries, so mail for a node that is down waits;
 * the nginx auth_http endpoint (fastmail.server.auth_http) names the user's node to the proxy;
-* XCLIENT (fastmail.proto.smtp) and plaintext IMAP/POP3 logins are allowed to `cluster.proxies` only.
+* XCLIENT (fastmail.proto.smtp) and plaintext IMAP/POP3 logins are allowed to `cluster.proxies` only;
+* with `cluster.ticket_key_file`, auth_http gives nginx a login ticket for the node (`Auth-Pass`): the node
+  checks its HMAC instead of the password's argon2id a second time.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import ipaddress
 import socket
+import time
 from typing import Any
 
 from fastmail.store.store import Store
+
+TICKET_PREFIX = "fmt1."
+TICKET_TTL = 60  # seconds a login ticket is good for (the nodes' clocks agree to well within this: NTP)
+MIN_KEY = 32  # bytes of cluster.ticket_key_file
+
+
+def _mac(key: bytes, address: str, expiry: int) -> str:
+    digest = hmac.new(key, f"{address}\0{expiry}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def make_ticket(key: bytes, address: str, now: float | None = None) -> str:
+    """A login ticket for `address`: "fmt1.EXPIRY.MAC", MAC an HMAC-SHA256 of the address and the expiry."""
+    expiry = int(now if now is not None else time.time()) + TICKET_TTL
+    return f"{TICKET_PREFIX}{expiry}.{_mac(key, address, expiry)}"
+
+
+def check_ticket(key: bytes, address: str, ticket: str, now: float | None = None) -> bool:
+    """Is `ticket` one of make_ticket's for `address`, not expired (nor dated implausibly far ahead)?"""
+    if not ticket.startswith(TICKET_PREFIX):
+        return False
+    expiry_s, _, mac = ticket[len(TICKET_PREFIX):].partition(".")
+    if not expiry_s.isdigit() or len(expiry_s) > 12:
+        return False
+    expiry = int(expiry_s)
+    t = now if now is not None else time.time()
+    if not t <= expiry <= t + 2 * TICKET_TTL:
+        return False
+    return hmac.compare_digest(mac, _mac(key, address, expiry))
+
 
 PROTOCOL_PORTS = {"imap": "cluster_imap_port", "pop3": "cluster_pop3_port", "smtp": "cluster_submission_port"}
 
@@ -56,12 +92,24 @@ def find_self(nodes: dict[str, str], configured: str = "") -> str:
 class Cluster:
     """The cluster as this node sees it."""
 
-    def __init__(self, cfg: Any, name: str | None = None) -> None:
+    def __init__(self, cfg: Any, name: str | None = None, tickets: bool = False) -> None:
+        """`tickets`: read cluster.ticket_key_file (workers do, before privileges are dropped)."""
         self.nodes: dict[str, str] = dict(cfg.cluster_nodes)
         self.name = find_self(self.nodes, cfg.cluster_node) if name is None else name
         self.lmtp_port = int(cfg.cluster_lmtp_port)
         self.ports = {proto: int(getattr(cfg, key)) for proto, key in PROTOCOL_PORTS.items()}
         self.proxies = [ipaddress.ip_network(n, strict=False) for n in cfg.cluster_proxies]
+        self.ticket_key = b""
+        path = getattr(cfg, "cluster_ticket_key_file", "")
+        if tickets and path:
+            try:
+                with open(path, "rb") as f:
+                    self.ticket_key = f.read().strip()
+            except OSError as e:
+                raise ClusterError(f"cluster.ticket_key_file: {e.strerror}: {path}") from None
+            if len(self.ticket_key) < MIN_KEY:
+                raise ClusterError(f"cluster.ticket_key_file: {path} holds {len(self.ticket_key)} bytes, "
+                                   f"fewer than {MIN_KEY}")
 
     @property
     def active(self) -> bool:
@@ -76,6 +124,11 @@ class Cluster:
         except ValueError:
             return False
         return any(addr in net for net in self.proxies)
+
+    def ticket_ok(self, peer: str | None, address: str, password: str) -> bool:
+        """A login from a proxy with a ticket our auth_http endpoint made for `address`."""
+        return bool(self.ticket_key) and peer is not None and password.startswith(TICKET_PREFIX) \
+            and self.is_proxy(peer) and check_ticket(self.ticket_key, address, password)
 
     def home(self, user: dict[str, Any]) -> str:
         """The node holding `user`'s mailbox: its `node`, or this node when it has none ("" when this node

@@ -494,6 +494,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cluster.submission_port", int, 587, "Submission port of every mailbox node (the proxy connects there with XCLIENT).", _port),
     Setting("cluster.proxies", list, [], "Networks (CIDR) of the mail proxies (nginx): only they may use XCLIENT and the auth_http endpoint.", _networks),
     Setting("cluster.auth_http_listen", list, [], "Addresses of the nginx auth_http endpoint (HOST:PORT); empty: none.", _addresses),
+    Setting("cluster.ticket_key_file", str, "", "File with a secret shared by every node (at least 32 bytes, e.g. from /dev/urandom, base64): auth_http then gives nginx a one-minute login ticket for the node, which checks its HMAC instead of the password's argon2id again; empty: the node checks the password again.", _path, path=True),
     # failed logins (fastmail.hygiene.authfail): SMTP AUTH, IMAP LOGIN/AUTHENTICATE, POP3 USER/PASS and AUTH
     Setting("auth.failure_delay", float, 1.0, "Seconds a failed login waits for its answer.", _at_least(0)),
     Setting("auth.throttle_delay", float, 1.0, "After a failed login, every login from that client address (an IPv6 /64) or for that account waits this long before its password is checked, doubled with each further failure (up to auth.throttle_max_delay); 0: no throttle.", _at_least(0)),

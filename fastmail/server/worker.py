@@ -85,7 +85,7 @@ class Services:
         self.store = store
         self.hostname = cfg.hostname
         self.policy: Any = StorePolicy(store, cfg.data_dir if cfg.delivery_srs else None)
-        self.cluster = Cluster(cfg)  # docs/scaling.md: users on other nodes are queued for them (LMTP)
+        self.cluster = Cluster(cfg, tickets=True)  # docs/scaling.md: users on other nodes are queued for them
         if self.cluster.active:
             self.policy = ClusterPolicy(self.policy, store, self.cluster)
         self.limits = P.Limits(
@@ -164,9 +164,13 @@ class Services:
             log.event("auth_lookup_failed", error=repr(e))
             record = None
         loop = asyncio.get_running_loop()
-        ok, hashed = await loop.run_in_executor(
-            self._auth_pool, auth.check_password, record["hash"] if record else None, password
-        )
+        if record is not None and self.cluster.ticket_ok(peer, record["address"], password):
+            ok, hashed = True, False  # the proxy's ticket from auth_http (docs/scaling.md): an HMAC, no argon2id
+            log.event("auth_ticket", peer=peer, user=record["address"])
+        else:
+            ok, hashed = await loop.run_in_executor(
+                self._auth_pool, auth.check_password, record["hash"] if record else None, password
+            )
         ok = ok and record is not None
         if throttle is not None:
             if ok:

@@ -19,6 +19,7 @@ links, processes) is removed in the fixture's teardown, also when the test fails
 
 from __future__ import annotations
 
+import base64
 import email
 import imaplib
 import os
@@ -180,7 +181,7 @@ class Node:
         return list(orjson.loads(self.cli("queue", "list", "--json").stdout))
 
 
-def cluster_config(net: Net) -> str:
+def cluster_config(net: Net, ticket_key: Path) -> str:
     listen = "\n".join(f'{name} = [":{port}"]' for name, port in PORTS.items() if name != "auth_http")
     return f"""
 [server]
@@ -207,6 +208,7 @@ pop3_port = {PORTS['pop3']}
 submission_port = {PORTS['submission']}
 proxies = ["{net.addresses['px']}/32"]
 auth_http_listen = [":{PORTS['auth_http']}"]
+ticket_key_file = "{ticket_key}"
 
 [cluster.nodes]
 mb1 = "{net.addresses['mb1']}"
@@ -284,7 +286,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         for name, last in (("px", 2), ("mx", 10), ("mb1", 11), ("mb2", 12)):
             net.add(name, last)
         config = tmp / "cluster.toml"
-        config.write_text(cluster_config(net))
+        (tmp / "cluster.key").write_bytes(base64.b64encode(os.urandom(32)))
+        config.write_text(cluster_config(net, tmp / "cluster.key"))
         for name in ("mx", "mb1", "mb2"):
             node = nodes[name] = Node(name, net.namespaces[name], net.addresses[name], config, tmp / name,
                                       tmp / f"{name}.log")
@@ -367,6 +370,8 @@ def test_mail_flows_through_mx_proxy_and_survives_a_node_outage(cluster: Cluster
     assert imap_subjects(cluster, "bob@example.org") == ["first"]
     assert pop3_subjects(cluster, "bob@example.org") == ["first"]
     assert pop3_subjects(cluster, "alice@example.org") == ["first"]
+    # nginx logged in at the nodes with auth_http's ticket (Auth-Pass): an HMAC there, not a second argon2id
+    assert "event=auth_ticket" in mb1.log.read_text() and "event=auth_ticket" in mb2.log.read_text()
     log = mx.log.read_text()
     assert "event=auth_http" in log and f"server={mb2.address}" in log and f"server={mb1.address}" in log
     with imaplib.IMAP4(cluster.proxy, 143, timeout=TIMEOUT) as m:
@@ -479,6 +484,7 @@ def test_auth_http_names_each_users_node_per_protocol(cluster: Cluster) -> None:
     a = auth_http(cluster, "bob@example.org", PASSWORDS["bob@example.org"], "imap")
     assert (a["status"], a["Auth-Status"], a["Auth-Server"], a["Auth-Port"]) == \
         ("HTTP/1.0 200 OK", "OK", mb2, str(PORTS["imap"]))
+    assert a["Auth-Pass"].startswith("fmt1.")  # the login ticket nginx gives the node instead of the password
     a = auth_http(cluster, "alice@example.org", PASSWORDS["alice@example.org"], "smtp", method="login")
     assert (a["Auth-Status"], a["Auth-Server"], a["Auth-Port"]) == ("OK", mb1, str(PORTS["submission"]))
     a = auth_http(cluster, "alice@example.org", PASSWORDS["alice@example.org"], "pop3")

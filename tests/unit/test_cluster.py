@@ -162,3 +162,35 @@ def test_hops_counts_received_fields_of_the_header_only():
     assert P.hops(b"Subject: x\r\n\r\nReceived: in the body\r\n") == 0
     assert P.hops(b"Received: a\r\n\tcontinued\r\nRECEIVED: b\r\nX-Received: no\r\n\r\nReceived: c\r\n") == 2
     assert P.hops(b"received: only a header, no body") == 1
+
+
+def test_login_tickets():
+    key = b"k" * 32
+    t = cluster.make_ticket(key, "alice@example.org", now=1000)
+    assert t.startswith("fmt1.1060.")
+    assert cluster.check_ticket(key, "alice@example.org", t, now=1030)
+    assert not cluster.check_ticket(key, "alice@example.org", t, now=1061)  # expired
+    assert not cluster.check_ticket(key, "alice@example.org", t, now=900)  # dated too far ahead
+    assert not cluster.check_ticket(key, "bob@example.org", t, now=1030)  # another user's
+    assert not cluster.check_ticket(b"x" * 32, "alice@example.org", t, now=1030)  # another key
+    assert not cluster.check_ticket(key, "alice@example.org", "fmt1.1060.", now=1030)
+    assert not cluster.check_ticket(key, "alice@example.org", "alice-secret", now=1030)
+    c = cluster.Cluster(cfg())
+    c.ticket_key = key
+    good = cluster.make_ticket(key, "alice@example.org")
+    assert c.ticket_ok("10.0.0.2", "alice@example.org", good)
+    assert not c.ticket_ok("10.0.0.3", "alice@example.org", good)  # only from a proxy
+    assert not c.ticket_ok(None, "alice@example.org", good)
+
+
+def test_ticket_key_file_is_read_and_checked(tmp_path):
+    short = tmp_path / "short.key"
+    short.write_bytes(b"too short\n")
+    with pytest.raises(cluster.ClusterError):
+        cluster.Cluster(cfg(cluster_ticket_key_file=str(short)), tickets=True)
+    with pytest.raises(cluster.ClusterError):
+        cluster.Cluster(cfg(cluster_ticket_key_file=str(tmp_path / "missing")), tickets=True)
+    good = tmp_path / "good.key"
+    good.write_bytes(b"0123456789abcdef0123456789abcdef\n")
+    assert cluster.Cluster(cfg(cluster_ticket_key_file=str(good)), tickets=True).ticket_key == good.read_bytes().strip()
+    assert cluster.Cluster(cfg(cluster_ticket_key_file=str(good))).ticket_key == b""  # read by workers only
