@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         ("wrong answers", res["wrong_answer_count"]), ("lost", res["lost_count"]),
         ("duplicates", res["duplicate_count"]), ("changed/unexpected stored", res["bad_stored_count"]),
         ("fsck problems", len(res["fsck"].get("problems", [1]))), ("outbound missing", res["outbound_missing_count"]),
-        ("queue not drained", not res["queue_drained"]), ("kills short", len(res["kills"]) != args.kills)) if bad]
+        ("queue not drained", not res["queue_drained"]), ("kills short", len(res["kills"]) != args.kills),
+        ("fsck --repair left something", res["fsck_after_repair"].get("notes", [1]) or
+         res["fsck_after_repair"].get("problems", [1]))) if bad]
     res["failures"] = failures
     c = res["counts"]
     rows = [
@@ -129,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         ("lost / duplicated / changed", f"{res['lost_count']} / {res['duplicate_count']} / {res['bad_stored_count']}"),
         ("wrong answers", res["wrong_answer_count"]),
         ("fsck", f"exit {res['fsck_exit']}, problems {len(res['fsck'].get('problems', []))}, "
-                 f"notes {sorted({n['kind'] for n in res['fsck'].get('notes', [])})}"),
+                 f"notes {sorted({n['kind'] for n in res['fsck'].get('notes', [])})}; after --repair: "
+                 f"{'clean' if res['fsck_after_repair'].get('clean') and not res['fsck_after_repair'].get('notes') else res['fsck_after_repair']}"),
         ("master kill: children gone / restarted (s, max)",
          f"{max((k['children_exit_s'] for k in res['kills'] if 'children_exit_s' in k), default=0)} / "
          f"{max((k['recovered_s'] for k in res['kills'] if k['kind'] == 'master'), default=0)}"),

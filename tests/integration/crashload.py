@@ -495,6 +495,9 @@ def run(work: Path, kills: int, seed: int, *, smtp_clients: int = 3, imap_client
         fsck_res = srv.cli("fsck", "--json", check=False)
         result["fsck"] = orjson.loads(fsck_res.stdout) if fsck_res.stdout else {"error": fsck_res.stderr.decode()}
         result["fsck_exit"] = fsck_res.returncode
+        srv.cli("fsck", "--repair", check=False)  # the notes (torn tails) reclaimed: nothing left after it
+        again = srv.cli("fsck", "--json", check=False)
+        result["fsck_after_repair"] = orjson.loads(again.stdout) if again.stdout else {"error": again.stderr.decode()}
         result.update(_verify(srv, ledger, sink, remote_accepted))
     finally:
         load.stop.set()

@@ -21,12 +21,13 @@ def test_sigkill_of_each_process_kind_under_load_loses_nothing(tmp_path):
     seed = int(os.environ.get("FASTMAIL_CRASH_SEED", "0")) or random.SystemRandom().randrange(1, 1 << 32)
     print(f"crash seed {seed} (FASTMAIL_CRASH_SEED={seed} reruns it)")
     res = crashload.run(tmp_path, kills=6, seed=seed, smtp_clients=3, imap_clients=20, pause=(1.0, 3.0))
-    summary = {k: v for k, v in res.items() if k not in ("fsck",)}
+    summary = {k: v for k, v in res.items() if k not in ("fsck", "fsck_after_repair")}
     print(summary)
     assert res["kills_by_kind"] == {"master": 2, "worker": 2, "delivery": 2}, summary
     assert res["wrong_answer_count"] == 0, res["wrong_answers"]
     assert res["fsck_exit"] == 0 and res["fsck"]["problems"] == [], res["fsck"]
     assert {n["kind"] for n in res["fsck"]["notes"]} <= {"torn-tail", "empty-segment"}, res["fsck"]
+    assert res["fsck_after_repair"] == {"clean": True, "repaired": False, "problems": [], "notes": []}, res
     assert res["lost_count"] == 0 and res["duplicate_count"] == 0 and res["bad_stored_count"] == 0, summary
     assert res["queue_drained"] and res["outbound_missing_count"] == 0, summary
     # the load was real: messages accepted before and after every kill, by every kind of client
