@@ -400,7 +400,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("smtp.trusted_networks", list, [], "Client networks allowed to relay without AUTH (CIDR list; never all of 0.0.0.0/0 or ::/0).", _trusted_networks),
     Setting("smtp.sender_login_match", bool, True, "Authenticated senders may only use their own addresses and aliases in MAIL FROM."),
     Setting("smtp.auth_plaintext_without_tls", bool, False, "Allow AUTH on a connection without TLS (tests/loopback only)."),
-    Setting("smtp.max_connections_per_ip", int, 200, "SMTP and submission connections one client address may hold at once in one worker (more get 421 4.7.0); not LMTP or smtp.trusted_networks; 0: no limit.", _at_least(0)),
+    Setting("smtp.max_connections_per_ip", int, 200, "SMTP and submission connections one client address may hold at once in one worker (more get 421 4.7.0); not LMTP, smtp.trusted_networks or cluster.proxies; 0: no limit.", _at_least(0)),
     Setting("smtp.greeting_delay", float, 0.0, "Seconds the SMTP listener waits before its greeting (not submission, LMTP, trusted networks); a client that talks first gets 554 5.5.1 and is disconnected.", _at_least(0)),
     # imap
     Setting("imap.max_line_length", int, 64 * 1024, "Longest IMAP command line (literals excluded), in bytes.", _at_least(8192, "RFC 7162 4")),
@@ -418,7 +418,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pop3.plaintext_auth_loopback", bool, True, "Allow USER/PASS and AUTH without TLS from loopback clients (elsewhere STLS or POP3S is required)."),
     Setting("pop3.max_errors", int, 20, "Failed commands (-ERR) before the session is closed.", _positive),
     Setting("pop3.login_delay", int, 0, "Seconds a user must wait between two POP3 logins (RFC 2449 LOGIN-DELAY, advertised in CAPA; earlier logins get -ERR [LOGIN-DELAY]); 0: none.", _at_least(0)),
-    Setting("pop3.max_connections_per_ip", int, 200, "POP3 connections one client address may hold at once in one worker (more get -ERR [SYS/TEMP]); 0: no limit.", _at_least(0)),
+    Setting("pop3.max_connections_per_ip", int, 200, "POP3 connections one client address may hold at once in one worker (more get -ERR [SYS/TEMP]); not cluster.proxies; 0: no limit.", _at_least(0)),
     Setting("pop3.max_login_failures", int, 10, "Failed logins from one client address within 10 minutes before a worker refuses its logins ([SYS/TEMP]); 0: no limit.", _at_least(0)),
     # metrics (docs/operations.md "Metrics")
     Setting("metrics.listen", str, "", "HOST:PORT where the metrics process answers GET /metrics (Prometheus text format; plain HTTP, no authentication: keep it on a private address); empty: no metrics (the embedded dev server: 127.0.0.1:9525).", _metrics_listen),

@@ -38,7 +38,8 @@ class POP3Protocol(Session):
 
     def start(self) -> None:
         cfg = self.services.config
-        why = self.refusal(self.services.pop3_per_ip, int(cfg.pop3_max_connections_per_ip))
+        counted = None if self.services.is_proxy(self.peer) else self.services.pop3_per_ip  # a proxy: many clients
+        why = self.refusal(counted, int(cfg.pop3_max_connections_per_ip))
         if why is not None:
             self.refuse(BUSY if why == "connections" else TOO_MANY_CONNECTIONS, why)
             return

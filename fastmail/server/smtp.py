@@ -60,8 +60,10 @@ class SMTPProtocol(Session):
         cfg = self.services.config
         session = P.Session(peer=self.peer, mode=self.mode, tls=self.implicit_tls)
         session.trusted = self.services.is_trusted(self.peer)
-        # connections held at once: the worker's cap, then the client address's (not LMTP, not trusted networks)
-        counted = None if self.mode is P.Mode.LMTP or session.trusted else self.services.smtp_per_ip
+        # connections held at once: the worker's cap, then the client address's (not LMTP, trusted networks or
+        # the mail proxies, which bring many clients from one address: docs/scaling.md)
+        exempt = self.mode is P.Mode.LMTP or session.trusted or self.services.is_proxy(self.peer)
+        counted = None if exempt else self.services.smtp_per_ip
         why = self.refusal(counted, int(cfg.smtp_max_connections_per_ip))
         if why is not None:
             self._end = why
