@@ -1,11 +1,12 @@
 """IMAP logins through the proxy tier vs straight to the mailbox node (issue #9, docs/scaling.md).
 
-    python -m bench.cluster_logins [--logins 40] [--clients 1,4] [--rounds 3]
+    python -m bench.cluster_logins [--logins 40] [--clients 1,4] [--rounds 3] [--ticket]
 
 One fastmail node (cluster of one: node mb1 = 127.0.0.1, its auth_http endpoint on) and a private nginx with
 its mail module in front of it (auth_http → fastmail, IMAP proxied to the node), both on loopback.  Each
 measured op is LOGIN + SELECT INBOX + LOGOUT with imaplib, CLIENTS threads at once, LOGINS in all; every
-login is checked (SELECT must answer OK).  Per target and round: logins/s, and the CPU seconds per login of
+login is checked (SELECT must answer OK).  With --ticket the node has cluster.ticket_key_file: auth_http
+hands nginx a login ticket, and the node checks its HMAC instead of the password's argon2id a second time.  Per target and round: logins/s, and the CPU seconds per login of
 fastmail's process tree and of nginx's (from /proc).  Needs root only for nothing; nginx and
 libnginx-mod-mail from `make system-deps`.
 """
@@ -36,14 +37,18 @@ MAIL_MODULE = "/usr/lib/nginx/modules/ngx_mail_module.so"
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def start_node(tmp: Path) -> tuple[Server, int]:
+def start_node(tmp: Path, ticket: bool) -> tuple[Server, int]:
     ports: dict[str, int] = {}
     for name in ("smtp", "submission", "submissions", "lmtp", "imap", "imaps", "pop3", "pop3s", "auth_http"):
         while (port := free_port()) in ports.values():
             pass
         ports[name] = port
     extra = (f'[cluster]\nimap_port = {ports["imap"]}\nproxies = ["127.0.0.1/32"]\n'
-             f'auth_http_listen = ["127.0.0.1:{ports["auth_http"]}"]\n[cluster.nodes]\nmb1 = "127.0.0.1"\n')
+             f'auth_http_listen = ["127.0.0.1:{ports["auth_http"]}"]\n')
+    if ticket:
+        (tmp / "cluster.key").write_bytes(os.urandom(32).hex().encode())
+        extra += f'ticket_key_file = "{tmp / "cluster.key"}"\n'
+    extra += '[cluster.nodes]\nmb1 = "127.0.0.1"\n'
     srv = Server(tmp, ports, workers=2, extra=extra)
     srv.cli("domain", "add", "example.org")
     srv.cli("user", "add", USER, "--password-stdin", input=PASSWORD.encode() + b"\n")
@@ -120,15 +125,16 @@ def main() -> int:
     ap.add_argument("--logins", type=int, default=40)
     ap.add_argument("--clients", default="1,4")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--ticket", action="store_true", help="login tickets (cluster.ticket_key_file)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fastmail-cluster-bench-"))
-    srv, auth_port = start_node(tmp)
+    srv, auth_port = start_node(tmp, args.ticket)
     nginx: subprocess.Popen[bytes] | None = None
     rows = []
     try:
         nginx, proxy_port = start_nginx(tmp, auth_port)
         assert srv.proc is not None
-        targets = {"direct": srv.ports["imap"], "proxy": proxy_port}
+        targets = {"direct": srv.ports["imap"], "proxy+ticket" if args.ticket else "proxy": proxy_port}
         for port in targets.values():
             one_login(port)  # warm-up, and the check that both paths work
         for clients in (int(c) for c in args.clients.split(",")):
@@ -153,14 +159,14 @@ def main() -> int:
           f"commit {git_info()['commit'][:7]}{' (dirty)' if git_info()['dirty'] else ''}")
     print("| target | clients | logins/s | fastmail CPU ms/login | nginx CPU ms/login |\n|---|---:|---:|---:|---:|")
     for clients in sorted({r["clients"] for r in rows}):
-        for name in ("direct", "proxy"):
+        for name in ("direct", "proxy+ticket" if args.ticket else "proxy"):
             rs = [r for r in rows if r["target"] == name and r["clients"] == clients]
             print(f"| {name} | {clients} | {statistics.median(r['logins_per_s'] for r in rs):.1f} | "
                   f"{statistics.median(r['fastmail_cpu_ms_per_login'] for r in rs):.0f} | "
                   f"{statistics.median(r['nginx_cpu_ms_per_login'] for r in rs):.2f} |")
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"cluster_logins-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"rows": rows, "git": git_info()}, indent=1))
+    out.write_text(json.dumps({"rows": rows, "ticket": args.ticket, "git": git_info()}, indent=1))
     print(f"rows in {out}")
     return 0
 
