@@ -25,6 +25,7 @@ in at the node with, so that the node checks an HMAC instead of the argon2id has
 from __future__ import annotations
 
 import asyncio
+import logging
 import urllib.parse
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -83,6 +84,7 @@ class AuthHTTPProtocol(asyncio.Protocol):
         self.buf = b""
         self.busy = False
         self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None  # the answer being worked out (a reference keeps it alive)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -118,7 +120,14 @@ class AuthHTTPProtocol(asyncio.Protocol):
         if fields is None:
             self._send(_response("", code="400 Bad Request"))
             return
-        asyncio.get_running_loop().create_task(self._answer(fields))
+        self.task = asyncio.get_running_loop().create_task(self._answer_safely(fields))
+
+    async def _answer_safely(self, f: dict[str, str]) -> None:
+        try:
+            await self._answer(f)
+        except Exception as e:  # e.g. the store failed: the login is refused for now, not left hanging
+            log.event("auth_http_failed", level=logging.ERROR, peer=self.peer, error=repr(e))
+            self._send(_response(TEMPORARY))
 
     async def _answer(self, f: dict[str, str]) -> None:
         services = self.services

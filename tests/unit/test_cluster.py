@@ -4,6 +4,7 @@ topology runs in tests/integration/test_cluster.py."""
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -194,3 +195,59 @@ def test_ticket_key_file_is_read_and_checked(tmp_path):
     good.write_bytes(b"0123456789abcdef0123456789abcdef\n")
     assert cluster.Cluster(cfg(cluster_ticket_key_file=str(good)), tickets=True).ticket_key == good.read_bytes().strip()
     assert cluster.Cluster(cfg(cluster_ticket_key_file=str(good))).ticket_key == b""  # read by workers only
+
+
+class _Transport:
+    def __init__(self, peer: str) -> None:
+        self.peer, self.out, self.closed = peer, b"", False
+
+    def get_extra_info(self, name: str) -> object:
+        return (self.peer, 40000) if name == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _ask(peer: str, authenticate, proxies=()) -> bytes:
+    """One request through AuthHTTPProtocol with stand-in services; the bytes it answered."""
+    from fastmail.server.auth_http import AuthHTTPProtocol
+    from fastmail.server.session import LoginThrottle
+
+    async def run() -> bytes:
+        c = cluster.Cluster(cfg(cluster_proxies=list(proxies)))
+        services = SimpleNamespace(cluster=c, is_proxy=c.is_proxy, auth_http_throttle=LoginThrottle(10),
+                                   authenticate=authenticate,
+                                   store=SimpleNamespace(get_user=lambda a: {"id": 1, "address": a, "node": "mb2"}))
+        proto = AuthHTTPProtocol(services, "auth_http")  # type: ignore[arg-type]
+        t = _Transport(peer)
+        proto.connection_made(t)  # type: ignore[arg-type]
+        proto.data_received(b"GET /auth HTTP/1.0\r\nAuth-Method: plain\r\nAuth-User: a%40example.org\r\n"
+                            b"Auth-Pass: pw\r\nAuth-Protocol: imap\r\nClient-IP: 192.0.2.9\r\n\r\n")
+        for _ in range(100):
+            if t.closed:
+                break
+            await asyncio.sleep(0.01)
+        proto.connection_lost(None)
+        return t.out
+
+    return asyncio.run(run())
+
+
+def test_auth_http_protocol_answers_refuses_and_survives_a_failing_check():
+    async def good(user, password, peer=None):
+        return True, 1
+
+    async def broken(user, password, peer=None):
+        raise OSError("store gone")
+
+    assert _ask("127.0.0.1", good).startswith(b"HTTP/1.0 200 OK\r\nAuth-Status: OK\r\nAuth-Server: 192.0.2.254\r\n")
+    assert _ask("10.0.0.9", good).startswith(b"HTTP/1.0 403 ")  # no proxies configured: loopback only
+    assert _ask("10.0.0.2", good, ["10.0.0.2/32"]).startswith(b"HTTP/1.0 200 OK")
+    assert _ask("127.0.0.1", good, ["10.0.0.2/32"]).startswith(b"HTTP/1.0 403 ")  # proxies set: only they
+    assert b"Auth-Status: Temporary server problem" in _ask("127.0.0.1", broken)
