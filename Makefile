@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test compile bench bench-load bench-smtp bench-imap bench-pop3 bench-deps system-deps clean
+.PHONY: serve test fuzz fuzz-long compile bench bench-load bench-smtp bench-imap bench-pop3 bench-deps system-deps clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,15 @@ compile: $(BIN)/python
 
 test: system-deps compile
 	$(BIN)/python -m pytest tests
+
+# The fuzz harnesses alone (tests/fuzz/README.md): the CI profile (derandomized, a couple of minutes), or the
+# long one (random seeds, 25x the examples), e.g.
+#   make fuzz-long FUZZ_ENV=FASTMAIL_FUZZ_EXAMPLES=20000 FUZZ_ARGS="-k smtp"
+fuzz: compile
+	$(BIN)/python -m pytest tests/fuzz -q
+
+fuzz-long: compile
+	FASTMAIL_FUZZ=long $(FUZZ_ENV) $(BIN)/python -m pytest tests/fuzz -q --hypothesis-show-statistics $(FUZZ_ARGS)
 
 bench: compile
 	$(BIN)/python -m pytest bench --benchmark-only --benchmark-columns=min,median,ops
