@@ -495,3 +495,14 @@ def test_auth_http_names_each_users_node_per_protocol(cluster: Cluster) -> None:
     assert a["Auth-Status"] == "Invalid login or password" and "Auth-Wait" not in a  # nginx closes
     a = auth_http(cluster, "alice@example.org", "x", "imap", method="cram-md5")  # needs clear passwords
     assert a["Auth-Status"] == "Invalid login or password" and "Auth-Server" not in a
+
+
+def test_user_placement_with_the_cli(cluster: Cluster) -> None:
+    mx = cluster.nodes["mx"]
+    users = {u["address"]: u["node"] for u in orjson.loads(mx.cli("user", "list", "--json").stdout)}
+    assert users == HOMES
+    assert "node=mb2" in mx.cli("user", "list").stdout.decode()
+    res = mx.cli("user", "move", "alice@example.org", "mb9", check=False)
+    assert res.returncode == 1 and b"no node mb9 in cluster.nodes (mb1, mb2)" in res.stderr
+    res = mx.cli("user", "move", "nobody@example.org", "mb1", check=False)
+    assert res.returncode == 1 and b"no user nobody@example.org" in res.stderr
