@@ -721,6 +721,9 @@ _RULES: tuple[tuple[str, tuple[str, ...], Callable[[dict[str, Any]], str | None]
     ("spam.junk_score", ("spam.reject_score",), lambda v: f"{v['spam.junk_score']} is above spam.reject_score "
      f"({v['spam.reject_score']}): nothing would go to Junk" if v["spam.junk_score"] > v["spam.reject_score"]
      else None),
+    ("cluster.auth_http_listen", tuple(f"listen.{n}" for n in LISTENERS), lambda v: next(
+        (f"{a!r} overlaps {b!r} of listen.{n} (the same port)" for a in v["cluster.auth_http_listen"] for n in LISTENERS
+         for b in v[f"listen.{n}"] if _overlap(parse_listen(a), parse_listen(b))), None)),
     ("cluster.node", ("cluster.nodes",), lambda v: f"{short_repr(v['cluster.node'])} is not in cluster.nodes"
      if v["cluster.node"] and v["cluster.node"] not in v["cluster.nodes"] else None),
     ("rspamd.learn", ("rspamd.controller_url",), lambda v: "needs rspamd.controller_url"

@@ -251,3 +251,14 @@ def test_auth_http_protocol_answers_refuses_and_survives_a_failing_check():
     assert _ask("10.0.0.2", good, ["10.0.0.2/32"]).startswith(b"HTTP/1.0 200 OK")
     assert _ask("127.0.0.1", good, ["10.0.0.2/32"]).startswith(b"HTTP/1.0 403 ")  # proxies set: only they
     assert b"Auth-Status: Temporary server problem" in _ask("127.0.0.1", broken)
+
+
+def test_auth_http_listener_may_not_share_a_port_with_another_listener():
+    values = {s.key: s.default for s in configmod.SETTINGS}
+    values.update({"cluster.nodes": {"mb1": "10.0.0.11"}, "cluster.node": "mb9",
+                   "cluster.auth_http_listen": [":2525"]})  # listen.smtp is 127.0.0.1:2525
+    problems = dict(configmod._check_together(values, set()))
+    assert "overlaps '127.0.0.1:2525' of listen.smtp" in problems["cluster.auth_http_listen"]
+    assert "is not in cluster.nodes" in problems["cluster.node"]
+    values.update({"cluster.auth_http_listen": ["127.0.0.1:9143"], "cluster.node": "mb1"})
+    assert configmod._check_together(values, set()) == []
