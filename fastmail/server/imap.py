@@ -174,6 +174,8 @@ class IMAPProtocol(Session):
             elif isinstance(request, P.Flush):
                 if self._write_paused:
                     self._drained = loop.create_future()
+                    # the client has imap.command_timeout to read on; else on_timeout aborts it (fastmail.server.session)
+                    self.deadline = time.monotonic() + services.config.imap_command_timeout
                     await self._drained
                     self._drained = None
                 conn.resolve(None)

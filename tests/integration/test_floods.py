@@ -328,3 +328,34 @@ def test_a_client_that_never_reads_is_dropped(quick, proto):
             dropped = True
             break
     assert dropped
+
+
+def test_a_fetch_that_is_never_read_is_dropped(quick):
+    """A large FETCH waits for the client to read what went out before it goes on (back-pressure); a client
+    that never reads is dropped at the timeout (1 s) instead of holding its session forever."""
+    user = "alice@example.org"
+    with imaplib.IMAP4(HOST, quick.ports["imap"], timeout=TIMEOUT) as m:
+        m.login(user, PASSWORDS[user])
+        body = b"Subject: big\r\n\r\n" + (b"y" * 998 + b"\r\n") * 2048  # 2 MiB
+        assert m.append("INBOX", None, None, body)[0] == "OK"
+    s, first = connect(quick, "imap")
+    assert first.startswith(b"* OK ")
+    s.sendall(f"a LOGIN {user} {PASSWORDS[user]}\r\nb SELECT INBOX\r\n".encode())
+    got = b""
+    for _ in range(100):
+        if b"b OK" in got:
+            break
+        got += s.recv(4096)
+    s.sendall(b"c FETCH 1:* BODY.PEEK[]\r\n" * 20)  # 40 MiB of answers, none read
+    dropped = False
+    for _ in range(100):  # without reading, poke it every 0.2 s: reset once it is aborted
+        select.select([], [], [s], 0.2)
+        s.setblocking(False)
+        try:
+            s.send(b"N")
+        except BlockingIOError:
+            continue
+        except OSError:
+            dropped = True
+            break
+    assert dropped
