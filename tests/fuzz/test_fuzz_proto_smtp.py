@@ -1,6 +1,6 @@
 """The SMTP, submission and LMTP state machine (fastmail.proto.smtp) under random command sequences and
 garbage bytes, with every driver answer (TLS, AUTH accepted or refused, delivery done, failed, refused, over
-quota) and the policy hooks.
+quota, a proxy's XCLIENT accepted or refused) and the policy hooks.
 
 Contracts: it never raises; every output line is a well-formed reply (a code 2xx-5xx, "-" or SP or nothing
 after it) and an enhanced code, where there is one, has the reply's class; nothing is written after the
@@ -41,6 +41,10 @@ _TOKENS = [
     b"EXPN a\r\n", b"HELP\r\n", b".\r\n", b"\r\n.\r\n", b"\n.\n", b"hello\r\n", b"\r\n", b"\n", b"\r",
     b"MAIL FROM:<a@b.test> SIZE=99999999999\r\n", b"RCPT TO:<\"q\"@example.org> NOTIFY=NEVER\r\n",
     b"x" * 600 + b"\r\n", b"..\r\n", b"\x00\xff\r\n",
+    # XCLIENT from a configured proxy (nginx's mail proxy, Postfix's XCLIENT_README)
+    b"XCLIENT ADDR=192.0.2.9 LOGIN=alice@example.org\r\n", b"XCLIENT ADDR=IPV6:2001:db8::1 NAME=[UNAVAILABLE] HELO=y\r\n",
+    b"XCLIENT LOGIN=[UNAVAILABLE]\r\n", b"XCLIENT ADDR=x\r\n", b"XCLIENT FOO=1\r\n", b"XCLIENT\r\n",
+    b"XCLIENT ADDR=192.0.2.9 LOGIN=mallory+40example.org\r\n", b"XCLIENT LOGIN=\xc3\xa9\r\n", b"XCLIENT HELO=[x]\r\n",
 ]
 # MAIL and RCPT with parameters put together from pieces of their grammar (RFC 1870, 3461, 4954, 6152, 6531)
 _PARAM_KEYS = [b"SIZE", b"BODY", b"RET", b"ENVID", b"AUTH", b"NOTIFY", b"ORCPT", b"SMTPUTF8", b"X-Y", b"size"]
@@ -63,6 +67,8 @@ def scripted(draw) -> list[bytes]:
     """A plausible session (hello, maybe AUTH, transactions with DATA or BDAT) with noise in between."""
     noise = st.lists(st.one_of(st.sampled_from(_TOKENS), _MAIL_RCPT, st.binary(max_size=16)), max_size=2)
     out = [draw(st.sampled_from([b"EHLO x\r\n", b"LHLO x\r\n", b"HELO x\r\n"]))]
+    if draw(st.integers(0, 3)) == 0:  # a proxy's XCLIENT (refused unless the listener is a proxy's), then EHLO again
+        out += [draw(st.sampled_from([t for t in _TOKENS if t.startswith(b"XCLIENT")])), out[0]]
     if draw(st.booleans()):
         out.append(draw(st.sampled_from([_PLAIN, b"AUTH LOGIN\r\nYWxpY2VAZXhhbXBsZS5vcmc=\r\ncHc=\r\n"])))
     for _ in range(draw(st.integers(1, 3))):
@@ -85,7 +91,7 @@ def scripted(draw) -> list[bytes]:
 
 
 MODES = st.sampled_from(list(P.Mode))
-OPTIONS = st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.booleans())
+OPTIONS = st.tuples(st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.booleans())
 
 
 def _mail_hook(session: P.Session, sender: str | None) -> R.Reply | None:
@@ -98,17 +104,18 @@ def _rcpt_hook(session: P.Session, env: P.Envelope, rcpt: str) -> R.Reply | None
 
 class Run:
     def __init__(self, mode: P.Mode, options: tuple[bool, ...]) -> None:
-        tls_available, tls, auth_without_tls, hooks, trusted = options
+        tls_available, tls, auth_without_tls, hooks, trusted, proxy = options
         self.refusals: list[P.Refusal] = []
         self.conn = P.SMTPConnection(
             P.Session("192.0.2.1", mode, tls=tls, trusted=trusted), FakePolicy(frozenset({"alice", "postmaster"})),
             "mx.example.org", P.Limits(max_line_length=512, max_message_size=4096, max_recipients=5),
             tls_available=tls_available, auth_without_tls=auth_without_tls,
             mail_hook=_mail_hook if hooks else None, rcpt_hook=_rcpt_hook if hooks else None,
-            refused_hook=self.refusals.append, new_qid=lambda: "0f")
+            refused_hook=self.refusals.append, new_qid=lambda: "0f", xclient=proxy)
         self.mode = mode
         self.out = [self.conn.take_output()]
         self.delivered: list[P.Envelope] = []
+        self.xclient_users = 0  # sessions a proxy's XCLIENT LOGIN= made authenticated
 
     def feed(self, chunk: bytes) -> None:
         conn = self.conn
@@ -126,6 +133,16 @@ class Run:
                 conn.auth_done(req.username if ok else None, 1 if ok else None, temporary=req.password == "")
             elif isinstance(req, P.Deliver):
                 self.deliver(req.envelope)
+            elif isinstance(req, P.XClient):
+                assert conn.xclient and self.mode is not P.Mode.LMTP
+                peer = req.addr or conn.session.peer
+                if req.login in (None, ""):
+                    conn.xclient_done(None, None, peer, False)
+                elif req.login == "alice@example.org":
+                    conn.xclient_done(req.login, 1, peer, False)
+                    self.xclient_users += 1
+                else:
+                    conn.xclient_done(None, None, peer, False, refused=R.Reply(550, "5.7.1", "unknown login"))
         else:
             raise AssertionError("request loop did not end")
         out = conn.take_output()
@@ -178,8 +195,8 @@ class Run:
             assert env.rcpts or env.rcpt_tried
         if env is not None:
             assert len(env.rcpts) <= conn.limits.max_recipients
-        if self.mode is not P.Mode.SUBMISSION:
-            assert conn.session.user is None
+        if self.mode is not P.Mode.SUBMISSION and not self.xclient_users:
+            assert conn.session.user is None  # only AUTH (submission) or a proxy's XCLIENT LOGIN= sets it
         assert conn.errors <= conn.limits.max_errors
         for refusal in self.refusals:
             assert refusal.reply.code >= 400
@@ -209,7 +226,7 @@ def session(mode: P.Mode, options: tuple[bool, ...], chunks: list[bytes]) -> Run
 
 @fuzz(600)
 @given(MODES, OPTIONS, st.one_of(TOKENS, scripted()))
-@example(P.Mode.SMTP, (False,) * 5, [b"EHLO x\r\n", b"MAIL FROM:<a@b.test> SMTPUTF8 SIZE=\xc2\xb2\r\n"])
+@example(P.Mode.SMTP, (False,) * 6, [b"EHLO x\r\n", b"MAIL FROM:<a@b.test> SMTPUTF8 SIZE=\xc2\xb2\r\n"])
 def test_state_machine_never_raises(mode, options, chunks):
     run = session(mode, options, chunks)
     check_replies(run.text())
