@@ -298,6 +298,13 @@ def cmd_alias(args: argparse.Namespace) -> int:
 # -- queue and mailboxes -------------------------------------------------------------------------------
 
 
+def _rcpt_text(r: dict[str, Any]) -> str:
+    """A queue recipient in `queue list`: address(state), with the last reply when it is not delivered yet
+    (why it waits: e.g. a cluster node that is down, docs/scaling.md)."""
+    reply = r.get("reply") if r["state"] in ("deferred", "failed") else None
+    return f"{r['to']}({r['state']}: {reply})" if reply else f"{r['to']}({r['state']})"
+
+
 def cmd_queue(args: argparse.Namespace) -> int:
     from fastmail.delivery import queue as Q
     from fastmail.delivery import wake
@@ -316,7 +323,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
             entries = [e for e in entries if any(Q.domain_of(r["to"]) == want for r in e["rcpts"])]
         text = "\n".join(
             f"{e['id']}\t{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(e['arrived']))}\t{e['size']}\t"
-            f"{e['state']}\t<{e['sender']}>\t" + ", ".join(f"{r['to']}({r['state']})" for r in e["rcpts"])
+            f"{e['state']}\t<{e['sender']}>\t" + ", ".join(_rcpt_text(r) for r in e["rcpts"])
             for e in entries
         )
         _print(args, entries, text or "queue is empty")

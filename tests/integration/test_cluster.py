@@ -413,6 +413,7 @@ def test_mail_flows_through_mx_proxy_and_survives_a_node_outage(cluster: Cluster
     bob = next(r for r in entry["rcpts"] if r["to"] == "bob@example.org")
     assert mb2.address in bob["reply"] and bob["reply"].startswith("4"), bob
     assert [r["to"] for r in entry["rcpts"] if r["state"] != "sent"] == ["bob@example.org"]
+    assert f"bob@example.org(deferred: {bob['reply']})" in mx.cli("queue", "list").stdout.decode()
     m = imaplib.IMAP4(cluster.proxy, 143, timeout=TIMEOUT)
     try:  # nginx authenticates bob, then cannot reach his node
         m.starttls(ssl_context=cluster.tls)
