@@ -35,6 +35,7 @@ class POP3Protocol(Session):
         self.mailbox_id = 0
         self.lock: maildrop.MaildropLock | None = None
         self.retrieved = 0
+        self._next_fetch: P.Fetch | None = None  # a RETR/TOP waiting for the client to read the last one
 
     def start(self) -> None:
         cfg = self.services.config
@@ -81,15 +82,24 @@ class POP3Protocol(Session):
                 self._close()
                 return
             if isinstance(request, P.Fetch):
+                if self._write_paused:  # the client has not read the last message: this one waits (drained())
+                    self._next_fetch = request
+                    break
                 self._fetch(request)  # a read from the page cache: answered at once, in order
                 continue
             asyncio.get_running_loop().create_task(self._serve(request))
             break
         self._set_reading()
-        if conn.closed or conn.waiting:
+        if conn.closed or (conn.waiting and self._next_fetch is None):
             self.deadline = None
-        else:
+        else:  # a RETR waiting for the client to read runs it too: on_timeout aborts a client that never does
             self._arm(self.services.config.pop3_idle_timeout, wrote)
+
+    def drained(self) -> None:
+        request, self._next_fetch = self._next_fetch, None
+        if request is not None and self.conn is not None and not self.conn.closed:
+            self._fetch(request)
+            self._pump()
 
     @property
     def idle(self) -> bool:

@@ -359,3 +359,37 @@ def test_a_fetch_that_is_never_read_is_dropped(quick):
             dropped = True
             break
     assert dropped
+
+
+def test_pipelined_retr_never_read_is_held_back_and_dropped(quick):
+    """100 pipelined RETR of a 2 MiB message, none read: the next message is read from the store only once the
+    client took the last (the server held all 200 MiB before), and the client is dropped at the timeout."""
+    user = "bob@example.org"
+    with imaplib.IMAP4(HOST, quick.ports["imap"], timeout=TIMEOUT) as m:
+        m.login(user, PASSWORDS[user])
+        assert m.append("INBOX", None, None, b"Subject: big\r\n\r\n" + (b"z" * 998 + b"\r\n") * 2048)[0] == "OK"
+    before = quiet_memory_kib(quick)
+    s, first = connect(quick, "pop3")
+    assert first.startswith(b"+OK ")
+    s.sendall(f"USER {user}\r\nPASS {PASSWORDS[user]}\r\n".encode())
+    got = b""
+    for _ in range(100):
+        if got.count(b"\r\n") >= 2:
+            break
+        got += s.recv(4096)
+    assert got.split(b"\r\n")[1].startswith(b"+OK"), got
+    s.sendall(b"RETR 1\r\n" * 100)
+    grown = max(server_memory_kib(quick) - before for _ in range(5) if time.sleep(0.1) is None)
+    dropped = False
+    s.setblocking(False)
+    for _ in range(100):  # without reading, poke it every 0.2 s: reset once it is aborted
+        select.select([], [], [s], 0.2)
+        try:
+            s.send(b"N")
+        except BlockingIOError:
+            continue
+        except OSError:
+            dropped = True
+            break
+    assert dropped
+    assert grown < 64 * 1024, f"the server grew by {grown} KiB"
