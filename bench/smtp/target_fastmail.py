@@ -108,6 +108,10 @@ imap = []
 imaps = []
 pop3 = []
 pop3s = []
+
+[smtp]
+# smtp-source opens up to 500 sessions from 127.0.0.1 (scenario d): the per-address cap (200 per worker) off
+max_connections_per_ip = 0
 {self._checks_config()}""")
         self._cli("domain", "add", DOMAIN)
         self._cli("user", "add", RECIPIENT, "--password-stdin", input=b"bench-secret\n")
