@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from .dnsserver import LocalDNS
+from .receivers import Loop
+
 # Servers of tests that are not about outbound delivery keep what they queue (tests inspect it).
 NO_DELIVERY = "[delivery]\nprocesses = 0\n"
 # The failed-login throttle (fastmail.hygiene.authfail) of the test servers: on, but in tenths of a second
@@ -180,3 +183,24 @@ def _close_raw_sockets() -> Iterator[None]:
     from .wire import close_open_sockets  # not at the top: wire.py imports this module
 
     close_open_sockets()
+
+
+# A DNS server, a loop for receivers and a port for their MX, shared by a module's tests (test_delivery,
+# test_metrics, ...); a module overrides `dns` when it needs records from the start.
+@pytest.fixture(scope="module")
+def dns() -> Iterator[LocalDNS]:
+    d = LocalDNS().start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture(scope="module")
+def rloop() -> Iterator[Loop]:
+    loop = Loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def mx_port() -> int:
+    return free_port()

@@ -43,25 +43,6 @@ def config(dns: LocalDNS, port: int, **delivery: Any) -> str:
 
 
 @pytest.fixture(scope="module")
-def dns() -> Iterator[LocalDNS]:
-    d = LocalDNS().start()
-    yield d
-    d.stop()
-
-
-@pytest.fixture(scope="module")
-def rloop() -> Iterator[Loop]:
-    loop = Loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
-def mx_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
 def ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
     return TestCA(tmp_path_factory.mktemp("ca"))
 

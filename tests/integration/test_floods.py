@@ -244,6 +244,21 @@ def test_pipelining_without_reading_is_held_back(srv):
     assert grown < 64 * 1024, f"the server grew by {grown} KiB with {len(socks)} clients not reading"
 
 
+def dropped_while_unread(s: socket.socket, tries: int = 100) -> bool:
+    """Without reading anything, poke the server every 0.2 s (at most `tries` times): True once the
+    connection is reset (the server aborted it), False if it never was."""
+    s.setblocking(False)
+    for _ in range(tries):
+        select.select([], [], [s], 0.2)
+        try:
+            s.send(b"N")
+        except BlockingIOError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
 def _command_of(srv: Server, s: socket.socket) -> bytes:
     port = s.getpeername()[1]
     return {srv.ports["smtp"]: b"EHLO flood.test\r\n", srv.ports["imap"]: b"a CAPABILITY\r\n",
@@ -317,17 +332,7 @@ def test_a_client_that_never_reads_is_dropped(quick, proto):
     assert first.startswith(GREETINGS[proto])
     sent, how = _write_until_stalled(s, _command_of(quick, s) * 4096, 256 * MiB, 0.5)
     assert how != "limit", sent  # the server stopped reading long before 256 MiB
-    dropped = how == "reset"  # while we still wrote (the timeout is 1 s)
-    for _ in range(0 if dropped else 100):  # without reading, poke it every 0.2 s: reset once it is aborted
-        select.select([], [], [s], 0.2)
-        try:
-            s.send(b"N")
-        except BlockingIOError:
-            continue
-        except OSError:
-            dropped = True
-            break
-    assert dropped
+    assert how == "reset" or dropped_while_unread(s)  # reset while we still wrote (the timeout is 1 s), or later
 
 
 def test_a_fetch_that_is_never_read_is_dropped(quick):
@@ -347,18 +352,7 @@ def test_a_fetch_that_is_never_read_is_dropped(quick):
             break
         got += s.recv(4096)
     s.sendall(b"c FETCH 1:* BODY.PEEK[]\r\n" * 20)  # 40 MiB of answers, none read
-    dropped = False
-    for _ in range(100):  # without reading, poke it every 0.2 s: reset once it is aborted
-        select.select([], [], [s], 0.2)
-        s.setblocking(False)
-        try:
-            s.send(b"N")
-        except BlockingIOError:
-            continue
-        except OSError:
-            dropped = True
-            break
-    assert dropped
+    assert dropped_while_unread(s)
 
 
 def test_pipelined_retr_never_read_is_held_back_and_dropped(quick):
@@ -380,16 +374,5 @@ def test_pipelined_retr_never_read_is_held_back_and_dropped(quick):
     assert got.split(b"\r\n")[1].startswith(b"+OK"), got
     s.sendall(b"RETR 1\r\n" * 100)
     grown = max(server_memory_kib(quick) - before for _ in range(5) if time.sleep(0.1) is None)
-    dropped = False
-    s.setblocking(False)
-    for _ in range(100):  # without reading, poke it every 0.2 s: reset once it is aborted
-        select.select([], [], [s], 0.2)
-        try:
-            s.send(b"N")
-        except BlockingIOError:
-            continue
-        except OSError:
-            dropped = True
-            break
-    assert dropped
+    assert dropped_while_unread(s)
     assert grown < 64 * 1024, f"the server grew by {grown} KiB"

@@ -65,25 +65,6 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def dns() -> Iterator[LocalDNS]:
-    d = LocalDNS().start()
-    yield d
-    d.stop()
-
-
-@pytest.fixture(scope="module")
-def rloop() -> Iterator[Loop]:
-    loop = Loop()
-    yield loop
-    loop.close()
-
-
-@pytest.fixture(scope="module")
-def mx_port() -> int:
-    return free_port()
-
-
-@pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory, dns: LocalDNS, mx_port: int) -> Iterator[Server]:
     metrics_port = free_port()
     # retry_base 600 s: a deferred recipient is tried once during the module, so every count is exact
