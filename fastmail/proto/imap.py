@@ -59,7 +59,7 @@ from fastmail.proto.imap_requests import (
 )
 from fastmail.proto.imap_responses import Status
 from fastmail.proto.imap_search import BadCharset, Parser, compress, esearch, parse_return, run_search
-from fastmail.proto.imap_view import View
+from fastmail.proto.imap_view import View, absent, pick
 from fastmail.store import mailboxes as M
 from fastmail.store.mailboxes import MailboxError, Mailboxes, Message
 from fastmail.store.store import Incoming, StoreError, new_qid, storage_full
@@ -618,18 +618,22 @@ class IMAPConnection(MailboxCommands):
         modseq = core.number(args[1])
         if validity != view.uidvalidity:
             return
-        known: set[int] | None = None
+        given: list[tuple[int, int]] | None = None
         if len(args) >= 3 and type(args[2]) is str:
             ranges = core.parse_sequence_set(args[2])
             if isinstance(ranges, list):
-                known = set()
-                top = view.uidnext
-                for lo, hi in ranges:
-                    hi = hi or top
-                    known.update(range(lo or top, min(hi, top) + 1))
-        vanished = [u for u in self.boxes.expunged_since(view.id, modseq) if known is None or u in known]
-        if vanished:
-            self._write(b"* VANISHED (EARLIER) " + compress(vanished).encode() + b"\r\n")
+                given = ranges
+        gone = self.boxes.expunged_since(view.id, modseq)
+        if gone is None:
+            # Expunges after the client's mod-sequence are forgotten (below the mailbox's expunge floor):
+            # every UID of its known range, or 1:UIDNEXT-1, that does not exist now (RFC 7162 §3.2.5.2).
+            text = absent(given or [(1, 0)], view.uids, view.uidnext - 1)
+        else:
+            if given is not None:
+                gone = pick(gone, given, view.uidnext)
+            text = compress(gone)
+        if text:
+            self._write(b"* VANISHED (EARLIER) " + text.encode() + b"\r\n")
         for m in messages:
             if m.modseq > modseq:
                 self._write(view.fetch_flags(m, True, True))
@@ -785,10 +789,14 @@ class IMAPConnection(MailboxCommands):
             wanted = set(uids) if uids else set()
             ranges = core.parse_sequence_set(cmd.args[0])
             gone = self.boxes.expunged_since(view.id, changedsince)
-            if isinstance(ranges, list):
-                gone = [u for u in gone if any(lo <= u <= (hi or u) for lo, hi in ranges) and u not in wanted]
-            if gone:
-                self._write(b"* VANISHED (EARLIER) " + compress(gone).encode() + b"\r\n")
+            if gone is None:  # forgotten: every UID of the set not in the mailbox (RFC 7162 §3.2.6, §3.2.5.2)
+                text = absent(ranges if isinstance(ranges, list) else [(1, 0)], view.uids, view.uidnext - 1)
+            else:
+                if isinstance(ranges, list):
+                    gone = [u for u in gone if any(lo <= u <= (hi or u) for lo, hi in ranges) and u not in wanted]
+                text = compress(gone)
+            if text:
+                self._write(b"* VANISHED (EARLIER) " + text.encode() + b"\r\n")
         seen_set: set[int] = set()
         if sets_seen(items) and not view.readonly:
             live = [u for u in uids if u not in view.gone]

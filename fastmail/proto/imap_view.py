@@ -5,13 +5,17 @@ The view changes only through `sync()`, and `sync()` reads the store only when t
 mod-sequence moved (every change bumps it: delivery, flags, expunge, copy in), so a command on an unchanged
 mailbox costs one record read; when it moved, it reads only the messages changed since (the `modseqs`
 index of fastmail.store.changes), whatever the size of the mailbox.  Expunges found while EXPUNGE responses are not allowed (during FETCH, STORE,
-SEARCH: RFC 9051 §7.5.1) stay in the view as `gone` until a command that allows them.
+SEARCH: RFC 9051 §7.5.1) stay in the view as `gone` until a command that allows them.  A session
+asleep while more expunges than the store remembers happened (its mod-sequence is below the mailbox's
+expunge floor, fastmail.store.changes) learns which of its UIDs are gone by comparison with the mailbox's
+UIDs, so its sequence numbers stay right.
 """
 
 from __future__ import annotations
 
 import bisect
 from array import array
+from collections.abc import Sequence
 from typing import Any
 
 from fastmail._core import imap as core
@@ -106,7 +110,8 @@ class View:
             self.deleted = True
             self.gone.update(self.uids)
         elif rec["modseq"] != self.modseq:
-            found = self.boxes.changes_since(self.id, self.modseq)
+            # below the mailbox's expunge floor the store compares our UIDs with its own instead
+            found = self.boxes.changes_since(self.id, self.modseq, self.uids)
             if found is None:
                 self.deleted = True
                 self.gone.update(self.uids)
@@ -175,3 +180,49 @@ class View:
             return
         for m in messages:
             self.mine[m.uid] = m.modseq
+
+
+def absent(ranges: list[tuple[int, int]], uids: Sequence[int], top: int) -> str:
+    """The UIDs of the parsed UID set `ranges` from 1 to `top` (STAR is `top`) that are not among `uids`
+    (ascending), as a sequence set ("" when none): the VANISHED (EARLIER) of a client whose mod-sequence
+    is below the expunge floor (RFC 7162 §3.2.5.2, §3.2.6).  Costs the number of ranges and of UIDs
+    inside them, not the width of the ranges (1:4294967295 is one gap between the UIDs)."""
+    spans: list[tuple[int, int]] = []
+    if top < 1:
+        return ""
+    for lo, hi in ranges:
+        a = lo or top
+        b = hi or top
+        if a > b:
+            a, b = b, a
+        b = min(b, top)
+        i = bisect.bisect_left(uids, a)
+        j = bisect.bisect_right(uids, b)
+        pos = a
+        for k in range(i, j):
+            if uids[k] > pos:
+                spans.append((pos, uids[k] - 1))
+            pos = uids[k] + 1
+        if pos <= b:
+            spans.append((pos, b))
+    spans.sort()
+    merged: list[list[int]] = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return ",".join(str(a) if a == b else f"{a}:{b}" for a, b in merged)
+
+
+def pick(uids: list[int], ranges: list[tuple[int, int]], top: int) -> list[int]:
+    """The UIDs of `uids` (ascending) inside the parsed UID set `ranges` (STAR is `top`), ascending: a
+    bisection per range, whatever the ranges' width."""
+    out: set[int] = set()
+    for lo, hi in ranges:
+        a = lo or top
+        b = hi or top
+        if a > b:
+            a, b = b, a
+        out.update(uids[bisect.bisect_left(uids, a): bisect.bisect_right(uids, b)])
+    return sorted(out)

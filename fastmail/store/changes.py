@@ -19,6 +19,14 @@ message record keeps it (`note`): delivery, APPEND, STORE, COPY/MOVE, EXPUNGE (I
 Why a log in LMDB rather than a pipe or a socket between workers: LMDB is already shared by every
 process (workers, the delivery runner, the CLI), it survives a worker being replaced, and the writer
 needs no knowledge of who listens.
+
+Expunges are not remembered forever (RFC 7162 §3.2.5.2 lets a server forget them): a mailbox keeps at most
+EXPUNGE_MEMORY (Store.expunge_memory) of them, its `expunged` records and their `modseqs` entries.  The
+expunge that goes past it forgets the oldest (`forget_oldest`, in its own write transaction) and raises the
+mailbox record's `expunge_floor`: expunges at or below that mod-sequence are forgotten, every one above it
+is remembered (no record is left at or below it).  `expunges` in the record counts those remembered.  A
+reader whose mod-sequence is below the floor compares UIDs instead (fastmail.store.mailboxes).  A record
+without these fields (older than the rule) has floor 0 and its count is taken by a walk at its next expunge.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from fastmail.store import records as R
 
 SEQ_KEY = b"change_seq"
 WINDOW = 8192
+EXPUNGE_MEMORY = 10_000  # expunges remembered per mailbox (Store.expunge_memory; the oldest are forgotten)
 
 
 def current(txn: lmdb.Transaction, dbs: dict[str, Any]) -> int:
@@ -102,3 +111,48 @@ def drop(txn: lmdb.Transaction, dbs: dict[str, Any], mailbox_id: int) -> None:
         while cur.key()[:8] == prefix:
             if not cur.delete():
                 break
+
+
+def count_expunged(txn: lmdb.Transaction, dbs: dict[str, Any], mailbox_id: int) -> int:
+    """How many expunges of the mailbox are remembered (a walk of its `expunged` records: for a mailbox
+    record older than its `expunges` counter)."""
+    prefix = R.U64.pack(mailbox_id)
+    cur = txn.cursor(db=dbs["expunged"])
+    n = 0
+    if cur.set_range(prefix):
+        for key in cur.iternext(values=False):
+            if key[:8] != prefix:
+                break
+            n += 1
+    return n
+
+
+def forget_oldest(txn: lmdb.Transaction, dbs: dict[str, Any], mailbox_id: int, floor: int,
+                  count: int) -> tuple[int, int]:
+    """Forget at least `count` of the mailbox's oldest remembered expunges (RFC 7162 §3.2.5.2): drop their
+    `expunged` records and `modseqs` entries, lowest mod-sequence first and a whole mod-sequence at a time
+    (an expunge removes all its messages at one mod-sequence, and no expunge at or below the floor may be
+    left).  The walk starts above `floor`, the mailbox's current floor, where the oldest remembered expunge
+    is: what it passes (messages changed meanwhile) is below the new floor afterwards and never walked
+    again.  Returns (the new floor, how many were forgotten)."""
+    prefix = R.U64.pack(mailbox_id)
+    cur = txn.cursor(db=dbs["modseqs"])
+    dropped = 0
+    if count <= 0 or not cur.set_range(R.MODSEQ_KEY.pack(mailbox_id, floor + 1, 0)):
+        return floor, 0
+    while True:
+        key = cur.key()
+        if key[:8] != prefix:
+            break
+        _, modseq, uid = R.MODSEQ_KEY.unpack(key)
+        if dropped >= count and modseq > floor:
+            break
+        if cur.value() == EXPUNGED:
+            txn.delete(R.msg_key(mailbox_id, uid), db=dbs["expunged"])
+            dropped += 1
+            floor = modseq
+            if not cur.delete():  # moves to the next entry
+                break
+        elif not cur.next():
+            break
+    return floor, dropped

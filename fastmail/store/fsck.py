@@ -14,7 +14,10 @@ The invariants (docs/fsck.md says the same for operators):
    mailbox record; the name index (`mailboxes`: user | name -> id) names each mailbox exactly once, by the
    user and name its record holds, and nothing else; each message has exactly one `modseqs` entry, at its
    own mod-sequence; each `expunged` record (mailbox | uid -> mod-sequence) has its `modseqs` expunge entry
-   and the other way round, of a mailbox that exists and a UID no message holds; a mailbox's `uidnext` and
+   and the other way round, of a mailbox that exists and a UID no message holds, above the mailbox's
+   `expunge_floor` (expunges at or below it are forgotten: fastmail.store.changes); the floor is a number
+   no higher than the mailbox's `modseq`, and the record's `expunges` (when it has one) counts the
+   mailbox's expunged records; a mailbox's `uidnext` and
    `modseq` are above every UID and at least every mod-sequence these indexes hold; msgmeta/msgwire
    entries have a blob record; a queue entry not held has exactly its one schedule key, a schedule key its
    queue entry.
@@ -66,7 +69,9 @@ DEAD_SEGMENT = "dead-segment"  # a segment file nothing references, no writer: u
 ORPHAN_MESSAGE = "orphan-message"  # a message record whose mailbox record is gone: removed
 MAILBOX_NAME = "mailbox-name"  # the name index and the mailbox records disagree: set from the records
 MODSEQ_INDEX = "modseq-index"  # a `modseqs` entry missing, stale, or of no mailbox: added / dropped
-EXPUNGED_INDEX = "expunged-index"  # an `expunged` record of no mailbox, of a live UID, or without its entry
+EXPUNGED_INDEX = "expunged-index"  # an `expunged` record of no mailbox, of a live UID, without its entry, or
+# at or below its mailbox's expunge floor (forgotten, yet left)
+EXPUNGE_FLOOR = "expunge-floor"  # a mailbox's expunge floor not a number, or above its mod-sequence
 ORPHAN_META = "orphan-meta"  # a msgmeta/msgwire entry without a blob record: dropped
 QUEUE_SCHEDULE = "queue-schedule"  # a queue entry without its schedule key, or a stale key: set
 # Not a problem: a torn tail (reported as a note; truncated on repair)
@@ -205,6 +210,9 @@ class _Box:
     max_modseq: int = 0
     broken: list[tuple[int, int]] = field(default_factory=list)  # (uid, modseq) of messages without a body
     lost: list[int] = field(default_factory=lambda: [0, 0, 0])  # their exists, unseen, size (removed on repair)
+    expunges: int = 0  # expunges remembered (expunged records, after repair), for the record's `expunges`
+    floor: int = 0  # the record's expunge floor (0 when it has none, or when it is not a number)
+    new_floor: int | None = None  # the floor to write on repair (an invalid one replaced)
 
 
 @dataclass
@@ -310,7 +318,8 @@ def _scan(store: Store, txn: lmdb.Transaction, files: _Files) -> _Index:
         have = rec.get("exists"), rec.get("unseen"), rec.get("size")
         bad_next = rec.get("uidnext", 0) <= box.max_uid
         bad_modseq = rec.get("modseq", 0) < box.max_modseq
-        if want != have or bad_next or bad_modseq or box.broken:
+        bad_count = "expunges" in rec and rec["expunges"] != box.expunges  # (absent: counted at the next expunge)
+        if want != have or bad_next or bad_modseq or bad_count or box.broken:
             detail: dict[str, Any] = {"mailbox": mid, "user": user, "name": rec.get("name")}
             for name, h, w in zip(("exists", "unseen", "size"), have, want, strict=True):
                 if h != w:
@@ -319,7 +328,9 @@ def _scan(store: Store, txn: lmdb.Transaction, files: _Files) -> _Index:
                 detail["uidnext"] = f"{rec.get('uidnext')}->{box.max_uid + 1}"
             if bad_modseq:
                 detail["modseq"] = f"{rec.get('modseq')}->{box.max_modseq}"
-            if want != have or bad_next or bad_modseq:
+            if bad_count:
+                detail["expunges"] = f"{rec.get('expunges')}->{box.expunges}"
+            if want != have or bad_next or bad_modseq or bad_count:
                 ix.findings.append(Finding(MAILBOX_COUNTERS, detail))
     for user, (b, n) in ix.usage.items():
         stored = ix.stored_usage.get(user)
@@ -358,12 +369,28 @@ def _scan_indexes(store: Store, txn: lmdb.Transaction, ix: _Index, live: dict[tu
             ix.fixes.append(("mbox", R.U64.pack(mid), R.dumps(rec)))
         taken.add(key)
         ix.fix(MAILBOX_NAME, detail, ("mailboxes", key, R.U64.pack(mid)))
-    # expunged records: of a mailbox, of a UID no message holds
+    # the expunge floors (fastmail.store.changes): expunges at or below one are forgotten
+    invalid: list[int] = []
+    for mid, box in ix.boxes.items():
+        floor = box.rec.get("expunge_floor", 0)
+        if type(floor) is not int or floor < 0:
+            invalid.append(mid)  # replaced below, once the remembered expunges are known
+            continue
+        box.floor = floor
+        box.max_modseq = max(box.max_modseq, floor)  # mod-sequences never go back: the floor was one
+        if floor > box.rec.get("modseq", 0):
+            ix.findings.append(Finding(EXPUNGE_FLOOR, {"mailbox": mid, "floor": floor,
+                                                       "why": "above the mailbox's modseq"}))
+    # expunged records: of a mailbox, of a UID no message holds, above the floor
     gone: dict[tuple[int, int], int] = {}
     for k, v in txn.cursor(db=db["expunged"]):
         mid, uid = R.MSG_KEY.unpack(k)
         modseq = R.U64.unpack(v)[0]
         bad = "no mailbox" if mid not in ix.boxes else "uid in use" if (mid, uid) in live else None
+        if bad is None and modseq <= ix.boxes[mid].floor:
+            bad = "at or below the floor"
+            box = ix.boxes[mid]  # an expunged UID is never given again
+            box.max_uid = max(box.max_uid, uid)
         if bad:
             ix.fix(EXPUNGED_INDEX, {"mailbox": mid, "uid": uid, "modseq": modseq, "why": bad},
                    ("expunged", bytes(k), None))
@@ -380,6 +407,10 @@ def _scan_indexes(store: Store, txn: lmdb.Transaction, ix: _Index, live: dict[tu
         elif v == b"" and live.get(msg) == modseq:
             seen.add(msg)
             continue
+        elif v == changes.EXPUNGED and modseq <= ix.boxes[mid].floor:
+            why = "at or below the floor"
+            box = ix.boxes[mid]
+            box.max_uid = max(box.max_uid, uid)
         elif v == changes.EXPUNGED and msg not in live and gone.get(msg, modseq) == modseq:
             if msg in gone:
                 seen.add(msg)
@@ -405,6 +436,13 @@ def _scan_indexes(store: Store, txn: lmdb.Transaction, ix: _Index, live: dict[tu
         box = ix.boxes[mid]  # an expunged UID is never given again, nor its mod-sequence
         box.max_uid = max(box.max_uid, uid)
         box.max_modseq = max(box.max_modseq, modseq)
+        box.expunges += 1
+    for mid in invalid:  # forgotten: at most what lies below the oldest expunge remembered (they go in order)
+        box = ix.boxes[mid]
+        oldest = min((m for (gmid, _), m in gone.items() if gmid == mid), default=None)
+        box.new_floor = box.floor = oldest - 1 if oldest is not None else max(box.rec.get("modseq", 0), 0)
+        ix.findings.append(Finding(EXPUNGE_FLOOR, {"mailbox": mid, "floor": str(box.rec.get("expunge_floor")),
+                                                   "why": f"not a number: set to {box.new_floor}"}))
     # blob side tables
     for name in ("msgmeta", "msgwire"):
         for k in txn.cursor(db=db[name]).iternext(values=False):
@@ -457,7 +495,14 @@ def _fix_index(store: Store, txn: lmdb.Transaction, ix: _Index) -> None:
                 txn.delete(key, db=db["msgs"])
                 txn.put(key, R.U64.pack(rec["modseq"]), db=db["expunged"])
                 changes.note(txn, db, mid, uid, rec["modseq"], old_modseq, expunged=True)
+            box.expunges += len(box.broken)  # (kept past Store.expunge_memory until the next expunge)
         changed = bool(box.broken)
+        if box.new_floor is not None:
+            rec["expunge_floor"] = box.new_floor
+            changed = True
+        if "expunges" in rec and rec["expunges"] != box.expunges:
+            rec["expunges"] = box.expunges
+            changed = True
         for name, value in (("exists", box.exists), ("unseen", box.unseen), ("size", box.size)):
             if rec.get(name) != value:
                 rec[name] = value

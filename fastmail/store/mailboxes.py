@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -230,39 +230,59 @@ class Mailboxes:
                                 keywords.setdefault(flag, None)
             return rec, uids, list(keywords), first_unseen
 
-    def changes_since(self, mailbox_id: int, modseq: int) -> tuple[dict[str, Any], list[Message], list[int]] | None:
+    def changes_since(self, mailbox_id: int, modseq: int, known: Sequence[int] = ()
+                      ) -> tuple[dict[str, Any], list[Message], list[int]] | None:
         """What happened to the mailbox after mod-sequence `modseq`, read in one transaction: (its record,
         the messages added or changed since, the UIDs expunged since); None when the mailbox is gone.
-        Costs what changed, not the size of the mailbox (the `modseqs` index, fastmail.store.changes)."""
+        Costs what changed, not the size of the mailbox (the `modseqs` index, fastmail.store.changes).
+        When `modseq` is below the mailbox's expunge floor (expunges after it may be forgotten), the UIDs
+        expunged are those of `known` (the caller's UIDs, ascending) that no message holds now: a walk of
+        the mailbox's UIDs, the rare case of a session that slept through more than Store.expunge_memory
+        expunges."""
         with self.store.read() as txn:
             rec = self.by_id(mailbox_id, txn)
             if rec is None:
                 return None
+            forgotten = modseq < rec.get("expunge_floor", 0)
             changed: list[Message] = []
             expunged: list[int] = []
             for uid, gone in changes.since(txn, self.db, mailbox_id, modseq):
                 if gone:
-                    expunged.append(uid)
+                    if not forgotten:
+                        expunged.append(uid)
                     continue
                 key = R.msg_key(mailbox_id, uid)
                 value = txn.get(key, db=self.db["msgs"])
                 if value is not None:
                     changed.append(parse_record(key, value))
+            if forgotten:
+                present = set(self._uids(txn, mailbox_id))
+                expunged = [u for u in known if u not in present]
             return rec, changed, expunged
 
-    def expunged_since(self, mailbox_id: int, modseq: int) -> list[int]:
-        """UIDs expunged from the mailbox with a mod-sequence above `modseq` (QRESYNC VANISHED)."""
-        lo = R.msg_key(mailbox_id, 0)
-        out = []
+    def _uids(self, txn: lmdb.Transaction, mailbox_id: int) -> Iterator[int]:
+        """The UIDs of the mailbox, ascending (its message keys only, no record decoded)."""
+        prefix = R.U64.pack(mailbox_id)
+        cur = txn.cursor(db=self.db["msgs"])
+        if cur.set_range(prefix):
+            for k in cur.iternext(values=False):
+                if k[:8] != prefix:
+                    break
+                yield int.from_bytes(k[8:], "big")
+
+    def expunged_since(self, mailbox_id: int, modseq: int) -> list[int] | None:
+        """UIDs expunged from the mailbox with a mod-sequence above `modseq`, ascending (QRESYNC VANISHED,
+        RFC 7162 §3.2.10): the expunge entries of the `modseqs` index after `modseq`, so it costs what
+        changed since.  None when `modseq` is below the mailbox's expunge floor: some of those expunges are
+        forgotten, and the caller reports every UID of the client's range that does not exist now instead
+        (RFC 7162 §3.2.5.2, §3.2.6)."""
         with self.store.read() as txn:
-            cur = txn.cursor(db=self.db["expunged"])
-            if cur.set_range(lo):
-                for k, v in cur:
-                    if k[:8] != lo[:8]:
-                        break
-                    if R.U64.unpack(v)[0] > modseq:
-                        out.append(R.MSG_KEY.unpack(k)[1])
-        return out
+            rec = self.by_id(mailbox_id, txn)
+            if rec is None:
+                return []
+            if modseq < rec.get("expunge_floor", 0):
+                return None
+            return sorted(uid for uid, gone in changes.since(txn, self.db, mailbox_id, modseq) if gone)
 
     def status(self, mailbox_id: int, deleted: bool = False) -> dict[str, Any] | None:
         """The mailbox record, plus "deleted" (messages flagged \\Deleted, a scan) when asked."""
@@ -637,7 +657,8 @@ class Mailboxes:
     def expunge(self, mailbox_id: int, uids: list[int] | None = None) -> list[int]:
         """Remove the messages flagged \\Deleted (only those among `uids` when given: UID EXPUNGE,
         RFC 4315 §2.1); their UIDs in order.  Blob references, counters and quota usage go down; each UID
-        is remembered with the expunge's mod-sequence for QRESYNC (RFC 7162 §3.2.10)."""
+        is remembered with the expunge's mod-sequence for QRESYNC (RFC 7162 §3.2.10), up to
+        Store.expunge_memory per mailbox: past that the oldest are forgotten (_remove)."""
         released: list[bytes] = []
 
         def op(txn: lmdb.Transaction) -> list[int]:
@@ -671,10 +692,15 @@ class Mailboxes:
 
     def _remove(self, txn: lmdb.Transaction, rec: dict[str, Any], victims: list[Message],
                 unref: bool = True) -> list[bytes]:
-        """Delete `victims` from the mailbox `rec` (updated in place, not written); the freed ranges."""
+        """Delete `victims` from the mailbox `rec` (updated in place, not written); the freed ranges.  Each
+        expunge is remembered (`expunged` record, `modseqs` entry); when that takes the mailbox past
+        Store.expunge_memory, the oldest are forgotten in this transaction and `expunge_floor` rises."""
         released = []
         rec["modseq"] += 1
         size = 0
+        kept = rec.get("expunges")
+        if kept is None:  # a record older than the counter
+            kept = changes.count_expunged(txn, self.db, rec["id"])
         for m in victims:
             key = R.msg_key(rec["id"], m.uid)
             txn.delete(key, db=self.db["msgs"])
@@ -689,6 +715,13 @@ class Mailboxes:
             size += m.size
             if SEEN not in m.flags:
                 rec["unseen"] -= 1
+        kept += len(victims)
+        if kept > self.store.expunge_memory:  # forget the oldest (RFC 7162 §3.2.5.2; fastmail.store.changes)
+            floor, dropped = changes.forget_oldest(txn, self.db, rec["id"], rec.get("expunge_floor", 0),
+                                                   kept - self.store.expunge_memory)
+            rec["expunge_floor"] = floor
+            kept -= dropped
+        rec["expunges"] = kept
         if unref:
             self._add_usage(txn, rec["user"], -size, -len(victims))
         return released

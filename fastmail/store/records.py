@@ -30,7 +30,7 @@ DBS = (
     "user_ids",  # user id -> address
     "aliases",  # address or "@domain" -> {"v", "targets": [...]}
     "mailboxes",  # user id | name -> mailbox id
-    "mbox",  # mailbox id -> {"v", "user", "name", "uidvalidity", "uidnext", "modseq", "exists", "unseen", "size", "special", "subscribed"}
+    "mbox",  # mailbox id -> {"v", "user", "name", "uidvalidity", "uidnext", "modseq", "exists", "unseen", "size", "special", "subscribed", optional "expunges", "expunge_floor" (fastmail.store.changes: absent = not counted yet, floor 0)}
     "msgs",  # mailbox id | uid -> [v, blob id, size, internaldate, flags, modseq]
     "blobs",  # blob id -> BLOB
     "msgmeta",  # blob id -> {"v", "envelope", "body", "bodystructure", "parts"}

@@ -184,6 +184,7 @@ class Store:
         elif version is not None and R.U32.unpack(version)[0] > R.VERSION:
             raise StoreError(f"index version {R.U32.unpack(version)[0]} is newer than this fastmail ({R.VERSION})")
         self.segments = Segments(self.dir / "segments")
+        self.expunge_memory = changes.EXPUNGE_MEMORY  # expunges remembered per mailbox (fastmail.store.changes)
 
     def close(self) -> None:
         self.segments.close()

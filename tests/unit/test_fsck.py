@@ -9,8 +9,9 @@ import random
 
 import pytest
 
-from fastmail.store import fsck
+from fastmail.store import changes, fsck
 from fastmail.store import records as R
+from fastmail.store.mailboxes import Mailboxes
 from fastmail.store.segments import LOCATION, Segments
 from fastmail.store.store import Incoming, Store, new_qid
 
@@ -497,7 +498,7 @@ def test_expunged_index_against_the_modseq_index(built):
         txn.put(R.msg_key(mid, 6), R.U64.pack(gone5), db=s.db["expunged"])  # uid 6 is live
         txn.put(R.msg_key(555, 1), R.U64.pack(9), db=s.db["expunged"])
         txn.put(R.msg_key(mid, uidnext + 3), R.U64.pack(gone5), db=s.db["expunged"])  # beyond uidnext
-    assert boxes.expunged_since(mid, 0) == [5, 6, uidnext + 3]
+    assert boxes.expunged_since(mid, 0) == [4]  # read from the modseqs index: only 4 has its entry there
     report = fsck.check(s)
     assert _kinds(report) == sorted([fsck.EXPUNGED_INDEX] * 3 + [fsck.MODSEQ_INDEX] * 2
                                     + [fsck.MAILBOX_COUNTERS]), report.as_dict()
@@ -505,6 +506,7 @@ def test_expunged_index_against_the_modseq_index(built):
     assert whys == ["missing expunge", "missing expunge", "no expunged record", "no mailbox", "uid in use"]
     counters = [p for p in report.problems if p.kind == fsck.MAILBOX_COUNTERS][0]
     assert counters.detail["uidnext"] == f"{uidnext}->{uidnext + 4}"
+    assert counters.detail["expunges"] == "2->3"  # 4, 5 and uidnext + 3 remembered after the repair
     _repair_and_recheck(s, before)
     assert boxes.expunged_since(mid, 0) == [4, 5, uidnext + 3]
     with s.read() as txn:
@@ -581,4 +583,77 @@ def test_segment_whose_messages_were_all_released_is_no_problem(built):
     report = fsck.repair(s)
     assert report.clean and report.notes[0].repaired and not seg_file.exists()
     assert fsck.check(s).clean and not fsck.check(s).notes
+    s.close()
+
+
+def _mbox(s: Store, mid: int) -> dict:
+    with s.read() as txn:
+        return R.loads(txn.get(R.U64.pack(mid), db=s.db["mbox"]))
+
+
+def _set_mbox(s: Store, mid: int, **fields) -> None:
+    with s.write() as txn:
+        rec = R.loads(txn.get(R.U64.pack(mid), db=s.db["mbox"]))
+        rec.update(fields)
+        txn.put(R.U64.pack(mid), R.dumps(rec), db=s.db["mbox"])
+
+
+def test_mailbox_past_its_expunge_memory_is_clean(built):
+    """Expunges past Store.expunge_memory forget the oldest: the floor, the counter and what is left of both
+    indexes agree, and fsck finds nothing."""
+    s = _open(built)
+    s.expunge_memory = 2
+    mid, msgs = _alice_inbox(s)
+    for m in msgs[:5]:
+        _expunge(s, mid, m["uid"])
+    rec = _mbox(s, mid)
+    assert rec["expunges"] == 2 and rec["expunge_floor"] > 0
+    report = fsck.check(s)
+    assert report.clean, report.as_dict()
+    s.close()
+
+
+def test_expunge_floor_and_counter_checked(built):
+    """An expunge record (and its modseqs entry) left at or below the floor is dropped; a wrong `expunges`
+    counter is set; a floor above the mailbox's mod-sequence raises the mod-sequence (mod-sequences never go
+    back); a floor that is not a number is set just below the oldest expunge remembered."""
+    s = _open(built)
+    s.expunge_memory = 2
+    before = _all_messages(s)
+    mid, msgs = _alice_inbox(s)
+    for m in msgs[:4]:
+        _expunge(s, mid, m["uid"])
+    rec = _mbox(s, mid)
+    floor, uid0 = rec["expunge_floor"], msgs[0]["uid"]
+    with s.write() as txn:  # a forgotten expunge left behind
+        txn.put(R.msg_key(mid, uid0), R.U64.pack(floor), db=s.db["expunged"])
+        txn.put(R.MODSEQ_KEY.pack(mid, floor, uid0), changes.EXPUNGED, db=s.db["modseqs"])
+    _set_mbox(s, mid, expunges=7)
+    report = fsck.check(s)
+    assert _kinds(report) == [fsck.EXPUNGED_INDEX, fsck.MAILBOX_COUNTERS, fsck.MODSEQ_INDEX], report.as_dict()
+    assert {p.detail.get("why") for p in report.problems} == {"at or below the floor", None}
+    assert [p for p in report.problems if p.kind == fsck.MAILBOX_COUNTERS][0].detail["expunges"] == "7->2"
+    _repair_and_recheck(s, before)
+    assert Mailboxes(s).expunged_since(mid, floor) == [m["uid"] for m in msgs[2:4]]
+
+    modseq = _mbox(s, mid)["modseq"]
+    _set_mbox(s, mid, expunge_floor=modseq + 5)
+    report = fsck.check(s)  # the floor above everything: the two expunges left are below it, dropped
+    assert _kinds(report) == sorted([fsck.EXPUNGE_FLOOR, fsck.MAILBOX_COUNTERS] + [fsck.EXPUNGED_INDEX] * 2
+                                    + [fsck.MODSEQ_INDEX] * 2), report.as_dict()
+    counters = [p for p in report.problems if p.kind == fsck.MAILBOX_COUNTERS][0]
+    assert counters.detail["modseq"] == f"{modseq}->{modseq + 5}" and counters.detail["expunges"] == "2->0"
+    _repair_and_recheck(s, before)
+    assert _mbox(s, mid)["modseq"] == modseq + 5
+    assert Mailboxes(s).expunged_since(mid, modseq) is None
+    _expunge(s, mid, msgs[4]["uid"])  # remembered again from here on
+    _expunge(s, mid, msgs[5]["uid"])
+
+    with s.read() as txn:
+        oldest = min(R.U64.unpack(v)[0] for _, v in txn.cursor(db=s.db["expunged"]))
+    _set_mbox(s, mid, expunge_floor="x")
+    report = fsck.check(s)
+    assert _kinds(report) == [fsck.EXPUNGE_FLOOR], report.as_dict()
+    _repair_and_recheck(s, before)
+    assert _mbox(s, mid)["expunge_floor"] == oldest - 1
     s.close()

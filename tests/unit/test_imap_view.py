@@ -48,3 +48,29 @@ def test_resolve_matches_the_reference():
                     view.resolve(ranges, as_uid)
                 continue
             assert view.resolve(ranges, as_uid) == want, (uids, parts, as_uid)
+
+
+def test_absent_and_pick_against_a_reference():
+    """absent(): the UIDs of a UID set up to `top` that are not in the view, as a sequence set, by gaps
+    (a range as wide as 1:4294967295 costs the UIDs inside it); pick(): the UIDs of a list inside a set."""
+    from fastmail.proto.imap_search import compress
+    from fastmail.proto.imap_view import absent, pick
+
+    assert absent([(1, 0)], [], 0) == ""
+    assert absent([(1, 0)], [2, 3, 7], 9) == "1,4:6,8:9"
+    assert absent([(1, 4294967295)], [1, 5], 6) == "2:4,6"
+    assert absent([(4, 0)], [1, 2], 3) == "3"  # "*:4" past the top: the top only (RFC 9051 §9)
+    assert pick([1, 5, 9, 4000000000], [(2, 9), (1, 1)], 10) == [1, 5, 9]
+    rng = random.Random(7)
+    for _ in range(300):
+        top = rng.randint(0, 40)
+        uids = sorted(rng.sample(range(1, top + 1), rng.randint(0, top)))
+        text = ",".join(rng.choice(["*", f"{rng.randint(1, 45)}", f"{rng.randint(1, 45)}:*",
+                                    f"{rng.randint(1, 45)}:{rng.randint(1, 45)}"]) for _ in range(rng.randint(1, 4)))
+        ranges = core.parse_sequence_set(text)
+        want: set[int] = set()
+        for lo, hi in ranges:
+            a, b = sorted((lo or top, hi or top))
+            want.update(range(max(a, 1), min(b, top) + 1))
+        assert absent(ranges, uids, top) == compress(sorted(want - set(uids))), (text, uids, top)
+        assert pick(uids, ranges, top) == sorted(want & set(uids)), (text, uids, top)

@@ -539,3 +539,82 @@ def test_select_summary_agrees_with_the_decoded_records(store, user):
     assert b"* OK [UNSEEN 3] First unseen" in out and b"* 6 EXISTS" in out
     d.cmd("g STORE 1:* +FLAGS.SILENT (\\Seen)")
     assert boxes.select_summary(rec["id"])[3] == 0
+
+
+def _forget_expunges(store: Store, user: int, uids: list[int]) -> None:
+    """Another session expunges `uids` one at a time (each its own mod-sequence)."""
+    other = session(store, user)
+    other.cmd("s SELECT INBOX")
+    for uid in uids:
+        other.cmd(f"f UID STORE {uid} +FLAGS.SILENT (\\Deleted)")
+        assert other.cmd(f"x UID EXPUNGE {uid}")[-1] == b"x OK Completed"
+
+
+def _modseq(out: list[bytes]) -> int:
+    line = [x for x in out if x.startswith(b"* OK [HIGHESTMODSEQ ")][0]
+    return int(line.split()[3].rstrip(b"]"))
+
+
+def test_qresync_from_below_the_expunge_floor(store, user):
+    """RFC 7162 §3.2.5.2: a client whose mod-sequence is older than the expunges the server remembers gets
+    VANISHED (EARLIER) with every UID of its known range (or 1:UIDNEXT-1) that no longer exists, including
+    UIDs it never knew; its FETCH changes are those after its mod-sequence as always.  A client above the
+    floor still gets exactly what was expunged after its mod-sequence."""
+    store.expunge_memory = 2
+    for _ in range(10):
+        deliver(store, user)
+    a = session(store, user)
+    a.cmd("e ENABLE QRESYNC")
+    out = a.cmd("s SELECT INBOX")
+    old = _modseq(out)
+    validity = int([x for x in out if b"UIDVALIDITY" in x][0].split()[3].rstrip(b"]"))
+    a.cmd("l LOGOUT")
+    b = session(store, user)
+    b.cmd("s SELECT INBOX")
+    b.cmd("f UID STORE 9 +FLAGS.SILENT (\\Flagged)")
+    _forget_expunges(store, user, [2, 3, 4, 5])
+    deliver(store, user)  # UID 11, expunged before the client ever saw it
+    _forget_expunges(store, user, [11])
+    boxes = Mailboxes(store)
+    rec = boxes.get(user, "INBOX")
+    assert rec["expunge_floor"] > old
+    c = session(store, user)
+    c.cmd("e ENABLE QRESYNC")
+    out = c.cmd(f"s SELECT INBOX (QRESYNC ({validity} {old} 1:10))")
+    assert b"* VANISHED (EARLIER) 2:5" in out
+    changes = [x for x in out if b"FETCH" in x]
+    assert len(changes) == 1 and changes[0].startswith(b"* 5 FETCH (UID 9 FLAGS (\\Flagged) MODSEQ (")
+    out = c.cmd(f"t SELECT INBOX (QRESYNC ({validity} {old}))")
+    assert b"* VANISHED (EARLIER) 2:5,11" in out
+    out = c.cmd(f"u UID FETCH 1:* (FLAGS) (CHANGEDSINCE {old} VANISHED)")
+    assert out[0] == b"* VANISHED (EARLIER) 2:5,11" and out[-1] == b"u OK Completed"
+    assert out[1:-1] == [changes[0]]  # the one change, with its MODSEQ (CHANGEDSINCE)
+    out = c.cmd(f"v UID FETCH 3:8 (FLAGS) (CHANGEDSINCE {old} VANISHED)")
+    assert out == [b"* VANISHED (EARLIER) 3:5", b"v OK Completed"]
+    floor = rec["expunge_floor"]  # at the floor: what is remembered, exactly
+    out = c.cmd(f"w SELECT INBOX (QRESYNC ({validity} {floor}))")
+    assert b"* VANISHED (EARLIER) 5,11" in out
+
+
+def test_session_that_slept_through_forgotten_expunges(store, user):
+    """A selected session whose mod-sequence fell below the floor (more than the memory was expunged by
+    another session meanwhile) still learns exactly which of its messages are gone: its EXPUNGE (or
+    VANISHED) responses and sequence numbers stay right."""
+    store.expunge_memory = 2
+    for _ in range(10):
+        deliver(store, user)
+    a = session(store, user)
+    a.cmd("s SELECT INBOX")
+    q = session(store, user)
+    q.cmd("e ENABLE QRESYNC")
+    q.cmd("s SELECT INBOX")
+    base = Mailboxes(store).get(user, "INBOX")["modseq"]
+    _forget_expunges(store, user, [2, 3, 4, 5, 7])
+    deliver(store, user)  # UID 11: new to them
+    assert Mailboxes(store).get(user, "INBOX")["expunge_floor"] > base
+    assert a.cmd("n NOOP") == [b"* 7 EXPUNGE", b"* 5 EXPUNGE", b"* 4 EXPUNGE", b"* 3 EXPUNGE", b"* 2 EXPUNGE",
+                               b"* 6 EXISTS", b"n OK Completed"]
+    assert a.cmd("f FETCH 1:* (UID)") == [b"* %d FETCH (UID %d)" % (i, u) for i, u in
+                                          enumerate([1, 6, 8, 9, 10, 11], 1)] + [b"f OK Completed"]
+    assert q.cmd("n NOOP") == [b"* VANISHED 2:5,7", b"* 6 EXISTS", b"n OK Completed"]
+    assert q.cmd("f FETCH 2 (UID)") == [b"* 2 FETCH (UID 6)", b"f OK Completed"]

@@ -360,3 +360,125 @@ def test_render_records_and_wire_forms(store, boxes):
     with store.read() as txn:
         assert txn.get(blob, db=store.db["msgwire"]) is None
     assert [uid for uid, _ in seen([4, 5, 6], True)] == [4, 6]
+
+
+def _index_counts(store: Store, mid: int) -> tuple[int, int]:
+    """(expunged records, modseqs expunge entries) of the mailbox."""
+    with store.read() as txn:
+        records = changes.count_expunged(txn, store.db, mid)
+        entries = sum(1 for _, gone in changes.since(txn, store.db, mid, 0) if gone)
+    return records, entries
+
+
+def test_expunge_memory_forgets_the_oldest_and_keeps_a_floor(store, boxes):
+    """Past Store.expunge_memory remembered expunges, an expunge forgets the oldest (lowest mod-sequence,
+    whole mod-sequences) from both indexes in its own transaction, and the mailbox record keeps the floor:
+    expunges at or below it are forgotten, every one above it remembered."""
+    store.expunge_memory = 4
+    u = store.add_user("a@example.org", "h")
+    mid = boxes.get(u, "INBOX")["id"]
+    for _ in range(12):
+        deliver(store, u)
+    boxes.store_flags(mid, list(range(1, 13)), "+", ["\\Deleted"])
+    modseqs = {}
+    for uid in (3, 1, 2):  # one at a time: three mod-sequences
+        assert boxes.expunge(mid, [uid]) == [uid]
+        modseqs[uid] = boxes.get(u, "INBOX")["modseq"]
+    assert boxes.expunge(mid, [5, 6]) == [5, 6]  # two at one mod-sequence
+    modseqs[5] = modseqs[6] = boxes.get(u, "INBOX")["modseq"]
+    rec = boxes.get(u, "INBOX")
+    assert rec["expunges"] == 5 - 1 and rec["expunge_floor"] == modseqs[3]  # 3, the oldest, forgotten
+    assert _index_counts(store, mid) == (4, 4)
+    assert boxes.expunged_since(mid, modseqs[3]) == [1, 2, 5, 6]
+    assert boxes.expunged_since(mid, modseqs[3] - 1) is None  # below the floor: forgotten
+    assert boxes.expunge(mid, [7]) == [7]  # 5 remembered: 1 goes
+    assert boxes.expunge(mid, [8]) == [8]  # 2 goes
+    rec = boxes.get(u, "INBOX")
+    assert rec["expunge_floor"] == modseqs[2] and rec["expunges"] == 4
+    assert boxes.expunge(mid, [9]) == [9]  # 5 and 6 share a mod-sequence: both go, never one of them
+    rec = boxes.get(u, "INBOX")
+    assert rec["expunge_floor"] == modseqs[6] and rec["expunges"] == 3
+    assert boxes.expunged_since(mid, modseqs[6]) == [7, 8, 9]
+    assert _index_counts(store, mid) == (3, 3)
+    assert boxes.expunge(mid) == [4, 10, 11, 12]  # just the memory: everything before it goes
+    rec = boxes.get(u, "INBOX")
+    assert rec["expunge_floor"] == rec["modseq"] - 1 and rec["expunges"] == 4
+    assert boxes.expunged_since(mid, rec["expunge_floor"]) == [4, 10, 11, 12]
+    store.expunge_memory = 2  # (lowered) one expunge bigger than the memory: all of it forgotten too
+    for _ in range(3):
+        deliver(store, u)
+    boxes.store_flags(mid, [13, 14, 15], "+", ["\\Deleted"])
+    assert boxes.expunge(mid) == [13, 14, 15]
+    rec = boxes.get(u, "INBOX")
+    assert rec["expunge_floor"] == rec["modseq"] and rec["expunges"] == 0
+    assert _index_counts(store, mid) == (0, 0)
+    assert boxes.expunged_since(mid, rec["modseq"]) == []
+    assert boxes.expunged_since(mid, rec["modseq"] - 1) is None
+    check_counters(boxes, mid)
+
+
+def test_expunge_memory_bounds_the_indexes_of_a_busy_mailbox(store, boxes):
+    """Deliver-and-expunge many times over (the soak's pattern): both indexes stay at the memory, messages
+    changed meanwhile are never forgotten, and a reader above the floor still gets every expunge."""
+    store.expunge_memory = 10
+    u = store.add_user("a@example.org", "h")
+    mid = boxes.get(u, "INBOX")["id"]
+    keep = deliver(store, u)
+    for i in range(40):
+        uid = deliver(store, u)
+        boxes.store_flags(mid, [uid], "+", ["\\Deleted"])
+        if i == 20:
+            boxes.store_flags(mid, [keep], "+", ["\\Seen"])  # a live message between the expunges
+        assert boxes.expunge(mid) == [uid]
+        assert _index_counts(store, mid) == (min(i + 1, 10),) * 2
+    rec = boxes.get(u, "INBOX")
+    assert rec["expunges"] == 10
+    assert boxes.expunged_since(mid, rec["expunge_floor"]) == list(range(32, 42))
+    found = boxes.changes_since(mid, rec["expunge_floor"])
+    assert found is not None and found[2] == list(range(32, 42))
+    with store.read() as txn:
+        assert any(uid == keep and not gone for uid, gone in changes.since(txn, store.db, mid, 0))
+    check_counters(boxes, mid)
+
+
+def test_changes_since_below_the_floor_compares_uids(store, boxes):
+    """A reader below the floor gets, as the expunged, the UIDs it knows that no message holds now."""
+    store.expunge_memory = 2
+    u = store.add_user("a@example.org", "h")
+    mid = boxes.get(u, "INBOX")["id"]
+    for _ in range(8):
+        deliver(store, u)
+    base = boxes.get(u, "INBOX")["modseq"]
+    boxes.store_flags(mid, [2, 3, 4, 6], "+", ["\\Deleted"])
+    for uid in (2, 3, 4):
+        boxes.expunge(mid, [uid])
+    deliver(store, u)
+    assert boxes.get(u, "INBOX")["expunge_floor"] > base
+    rec, changed, expunged = boxes.changes_since(mid, base, [1, 2, 3, 4, 5, 6, 7, 8])
+    assert expunged == [2, 3, 4]  # 2 forgotten, still found
+    assert [m.uid for m in changed] == [6, 9]  # flagged, new
+    assert boxes.changes_since(mid, base)[2] == []  # nothing known, nothing to tell
+
+
+def test_old_mailbox_record_without_the_new_fields(store, boxes):
+    """A mailbox record from before the rule (no `expunges`, no `expunge_floor`): floor 0, and its first
+    expunge counts what it remembers before it applies the memory."""
+    store.expunge_memory = 3
+    u = store.add_user("a@example.org", "h")
+    mid = boxes.get(u, "INBOX")["id"]
+    for _ in range(6):
+        deliver(store, u)
+    boxes.store_flags(mid, list(range(1, 7)), "+", ["\\Deleted"])
+    for uid in (1, 2, 3):
+        boxes.expunge(mid, [uid])
+    with store.write() as txn:
+        rec = R.loads(txn.get(R.U64.pack(mid), db=store.db["mbox"]))
+        del rec["expunges"]
+        rec.pop("expunge_floor", None)
+        txn.put(R.U64.pack(mid), R.dumps(rec), db=store.db["mbox"])
+    assert boxes.expunged_since(mid, 0) == [1, 2, 3]
+    boxes.expunge(mid, [4])
+    rec = boxes.get(u, "INBOX")
+    assert rec["expunges"] == 3 and rec["expunge_floor"] > 0
+    assert boxes.expunged_since(mid, rec["expunge_floor"]) == [2, 3, 4]
+    assert _index_counts(store, mid) == (3, 3)
