@@ -11,11 +11,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from .dnsserver import LocalDNS
-from .receivers import Loop
+from .receivers import Loop, Receiver
 
 # Servers of tests that are not about outbound delivery keep what they queue (tests inspect it).
 NO_DELIVERY = "[delivery]\nprocesses = 0\n"
@@ -204,3 +205,23 @@ def rloop() -> Iterator[Loop]:
 @pytest.fixture(scope="module")
 def mx_port() -> int:
     return free_port()
+
+
+@pytest.fixture
+def receivers(rloop: Loop, mx_port: int) -> Iterator[Callable[..., Receiver]]:
+    """receivers(host, **kw): a scripted SMTP receiver (tests/integration/receivers.py) on host:mx_port,
+    stopped after the test."""
+    made: list[Receiver] = []
+
+    def make(host: str, **kw: Any) -> Receiver:
+        r = Receiver(rloop, host, mx_port, **kw).start()
+        made.append(r)
+        return r
+
+    yield make
+
+    async def stop(r: Receiver) -> None:
+        r.stop()
+
+    for r in made:
+        rloop.run(stop(r))

@@ -77,20 +77,6 @@ def srv(tmp_path_factory: pytest.TempPathFactory, dns: LocalDNS, mx_port: int, c
     s.kill_tree()
 
 
-@pytest.fixture
-def receivers(rloop: Loop, mx_port: int) -> Iterator[Callable[..., Receiver]]:
-    made: list[Receiver] = []
-
-    def make(host: str, **kw: Any) -> Receiver:
-        r = Receiver(rloop, host, mx_port, **kw).start()
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        rloop.run(_stop(r))
-
-
 async def _stop(r: Receiver | PolicyServer) -> None:
     r.stop()
 

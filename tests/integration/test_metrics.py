@@ -16,16 +16,14 @@ import smtplib
 import socket
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import PASSWORDS, Server, fastmail_cmd, free_port, make_server, poll
 from .dnsserver import LocalDNS
-from .receivers import Loop, Receiver
 from .test_delivery import config as delivery_config
 from .test_delivery import message
 from .wire import Client, insecure_tls_context
@@ -77,24 +75,6 @@ def srv(tmp_path_factory: pytest.TempPathFactory, dns: LocalDNS, mx_port: int) -
     yield s
     s.stop()
     s.kill_tree()
-
-
-@pytest.fixture
-def receiver(rloop: Loop, mx_port: int) -> Iterator[Callable[..., Receiver]]:
-    made: list[Receiver] = []
-
-    def make(host: str, **kw: Any) -> Receiver:
-        r = Receiver(rloop, host, mx_port, **kw).start()
-        made.append(r)
-        return r
-
-    yield make
-    for r in made:
-        rloop.run(_stop(r))
-
-
-async def _stop(r: Receiver) -> None:
-    r.stop()
 
 
 def test_only_get_metrics_is_served(srv):
@@ -172,12 +152,12 @@ def test_imap_commands_auth_and_open_connections(srv):
     assert delta(before, after, "fastmail_imap_command_seconds_bucket", command="NOOP", le="+Inf") == 2
 
 
-def test_submission_auth_delivery_attempts_and_queue_by_state(srv, dns, receiver):
+def test_submission_auth_delivery_attempts_and_queue_by_state(srv, dns, receivers):
     dns.set("metrics.test", ("MX", (10, "mx.metrics.test.")))
     dns.set("mx.metrics.test", ("A", "127.0.0.31"))
     replies = {"ok@metrics.test": "250 2.1.5 ok", "gone@metrics.test": "550 5.1.1 no such user",
                "later@metrics.test": "451 4.3.2 try again later"}
-    rx = receiver("127.0.0.31", rcpt=lambda address, _: replies[address])
+    rx = receivers("127.0.0.31", rcpt=lambda address, _: replies[address])
     before = samples(srv)
     with smtplib.SMTP("127.0.0.1", srv.ports["submission"], timeout=30) as s:
         s.ehlo("client.test")
