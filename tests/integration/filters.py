@@ -293,11 +293,21 @@ worker "controller" {{
                "--var", f"LOCAL_CONFDIR={self.dirs['local']}", "--var", f"DBDIR={self.dirs['db']}",
                "--var", f"RUNDIR={self.dirs['run']}", "--var", f"LOGDIR={self.dirs['log']}"]
         t0 = time.monotonic()
-        with open(self.output, "wb") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
-        _wait(self.proc, lambda: self.ping(self.url) and self.ping(self.controller_url), timeout, "rspamd",
-              self.logs)
+        # On a first start rspamd's controller and normal worker create the sqlite statfiles at the same
+        # time, and one of them may lose the race ("cannot init backend sqlite3 for statfile ...": learning
+        # then answers 404 for the life of the process). Once the files exist there is no race: start again.
+        for _ in range(3):
+            offset = self.log.stat().st_size if self.log.exists() else 0
+            with open(self.output, "ab") as out:
+                self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                             start_new_session=True)
+            _wait(self.proc, lambda: self.ping(self.url) and self.ping(self.controller_url), timeout, "rspamd",
+                  self.logs)
+            with open(self.log, "rb") as f:
+                f.seek(offset)
+                if b"cannot init backend" not in f.read():
+                    break
+            self.stop()
         self.started_in = time.monotonic() - t0
         return self
 
