@@ -28,6 +28,7 @@ import socket
 import time
 from typing import Any
 
+from fastmail.config import in_networks
 from fastmail.store.store import Store
 
 TICKET_PREFIX = "fmt1."
@@ -117,13 +118,7 @@ class Cluster:
 
     def is_proxy(self, ip: str) -> bool:
         """A configured mail proxy (XCLIENT, auth_http, plaintext logins behind it)."""
-        if not self.proxies:
-            return False
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.proxies)
+        return in_networks(ip, self.proxies)
 
     def ticket_ok(self, peer: str | None, address: str, password: str) -> bool:
         """A login from a proxy with a ticket our auth_http endpoint made for `address`."""

@@ -82,6 +82,17 @@ def _addresses(v: Any) -> None:
         parse_listen(item)
 
 
+def in_networks(ip: str, networks: Any) -> bool:
+    """Whether the address `ip` (text) lies in one of `networks` (ipaddress networks); not an address: False."""
+    if not networks:
+        return False
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in net for net in networks)
+
+
 def _networks(v: Any) -> None:
     for item in v:
         ipaddress.ip_network(item, strict=False)

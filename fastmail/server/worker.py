@@ -22,7 +22,7 @@ import uvloop
 
 from fastmail import auth, log, metrics
 from fastmail.cluster import Cluster, ClusterError, ClusterPolicy
-from fastmail.config import Config
+from fastmail.config import Config, in_networks
 from fastmail.delivery import srs, wake
 from fastmail.hygiene.dkimkeys import DKIMKeys
 from fastmail.hygiene.inbound import Inbound
@@ -141,13 +141,7 @@ class Services:
         return self.cluster.is_proxy(ip)
 
     def is_trusted(self, ip: str) -> bool:
-        if not self.trusted:
-            return False
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        return any(addr in net for net in self.trusted)
+        return in_networks(ip, self.trusted)
 
     async def authenticate(self, username: str, password: str, peer: str | None = None) -> tuple[bool, int | None]:
         """Check a password off the loop (argon2id costs ~100 ms of CPU); same work for unknown users.  With
