@@ -304,7 +304,9 @@ class Inbound:
         prefetched: dict[str, asyncio.Future[list[bytes]]] = {}
         if not isinstance(from_domains, dmarc.AuthorDomainError):
             for d in from_domains:
-                prefetched.setdefault(f"_dmarc.{d}", asyncio.ensure_future(self._txt(f"_dmarc.{d}")))
+                name = f"_dmarc.{d}"
+                if name not in prefetched and not r.is_kept("TXT", name):  # a kept answer needs no task
+                    prefetched[name] = asyncio.ensure_future(self._txt(name))
 
         async def dmarc_txt(name: str) -> list[bytes]:
             fut = prefetched.pop(name, None)
@@ -349,11 +351,10 @@ class Inbound:
                 out.dnsbl = b if not isinstance(b, BaseException) else ("temperror", "")
             spf_domain = tx.mail_from.rpartition("@")[2] if tx.mail_from else tx.helo
             try:
-                out.dmarc = await asyncio.wait_for(
-                    dmarc.evaluate_message(msg, spf_result=out.spf.result, spf_domain=spf_domain,
-                                           dkim_results=out.dkim or [], txt_lookup=dmarc_txt, timeout=budget,
-                                           domains=from_domains),
-                    budget)
+                async with asyncio.timeout(budget):  # (wait_for would run it in a task of its own)
+                    out.dmarc = await dmarc.evaluate_message(
+                        msg, spf_result=out.spf.result, spf_domain=spf_domain, dkim_results=out.dkim or [],
+                        txt_lookup=dmarc_txt, timeout=budget, domains=from_domains)
             except (TimeoutError, DNSTemporary):
                 out.dmarc = dmarc.DMARCResult(result="temperror", policy="none", from_domain="")
             return out

@@ -43,6 +43,9 @@ class Resolver:
             raise answer(name)
         return list(answer)
 
+    def is_kept(self, qtype: str, name: str) -> bool:
+        return False  # nothing is kept: every question is asked (and counted)
+
     async def txt(self, name: str) -> list[bytes]:
         return await self._q("TXT", name)  # type: ignore[no-any-return]
 

@@ -1,0 +1,123 @@
+"""fastmail.hygiene.dnsq's kept answers and shared questions, against a real DNS server on 127.0.0.1:
+an answer is kept for its TTL and no longer, a TTL of 0 keeps nothing, NXDOMAIN is not kept, questions
+asked while the same one is on its way share its answer, and a caller that gives up does not take the
+answer from the others."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fastmail.hygiene import dnsq
+from tests.integration.dnsserver import LocalDNS
+
+
+@pytest.fixture
+def dns(request: pytest.FixtureRequest) -> Iterator[LocalDNS]:
+    d = LocalDNS(ttl=getattr(request, "param", 300)).start()
+    d.set("sender.test", ("TXT", "v=spf1 -all"), ("A", "192.0.2.1"))
+    yield d
+    d.stop()
+
+
+def run(dns: LocalDNS, fn: Any) -> Any:
+    async def main() -> Any:
+        r = dnsq.Resolver(dns.address, timeout=2.0, tries=1)
+        try:
+            return await fn(r)
+        finally:
+            r.close()
+    return asyncio.run(main())
+
+
+def asked(dns: LocalDNS, qtype: str, name: str) -> int:
+    return sum(1 for q in dns.asked if q == (name, qtype))
+
+
+def test_an_answer_is_kept_for_its_ttl(dns: LocalDNS, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(dnsq, "_now", lambda: now[0])
+
+    async def fn(r: dnsq.Resolver) -> list[Any]:
+        out = [await r.txt("sender.test"), await r.txt("SENDER.test."[:-1]), await r.a("sender.test")]
+        sent = r.queries
+        now[0] += 299.0
+        out.append(await r.txt("sender.test"))
+        kept = r.queries
+        now[0] += 2.0  # past the TTL of 300 s
+        out.append(await r.txt("sender.test"))
+        return [out, sent, kept, r.queries]
+
+    out, sent, kept, after = run(dns, fn)
+    assert out == [[b"v=spf1 -all"], [b"v=spf1 -all"], ["192.0.2.1"], [b"v=spf1 -all"], [b"v=spf1 -all"]]
+    assert sent == 2  # TXT once (the name's case does not matter), A once
+    assert kept == 2
+    assert after == 3  # asked again once the TTL ran out
+
+
+@pytest.mark.parametrize("dns", [0], indirect=True)
+def test_a_ttl_of_zero_keeps_nothing(dns: LocalDNS) -> None:
+    async def fn(r: dnsq.Resolver) -> int:
+        for _ in range(3):
+            assert await r.txt("sender.test") == [b"v=spf1 -all"]
+        return r.queries
+
+    assert run(dns, fn) == 3
+    assert asked(dns, "TXT", "sender.test") == 3
+
+
+def test_negative_answers_and_failures_are_not_kept(dns: LocalDNS) -> None:
+    dns.servfail.add("broken.test")
+
+    async def fn(r: dnsq.Resolver) -> int:
+        for _ in range(2):
+            with pytest.raises(dnsq.NXDomain):
+                await r.txt("nowhere.test")
+            assert await r.aaaa("sender.test") == []  # NODATA
+            with pytest.raises(dnsq.DNSTempError):
+                await r.txt("broken.test")
+        return r.queries
+
+    assert run(dns, fn) == 6
+
+
+@pytest.mark.parametrize("dns", [0], indirect=True)
+def test_questions_in_flight_are_shared(dns: LocalDNS) -> None:
+    async def fn(r: dnsq.Resolver) -> tuple[list[Any], int]:
+        answers = await asyncio.gather(*(r.txt("sender.test") for _ in range(20)), r.a("sender.test"))
+        return answers, r.queries
+
+    answers, queries = run(dns, fn)
+    assert answers == [[b"v=spf1 -all"]] * 20 + [["192.0.2.1"]]
+    assert queries == 2 and asked(dns, "TXT", "sender.test") == 1
+
+
+@pytest.mark.parametrize("dns", [0], indirect=True)
+def test_a_caller_giving_up_leaves_the_answer_to_the_others(dns: LocalDNS) -> None:
+    async def fn(r: dnsq.Resolver) -> tuple[bool, list[bytes], int]:
+        first = asyncio.ensure_future(r.txt("sender.test"))
+        second = asyncio.ensure_future(r.txt("sender.test"))
+        await asyncio.sleep(0)  # both are waiting for the one question
+        first.cancel()
+        answer = await second
+        try:
+            await first
+        except asyncio.CancelledError:
+            cancelled = True
+        else:
+            cancelled = False
+        return cancelled, answer, r.queries
+
+    assert run(dns, fn) == (True, [b"v=spf1 -all"], 1)
+
+
+def test_a_bad_name_is_refused_before_any_question(dns: LocalDNS) -> None:
+    async def fn(r: dnsq.Resolver) -> int:
+        with pytest.raises(dnsq.BadName):
+            await r.txt("a" * 64 + ".test")
+        return r.queries
+
+    assert run(dns, fn) == 0
