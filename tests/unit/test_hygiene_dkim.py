@@ -226,3 +226,63 @@ def test_lf_only_message_verifies(dns):
     selector, pem = KEYS["ed25519"]
     field = dkim.sign(lf, domain="example.com", selector=selector, private_key_pem=pem, algorithm="ed25519")
     assert verify(dns, field.replace(b"\r\n", b"\n") + lf)[0].result == "pass"
+
+
+# -- the tag list and the signature's own checks, as dkimpy's -------------------------------------------
+
+def _outcome(fn, *args):  # type: ignore[no-untyped-def]
+    try:
+        return ("ok", fn(*args))
+    except Exception as e:  # the exception's type and text are the answer
+        return (type(e).__name__, str(e))
+
+
+def _random_signature(rng) -> bytes:  # type: ignore[no-untyped-def]
+    import time
+
+    now = int(time.time())
+    values = {
+        b"v": [b"1", b"2", b""], b"a": [b"rsa-sha256", b"ed25519-sha256", b"rsa-sha1", b"hmac"],
+        b"b": [b"dGVzdA==", b"dGVz dA= =", b"abc", b"!!", b"AAAA\r\n\tBBBB"],
+        b"bh": [b"dGVzdA==", b"abc", b"AAAA", b"x y"], b"d": [b"example.com", b"Example.COM", b"ex;ample", b"\xc3\xa9.example"],
+        b"h": [b"from:to", b"From : Subject"], b"s": [b"sel"],
+        b"i": [b"@example.com", b"a@sub.example.com", b"example.com", b"a@badexample.com", b"a@other.org", b"m"],
+        b"l": [b"12", b"x", b"1" * 80], b"q": [b"dns/txt", b"dns"], b"cv": [b"pass", b"bogus"],
+        b"t": [str(now).encode(), str(now + 99999).encode(), b"t1"],
+        b"x": [str(now + 100).encode(), str(now - 99999).encode(), str(now - 10).encode(), b"soon"],
+        b"c": [b"relaxed/relaxed"],
+    }
+    tags = [k for k in values if rng.random() < (0.93 if k in (b"v", b"a", b"b", b"bh", b"d", b"h", b"s") else 0.3)]
+    rng.shuffle(tags)
+    parts = [k + rng.choice([b"=", b" = ", b"=\r\n\t"]) + rng.choice(values[k]) for k in tags]
+    if rng.random() < 0.05 and parts:
+        parts.append(parts[0])  # a duplicate tag
+    if rng.random() < 0.05:
+        parts.append(rng.choice([b"novalue", b"1x=2", b" =y", b""]))
+    return b" " + b";".join(parts) + rng.choice([b"", b";", b"; ", b"\r\n"])
+
+
+def test_tag_parsing_and_signature_checks_answer_as_dkimpy() -> None:
+    """parse_tags and validate_signature against dkimpy's parse_tag_value and validate_signature_fields on
+    generated DKIM-Signature values: the same dict, or the same exception with the same text."""
+    import random
+
+    from dkim.util import parse_tag_value
+
+    rng = random.Random(11)
+    kinds = set()
+    for _ in range(5000):
+        raw = _random_signature(rng)
+        ours, theirs = _outcome(dkim.parse_tags, raw), _outcome(parse_tag_value, raw)
+        assert ours == theirs, raw
+        if ours[0] != "ok":
+            kinds.add(ours[0])
+            continue
+        sig = ours[1]
+        theirs = _outcome(dkimpy.validate_signature_fields, dict(sig))
+        if theirs[0] == "IndexError":  # dkimpy's crash on an i= no longer than d=: ours says why
+            assert _outcome(dkim.validate_signature, sig)[0] == "ValidationError"
+        else:
+            assert _outcome(dkim.validate_signature, sig) == theirs, raw
+        kinds.add(theirs[0] if theirs[0] != "ok" else theirs[1] or "valid")
+    assert {"InvalidTagSpec", "DuplicateTag", "ValidationError", "valid"} <= kinds
