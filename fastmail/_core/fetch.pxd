@@ -5,10 +5,15 @@
 
 cimport cython
 
-@cython.locals(s='const unsigned char*', n=Py_ssize_t, j=Py_ssize_t)
+@cython.locals(s='const unsigned char*', n=Py_ssize_t, j=Py_ssize_t, m=Py_ssize_t, k=Py_ssize_t, hi=int, lo=int,
+               blob=bytes)
 cpdef object record_blob(bytes value)
 
+cdef int _nibble(unsigned char c)
+
 cdef Py_ssize_t _copy(bytearray out, Py_ssize_t pos, bytes data, Py_ssize_t a, Py_ssize_t b)
+
+cdef Py_ssize_t _put(bytearray out, Py_ssize_t pos, const unsigned char* data, Py_ssize_t a, Py_ssize_t b)
 
 @cython.locals(o='unsigned char*', k=Py_ssize_t, v='unsigned long long', end=Py_ssize_t)
 cdef Py_ssize_t _digits(bytearray out, Py_ssize_t pos, unsigned long long value)
@@ -29,12 +34,13 @@ cdef Py_ssize_t _date(bytearray out, Py_ssize_t pos, long long seconds)
                wi=Py_ssize_t, vi=Py_ssize_t, found=Py_ssize_t, k=Py_ssize_t, key=bytes, value=bytes,
                s='const unsigned char*', n=Py_ssize_t, j=Py_ssize_t, uid='long long', size='long long',
                date='long long', modseq='long long', flags_at=Py_ssize_t, flags_end=Py_ssize_t, code=int,
-               w=bytes, wu='long long', last='long long', prefix=bytes, need=Py_ssize_t, blob=bytes, got=object)
+               w='const unsigned char*', wn=Py_ssize_t, wb='Py_buffer', wu='long long', last='long long',
+               prefix='unsigned char[8]', have_prefix=bint, same=bint, need=Py_ssize_t, blob=bytes, got=object)
 cpdef object render_batch(object pairs, object wire_get, list want, const unsigned int[:] view, bytes order,
                           long long changedsince)
 
 @cython.locals(s='const unsigned char*', o='unsigned char*', j=Py_ssize_t, first=bint, c=int)
 cdef Py_ssize_t _flags(bytearray out, Py_ssize_t pos, bytes value, Py_ssize_t a, Py_ssize_t b)
 
-@cython.locals(s='const unsigned char*', n=Py_ssize_t, le=Py_ssize_t, lb=Py_ssize_t)
-cdef Py_ssize_t _wire(bytearray out, Py_ssize_t pos, bytes wire, int code)
+@cython.locals(s='const unsigned char*', le=Py_ssize_t, lb=Py_ssize_t)
+cdef Py_ssize_t _wire(bytearray out, Py_ssize_t pos, const unsigned char* wire, Py_ssize_t n, int code)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import cython
 
 if cython.compiled:
+    from cython.cimports.cpython.buffer import PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
     from cython.cimports.cpython.bytes import PyBytes_FromStringAndSize
     from cython.cimports.libc.string import memcpy
 
@@ -39,7 +40,6 @@ WIRE_VERSION = 1  # first byte of a wire value: version, then U32 BE lengths of 
 # the three rendered values (ENVELOPE, BODY, BODYSTRUCTURE) back to back
 
 _MONTHS = b"JanFebMarAprMayJunJulAugSepOctNovDec"
-_RECORD_HEAD = b'[1,"'  # a version-1 message record: [1,"<blob hex>",size,date,[flags],modseq]
 _LINE = 32  # "* <seq> FETCH (" and ")\r\n"
 _ITEM = 48  # an item's name, number or date, and its separator
 
@@ -61,20 +61,43 @@ def item_order(items: list) -> bytes | None:
 
 
 def record_blob(value: bytes) -> bytes | None:
-    """The blob id of a version-1 message record, or None for another layout."""
+    """The blob id of a version-1 message record (hex digits, an even number of them), or None for another
+    layout.  Decoded here, byte by byte: no slice, str or bytes.fromhex per message."""
     s = value
     n = len(value)
-    if n < 6 or value[:4] != _RECORD_HEAD:
+    if n < 6 or s[0] != 91 or s[1] != 49 or s[2] != 44 or s[3] != 34:  # [1,"<blob hex>",size,date,[flags],modseq]
         return None
     j = 4
     while j < n and s[j] != 34:
         j += 1
     if j >= n or (j - 4) % 2:
         return None
-    try:
-        return bytes.fromhex(value[4:j].decode("ascii"))
-    except (ValueError, UnicodeDecodeError):
-        return None
+    m = (j - 4) // 2
+    if cython.compiled:
+        blob = PyBytes_FromStringAndSize(cython.NULL, m)  # type: ignore[name-defined]  # noqa: F821
+        b: cython.p_uchar = cython.cast(cython.p_uchar, cython.cast(bytes, blob))
+    else:
+        b = bytearray(m)
+    for k in range(m):
+        hi = _nibble(s[4 + 2 * k])
+        lo = _nibble(s[5 + 2 * k])
+        if hi < 0 or lo < 0:
+            return None
+        b[k] = hi * 16 + lo
+    if cython.compiled:
+        return blob
+    return bytes(b)
+
+
+def _nibble(c) -> int:
+    """The value of hex digit c (either case), or -1."""
+    if 48 <= c <= 57:
+        return c - 48
+    if 97 <= c <= 102:
+        return c - 87
+    if 65 <= c <= 70:
+        return c - 55
+    return -1
 
 
 def _copy(out: bytearray, pos, data: bytes, a, b) -> int:
@@ -83,6 +106,16 @@ def _copy(out: bytearray, pos, data: bytes, a, b) -> int:
         o: cython.p_uchar = cython.cast(bytearray, out)
         s: cython.p_const_uchar = cython.cast(bytes, data)
         memcpy(o + pos, s + a, b - a)  # type: ignore[name-defined]  # noqa: F821
+    else:
+        out[pos: pos + b - a] = data[a:b]
+    return pos + b - a
+
+
+def _put(out: bytearray, pos, data, a, b) -> int:
+    """_copy() from a wire value: its data pointer when compiled, the bytes-like object in the twin."""
+    if cython.compiled:
+        o: cython.p_uchar = cython.cast(bytearray, out)
+        memcpy(o + pos, data + a, b - a)  # type: ignore[name-defined]  # noqa: F821
     else:
         out[pos: pos + b - a] = data[a:b]
     return pos + b - a
@@ -171,9 +204,11 @@ def render_batch(pairs, wire_get, want: list, view, order: bytes, changedsince) 
     pairs: an iterable of (key, value), message records of one mailbox in key order (key: mailbox id U64 BE
     + uid U32 BE; a cursor placed on want[0]'s key will do: the walk stops after want[-1] or at another
     mailbox); wire_get: blob id -> stored wire value or None, when `order` has ENVELOPE/BODY/BODYSTRUCTURE
-    (else None); want: the UIDs asked for (ascending, not empty); view: the session's UIDs (ascending, index
-    + 1 is the sequence number; every wanted UID is in it); order: item codes; changedsince: only records
-    with a greater MODSEQ are rendered (-1: all).  Returns (response bytes, how many wanted UIDs have a
+    (else None) -- bytes, or any object with the buffer protocol whose memory stays put while it lives (an
+    LMDB buffers=True value inside its transaction: then only the value's header and the items asked for
+    are read, straight into the output); want: the UIDs asked for (ascending, not empty); view: the
+    session's UIDs (ascending, index + 1 is the sequence number; every wanted UID is in it); order: item
+    codes; changedsince: only records with a greater MODSEQ are rendered (-1: all).  Returns (response bytes, how many wanted UIDs have a
     record), or None when a record or wire value is not in a layout handled here."""
     nwant = len(want)
     nview = len(view)
@@ -187,9 +222,15 @@ def render_batch(pairs, wire_get, want: list, view, order: bytes, changedsince) 
             nwire += 1
     if nwire and wire_get is None or not nwant:
         return None
+    wn = 0
     last = want[nwant - 1]
-    prefix = b""
-    w = b""
+    if not cython.compiled:
+        prefix = bytearray(8)  # the mailbox id of the first key: the walk ends at another
+    have_prefix = False
+    if cython.compiled:
+        w = cython.NULL  # the wire value's data
+    else:
+        w = b""  # the wire value
     cap = 4096
     out = bytearray(cap)
     o = out
@@ -202,11 +243,18 @@ def render_batch(pairs, wire_get, want: list, view, order: bytes, changedsince) 
         value = pair[1]
         if len(key) != 12:
             return None
-        if not prefix:
-            prefix = key[:8]
-        elif key[:8] != prefix:
-            break
         s = key
+        if not have_prefix:
+            for k in range(8):
+                prefix[k] = s[k]
+            have_prefix = True
+        else:
+            same = True
+            for k in range(8):
+                if s[k] != prefix[k]:
+                    same = False
+            if not same:
+                break
         uid = (s[8] << 24) | (s[9] << 16) | (s[10] << 8) | s[11]
         if uid > last:
             break
@@ -226,11 +274,21 @@ def render_batch(pairs, wire_get, want: list, view, order: bytes, changedsince) 
             got = wire_get(blob) if blob is not None else None
             if got is None:
                 return None
-            w = got
+            if cython.compiled:
+                # the data pointer: `got` (kept until the next message) keeps it valid, so the view is
+                # given back at once (no release to miss on the early returns below).  Not bytes-like:
+                # TypeError, as len() raises in the twin.
+                PyObject_GetBuffer(got, cython.address(wb), PyBUF_SIMPLE)  # type: ignore[name-defined]  # noqa: F821
+                w = cython.cast(cython.p_const_uchar, wb.buf)  # type: ignore[name-defined]  # noqa: F821
+                wn = wb.len  # type: ignore[name-defined]  # noqa: F821
+                PyBuffer_Release(cython.address(wb))  # type: ignore[name-defined]  # noqa: F821
+            else:
+                w = got
+                wn = len(got)
         # Room for the line: the fixed part, 48 bytes an item for its name, a number or a date and the
         # separator, the flags (shorter than the record) and the wire values (shorter than the stored one)
         # as many times as they are asked for.
-        need = _LINE + norder * _ITEM + nflags * len(value) + (nwire * len(w) if nwire else 0)
+        need = _LINE + norder * _ITEM + nflags * len(value) + nwire * wn
         if pos + need > cap:
             cap = 2 * (pos + need)
             out += bytearray(cap - len(out))
@@ -300,7 +358,7 @@ def render_batch(pairs, wire_get, want: list, view, order: bytes, changedsince) 
                 o[pos] = 41
                 pos += 1
             else:
-                pos = _wire(out, pos, w, code)
+                pos = _wire(out, pos, w, wn, code)
                 if pos < 0:
                     return None
         pos = _copy(out, pos, b")\r\n", 0, 3)
@@ -345,11 +403,11 @@ def _flags(out: bytearray, pos, value: bytes, a, b) -> int:
     return pos
 
 
-def _wire(out: bytearray, pos, wire: bytes, code) -> int:
-    """The label and rendered value of ENVELOPE, BODY or BODYSTRUCTURE from a wire value; -1 when it is
-    not a version this module reads."""
+def _wire(out: bytearray, pos, wire, n, code) -> int:
+    """The label and rendered value of ENVELOPE, BODY or BODYSTRUCTURE from a wire value (its n bytes at
+    `wire`: a pointer when compiled, the bytes-like object in the twin); -1 when it is not a version this
+    module reads."""
     s = wire
-    n = len(wire)
     if n < 9 or s[0] != 1:
         return -1
     le = (s[1] << 24) | (s[2] << 16) | (s[3] << 8) | s[4]
@@ -358,9 +416,9 @@ def _wire(out: bytearray, pos, wire: bytes, code) -> int:
         return -1
     if code == 6:  # ENVELOPE
         pos = _copy(out, pos, b"ENVELOPE ", 0, 9)
-        return _copy(out, pos, wire, 9, 9 + le)
+        return _put(out, pos, wire, 9, 9 + le)
     if code == 7:  # BODY
         pos = _copy(out, pos, b"BODY ", 0, 5)
-        return _copy(out, pos, wire, 9 + le, 9 + le + lb)
+        return _put(out, pos, wire, 9 + le, 9 + le + lb)
     pos = _copy(out, pos, b"BODYSTRUCTURE ", 0, 14)
-    return _copy(out, pos, wire, 9 + le + lb, n)
+    return _put(out, pos, wire, 9 + le + lb, n)

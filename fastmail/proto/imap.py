@@ -817,7 +817,7 @@ class IMAPConnection(MailboxCommands):
             want = uids[start: start + BATCH]
             if order is not None:
                 render = partial(core_fetch.render_batch, want=want, view=view.uids, order=order, changedsince=since)
-                done = self.boxes.render_records(view.id, want, wires, render)
+                done = self.boxes.render_records(view.id, want, wires, render, buffers=True)
                 if done is not None:
                     data, found = done
                     if found < len(want):

@@ -17,7 +17,6 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, TypeVar
 
 import lmdb
@@ -176,11 +175,17 @@ class Mailboxes:
                     out[uid] = parse_record(key, value)
         return out
 
-    def render_records(self, mailbox_id: int, uids: list[int], wires: bool, render: Callable[[Iterable[tuple[bytes, bytes]], Callable[[bytes], bytes | None] | None], T]) -> T:
+    def render_records(self, mailbox_id: int, uids: list[int], wires: bool, render: Callable[[Iterable[tuple[bytes, bytes]], Callable[[bytes], Any] | None], T], buffers: bool = False) -> T:
         """render(pairs, wire_get) inside one read transaction: pairs iterates the message records (key,
         value) of the mailbox from uids[0] on, still encoded (a cursor walk when the UIDs are dense, as for
         a FETCH 1:*: render stops it after uids[-1]; a get per UID for a sparse set); with `wires`,
-        wire_get(blob id) is the stored wire form or None.  For fastmail._core.fetch.render_batch."""
+        wire_get(blob id) is the stored wire form (bytes) or None.  For fastmail._core.fetch.render_batch.
+
+        With `buffers` too, a wire form is a memoryview of the map (no copy of the whole value per
+        message: render reads only the item it wants), valid until render returns.  Those come from a
+        second read transaction begun right after the first: a wire form never changes once stored (blob
+        ids are not reused), so the newer snapshot holds the same value or none, and none sends the batch
+        the general way as a missing wire form always has."""
         db = self.db["msgs"]
         with self.store.read() as txn:
             pairs: Iterable[tuple[bytes, bytes]]
@@ -189,8 +194,20 @@ class Mailboxes:
                 pairs = cur.iternext() if cur.set_range(R.msg_key(mailbox_id, uids[0])) else ()  # type: ignore[assignment]
             else:
                 pairs = _gets(txn, db, mailbox_id, uids)
-            wire_get = partial(txn.get, db=self.db["msgwire"]) if wires else None
-            return render(pairs, wire_get)
+            if not wires:
+                return render(pairs, None)
+            if buffers:
+                try:  # inside the first one's gate entry: no resize of the map until both end
+                    btxn = self.store.env.begin(buffers=True)
+                except lmdb.MapResizedError:  # another process grew the map just now: copies, then
+                    pass
+                else:
+                    try:
+                        return render(pairs, btxn.cursor(db=self.db["msgwire"]).get)
+                    finally:
+                        btxn.abort()
+            # a cursor's get: one positional argument (a partial with db= copied its keywords per call)
+            return render(pairs, txn.cursor(db=self.db["msgwire"]).get)
 
     def snapshot(self, mailbox_id: int) -> tuple[dict[str, Any], list[Message]] | None:
         """The mailbox record and its messages, read in one transaction (consistent with each other)."""

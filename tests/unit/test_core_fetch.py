@@ -83,6 +83,8 @@ def test_same_bytes_as_the_general_renderer(fetch, seed):
         data, found = got
         assert data == _reference(items, view, want, msgs, since)
         assert found == len(want)
+        if wire_get is not None:  # a wire value as a buffer (LMDB buffers=True): the same bytes
+            assert fetch.render_batch(iter(pairs), lambda blob: memoryview(WIRE), want, view, order, since) == got
 
 
 def test_missing_records_are_counted(fetch):
@@ -119,6 +121,10 @@ def test_missing_or_unknown_wire_falls_back(fetch):
     assert fetch.render_batch(pairs, lambda blob: b"\2" + WIRE[1:], [1], array("I", [1]), order, -1) is None
     assert fetch.render_batch(pairs, None, [1], array("I", [1]), order, -1) is None
     assert fetch.render_batch(pairs, lambda blob: WIRE, [1], array("I", [1]), order, -1) is not None
+    assert fetch.render_batch(pairs, lambda blob: memoryview(b"\2" + WIRE[1:]), [1], array("I", [1]), order, -1) is None
+    assert fetch.render_batch(pairs, lambda blob: memoryview(WIRE[:8]), [1], array("I", [1]), order, -1) is None
+    with pytest.raises(TypeError):  # not bytes-like at all
+        fetch.render_batch(pairs, lambda blob: 1, [1], array("I", [1]), order, -1)
 
 
 def test_item_order_and_record_blob(fetch):
@@ -129,6 +135,12 @@ def test_item_order_and_record_blob(fetch):
     assert fetch.record_blob(R.message_record(blob, 1, 2, [], 3)) == blob
     assert fetch.record_blob(b'[2,"00",1,2,[],3]') is None
     assert fetch.record_blob(b'[1,"0g",1,2,[],3]') is None
+    assert fetch.record_blob(b'[1,"09afAF",1,2,[],3]') == b"\x09\xaf\xaf"
+    assert fetch.record_blob(b'[1,"",1,2,[],3]') == b""
+    for bad in (b'[1,"0 1",1,2,[],3]', b'[1,"01 ",1,2,[],3]', b'[1,"0/",1,2,[],3]', b'[1,"0:",1,2,[],3]',
+                b'[1,"0@",1,2,[],3]', b'[1,"0G",1,2,[],3]', b'[1,"0`",1,2,[],3]', b'[1,"\xc3\xa9",1,2,[],3]',
+                b'[1,"012,1,2,[],3]', b'[1,"0123'):
+        assert fetch.record_blob(bad) is None, bad
 
 
 @settings(max_examples=300, deadline=None)

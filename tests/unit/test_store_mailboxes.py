@@ -343,16 +343,22 @@ def test_render_records_and_wire_forms(store, boxes):
     for _ in range(6):
         deliver(store, u, meta=mime.analyze(RAW))
 
-    def seen(uids, wires):
+    def seen(uids, wires, buffers=False):
         def render(pairs, wire_get):
             out = []
             for k, v in pairs:
-                out.append((R.MSG_KEY.unpack(k)[1], wire_get(R.parse_message_record(v)["blob"]) if wire_get else None))
+                w = wire_get(R.parse_message_record(v)["blob"]) if wire_get else None
+                if buffers and w is not None:
+                    assert type(w) is memoryview  # of the map, read inside the render call
+                    w = bytes(w)
+                out.append((R.MSG_KEY.unpack(k)[1], w))
             return out
-        return boxes.render_records(mid, uids, wires, render)
+        return boxes.render_records(mid, uids, wires, render, buffers=buffers)
 
     wire = mime.wire(mime.analyze(RAW))
     assert seen([2, 3, 4], True)[:3] == [(2, wire), (3, wire), (4, wire)]  # a walk from 2 on
+    assert seen([2, 3, 4], True, buffers=True)[:3] == [(2, wire), (3, wire), (4, wire)]
+    assert seen([1, 6], True, buffers=True) == [(1, wire), (6, wire)]
     assert seen([1, 6], False) == [(1, None), (6, None)]  # sparse: one get each
     blob = boxes.records(mid, [5])[5].blob
     boxes.store_flags(mid, [5], "+", ["\\Deleted"])
@@ -360,6 +366,7 @@ def test_render_records_and_wire_forms(store, boxes):
     with store.read() as txn:
         assert txn.get(blob, db=store.db["msgwire"]) is None
     assert [uid for uid, _ in seen([4, 5, 6], True)] == [4, 6]
+    assert seen([4, 5, 6], True, buffers=True) == [(4, wire), (6, wire)]
 
 
 def _index_counts(store: Store, mid: int) -> tuple[int, int]:
