@@ -20,6 +20,7 @@ import cython
 
 if cython.compiled:
     from cython.cimports.cpython.buffer import PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+    from cython.cimports.cpython.bytearray import PyByteArray_FromStringAndSize, PyByteArray_Resize
     from cython.cimports.cpython.bytes import PyBytes_FromStringAndSize
     from cython.cimports.libc.string import memcpy
 
@@ -232,7 +233,10 @@ def render_batch(pairs, wire_get, want: list, view, order: bytes, changedsince) 
     else:
         w = b""  # the wire value
     cap = 4096
-    out = bytearray(cap)
+    if cython.compiled:
+        out = PyByteArray_FromStringAndSize(cython.NULL, cap)  # type: ignore[name-defined]  # noqa: F821
+    else:
+        out = bytearray(cap)
     o = out
     pos = 0
     wi = 0
@@ -291,7 +295,10 @@ def render_batch(pairs, wire_get, want: list, view, order: bytes, changedsince) 
         need = _LINE + norder * _ITEM + nflags * len(value) + nwire * wn
         if pos + need > cap:
             cap = 2 * (pos + need)
-            out += bytearray(cap - len(out))
+            if cython.compiled:
+                PyByteArray_Resize(out, cap)  # type: ignore[name-defined]  # noqa: F821
+            else:
+                out += bytearray(cap - len(out))
             o = out
         # the record: [1,"<hex>",size,date,[flags],modseq]
         s = value
