@@ -206,3 +206,67 @@ def test_rspamd_hostname_is_left_out_unless_verified(tmp_path, case) -> None:
     [head] = _rspamd_requests(tmp_path, Resolver(z), **settings)
     assert b"\r\nHostname:" not in head
     assert b"mx.example.org" not in head  # our own name was sent before
+
+
+def test_settle_answers_as_gather_within() -> None:
+    """The authentication checks' runner: jobs awaited in the coroutine and jobs in tasks, each with its
+    result, its exception or TimeoutError once the shared deadline passed; nothing left running or
+    unawaited."""
+    import gc
+    import warnings
+
+    from fastmail.hygiene.inbound import _settle
+
+    started: list[str] = []
+
+    async def job(name: str, delay: float | None, fail: bool = False) -> str:
+        started.append(name)
+        if delay is not None:
+            await asyncio.sleep(delay)
+        if fail:
+            raise OSError(name)
+        return name
+
+    async def main() -> tuple[dict[str, Any], list[asyncio.Task[Any]]]:
+        # "late" comes after the deadline: what it answers without waiting (kept DNS answers) still counts,
+        # "later" waits and times out
+        out = await _settle({"a": job("a", 0), "slow": job("slow", 5), "late": job("late", None),
+                             "later": job("later", 0)},
+                            {"t": job("t", 0.01), "bad": job("bad", 0, fail=True), "never": job("never", 5)},
+                            0.2)
+        await asyncio.sleep(0)  # the cancelled tasks finish
+        return out, [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a coroutine never awaited would warn
+        out, left = asyncio.run(main())
+        gc.collect()
+    assert out["a"] == "a" and out["t"] == "t" and out["late"] == "late"
+    assert isinstance(out["bad"], OSError)
+    for name in ("slow", "never", "later"):
+        assert isinstance(out[name], TimeoutError)
+    assert left == []
+    assert sorted(started) == ["a", "bad", "late", "later", "never", "slow", "t"]
+
+
+def test_settle_cancelled_closes_what_it_did_not_start() -> None:
+    import warnings
+
+    from fastmail.hygiene.inbound import _settle
+
+    async def job() -> None:
+        await asyncio.sleep(5)
+
+    async def main() -> bool:
+        runner = asyncio.ensure_future(_settle({"first": job(), "second": job()}, {"t": job()}, 10))
+        await asyncio.sleep(0.01)
+        runner.cancel()
+        try:
+            await runner
+        except asyncio.CancelledError:
+            return True
+        return False
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert asyncio.run(main())
