@@ -199,7 +199,7 @@ class Mailboxes:
             if buffers:
                 try:  # inside the first one's gate entry: no resize of the map until both end
                     btxn = self.store.env.begin(buffers=True)
-                except lmdb.MapResizedError:  # another process grew the map just now: copies, then
+                except lmdb.Error:  # the map grew in another process just now, no reader slot: copies, then
                     pass
                 else:
                     try:

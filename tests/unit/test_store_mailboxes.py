@@ -3,6 +3,7 @@ MODSEQ, expunge, copy/move, APPEND-style delivery, exact counters and quota usag
 
 from __future__ import annotations
 
+import lmdb
 import pytest
 
 from fastmail.store import changes
@@ -359,6 +360,22 @@ def test_render_records_and_wire_forms(store, boxes):
     assert seen([2, 3, 4], True)[:3] == [(2, wire), (3, wire), (4, wire)]  # a walk from 2 on
     assert seen([2, 3, 4], True, buffers=True)[:3] == [(2, wire), (3, wire), (4, wire)]
     assert seen([1, 6], True, buffers=True) == [(1, wire), (6, wire)]
+
+    class Env:  # no second transaction now (the map grew in another process): copies instead
+        def __init__(self, env):
+            self.env = env
+
+        def begin(self, **kw):
+            if kw.get("buffers"):
+                raise lmdb.MapResizedError("grown")
+            return self.env.begin(**kw)
+
+    env, store.env = store.env, Env(store.env)
+    try:
+        assert boxes.render_records(mid, [2], True, lambda pairs, get: [get(R.parse_message_record(v)["blob"])
+                                                                        for _, v in pairs], buffers=True)[0] == wire
+    finally:
+        store.env = env
     assert seen([1, 6], False) == [(1, None), (6, None)]  # sparse: one get each
     blob = boxes.records(mid, [5])[5].blob
     boxes.store_flags(mid, [5], "+", ["\\Deleted"])
