@@ -5,11 +5,12 @@
 
 cimport cython
 
-@cython.locals(s='const unsigned char*', n=Py_ssize_t, j=Py_ssize_t, m=Py_ssize_t, k=Py_ssize_t, hi=int, lo=int,
-               blob=bytes)
+@cython.locals(key=bytearray)
 cpdef object record_blob(bytes value)
 
-cdef int _nibble(unsigned char c)
+@cython.locals(s='const unsigned char*', n=Py_ssize_t, j=Py_ssize_t, m=Py_ssize_t, k=Py_ssize_t, hi=int, lo=int,
+               b='unsigned char*', t='const unsigned char*', table=bytes)
+cdef Py_ssize_t _blob_into(bytes value, bytearray key) except -2
 
 cdef Py_ssize_t _copy(bytearray out, Py_ssize_t pos, bytes data, Py_ssize_t a, Py_ssize_t b)
 
@@ -35,7 +36,7 @@ cdef Py_ssize_t _date(bytearray out, Py_ssize_t pos, long long seconds)
                s='const unsigned char*', n=Py_ssize_t, j=Py_ssize_t, uid='long long', size='long long',
                date='long long', modseq='long long', flags_at=Py_ssize_t, flags_end=Py_ssize_t, code=int,
                w='const unsigned char*', wn=Py_ssize_t, wb='Py_buffer', wu='long long', last='long long',
-               prefix='unsigned char[8]', have_prefix=bint, same=bint, need=Py_ssize_t, blob=bytes, got=object)
+               prefix='unsigned char[8]', have_prefix=bint, same=bint, need=Py_ssize_t, blob=bytearray, got=object)
 cpdef object render_batch(object pairs, object wire_get, list want, const unsigned int[:] view, bytes order,
                           long long changedsince)
 

@@ -63,42 +63,44 @@ def item_order(items: list) -> bytes | None:
 
 def record_blob(value: bytes) -> bytes | None:
     """The blob id of a version-1 message record (hex digits, an even number of them), or None for another
-    layout.  Decoded here, byte by byte: no slice, str or bytes.fromhex per message."""
+    layout."""
+    key = bytearray(12)
+    return bytes(key) if _blob_into(value, key) >= 0 else None
+
+
+# hex digit (either case) -> its value; 255 for any other byte
+_UNHEX = bytes(c - 48 if 48 <= c <= 57 else c - 87 if 97 <= c <= 102 else c - 55 if 65 <= c <= 70 else 255
+               for c in range(256))
+
+
+def _blob_into(value: bytes, key: bytearray) -> int:
+    """record_blob() into `key` (resized only when the id's length differs), decoded here byte by byte: no
+    slice, str, bytes.fromhex or new object per message.  The id's length, or -1 for another layout."""
     s = value
     n = len(value)
     if n < 6 or s[0] != 91 or s[1] != 49 or s[2] != 44 or s[3] != 34:  # [1,"<blob hex>",size,date,[flags],modseq]
-        return None
+        return -1
     j = 4
     while j < n and s[j] != 34:
         j += 1
     if j >= n or (j - 4) % 2:
-        return None
+        return -1
     m = (j - 4) // 2
-    if cython.compiled:
-        blob = PyBytes_FromStringAndSize(cython.NULL, m)  # type: ignore[name-defined]  # noqa: F821
-        b: cython.p_uchar = cython.cast(cython.p_uchar, cython.cast(bytes, blob))
-    else:
-        b = bytearray(m)
+    if len(key) != m:
+        if cython.compiled:
+            PyByteArray_Resize(key, m)  # type: ignore[name-defined]  # noqa: F821
+        else:
+            key[:] = bytes(m)
+    b = key
+    table = _UNHEX  # held while its data is read
+    t = table
     for k in range(m):
-        hi = _nibble(s[4 + 2 * k])
-        lo = _nibble(s[5 + 2 * k])
-        if hi < 0 or lo < 0:
-            return None
+        hi = t[s[4 + 2 * k]]
+        lo = t[s[5 + 2 * k]]
+        if (hi | lo) > 15:
+            return -1
         b[k] = hi * 16 + lo
-    if cython.compiled:
-        return blob
-    return bytes(b)
-
-
-def _nibble(c) -> int:
-    """The value of hex digit c (either case), or -1."""
-    if 48 <= c <= 57:
-        return c - 48
-    if 97 <= c <= 102:
-        return c - 87
-    if 65 <= c <= 70:
-        return c - 55
-    return -1
+    return m
 
 
 def _copy(out: bytearray, pos, data: bytes, a, b) -> int:
@@ -224,6 +226,7 @@ def render_batch(pairs, wire_get, want: list, view, order: bytes, changedsince) 
     if nwire and wire_get is None or not nwant:
         return None
     wn = 0
+    blob = bytearray(12)  # the blob id of the message at hand, decoded from its record (the msgwire key)
     last = want[nwant - 1]
     if not cython.compiled:
         prefix = bytearray(8)  # the mailbox id of the first key: the walk ends at another
@@ -274,8 +277,7 @@ def render_batch(pairs, wire_get, want: list, view, order: bytes, changedsince) 
         if vi >= nview or view[vi] != uid:
             return None
         if nwire:
-            blob = record_blob(value)
-            got = wire_get(blob) if blob is not None else None
+            got = wire_get(blob) if _blob_into(value, blob) >= 0 else None
             if got is None:
                 return None
             if cython.compiled:

@@ -123,6 +123,12 @@ def test_missing_or_unknown_wire_falls_back(fetch):
     assert fetch.render_batch(pairs, lambda blob: WIRE, [1], array("I", [1]), order, -1) is not None
     assert fetch.render_batch(pairs, lambda blob: memoryview(b"\2" + WIRE[1:]), [1], array("I", [1]), order, -1) is None
     assert fetch.render_batch(pairs, lambda blob: memoryview(WIRE[:8]), [1], array("I", [1]), order, -1) is None
+    ids = [b"\xab\x01", b"\1" * 12, bytes(range(16)), b"\xff"]  # the key buffer follows each id's length
+    pairs = [(R.msg_key(3, u), R.message_record(blob, 10, 0, [], 1)) for u, blob in enumerate(ids, 1)]
+    asked = []
+    got = fetch.render_batch(pairs, lambda blob: asked.append(bytes(blob)) or WIRE, [1, 2, 3, 4],
+                             array("I", [1, 2, 3, 4]), order, -1)
+    assert asked == ids and got is not None and got[1] == 4
     with pytest.raises(TypeError):  # not bytes-like at all
         fetch.render_batch(pairs, lambda blob: 1, [1], array("I", [1]), order, -1)
 
