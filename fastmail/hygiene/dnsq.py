@@ -151,7 +151,8 @@ class Resolver:
         wanted = _QTYPES[qtype]
         found = [r for r in result.answer if r.type == wanted]
         records = [r.data for r in found]
-        ttl = min((r.ttl for r in found), default=0)
+        # the smallest TTL of the whole answer: a CNAME on the way counts too; NODATA is not kept
+        ttl = min((r.ttl for r in result.answer), default=0) if found else 0
         if ttl > 0:
             if len(self._kept) >= MAX_KEPT:
                 del self._kept[next(iter(self._kept))]
