@@ -23,6 +23,7 @@ import dkim
 import dkim.util
 
 from fastmail.delivery.dns import DNSTemporary
+from fastmail.hygiene.deadline import within
 from fastmail.hygiene.dkim import MIN_RSA_BITS, TXTLookup, key_record
 from fastmail.hygiene.message import Message
 from fastmail.hygiene.message import parse as parse_message
@@ -144,8 +145,8 @@ def _key_names(sets: list[tuple[int, tuple[bytes, bytes]]]) -> list[bytes]:
 async def _fetch(name: bytes, txt_lookup: TXTLookup, timeout: float) -> bytes | _Temporary | None:
     """The key record at `name` (RFC 6376 §3.6.2.2, see dkim.key_record), None without one."""
     try:
-        async with asyncio.timeout(timeout):
-            records = await txt_lookup(name.decode("ascii", "replace"))
+        end = asyncio.get_running_loop().time() + timeout
+        records = await within(txt_lookup(name.decode("ascii", "replace")), end)
     except (DNSTemporary, TimeoutError):
         return _Temporary()
     return key_record(records)

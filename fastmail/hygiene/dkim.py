@@ -60,6 +60,7 @@ from dkim.crypto import DigestTooLargeError, RSASSA_PKCS1_v1_5_verify
 
 from fastmail.delivery.dns import DNSTemporary
 from fastmail.hygiene import canon
+from fastmail.hygiene.deadline import within
 from fastmail.hygiene.message import Message
 from fastmail.hygiene.message import parse as parse_message
 
@@ -427,8 +428,7 @@ async def _key_record(name: bytes, txt_lookup: TXTLookup, timeout: float) -> byt
     """The key record at `name` (see key_record), or None when there is none."""
     qname = name.decode("ascii", "replace").rstrip(".")
     try:
-        async with asyncio.timeout(timeout):
-            records = await txt_lookup(qname)
+        records = await within(txt_lookup(qname), asyncio.get_running_loop().time() + timeout)
     except (DNSTemporary, TimeoutError) as e:
         raise _KeyLookupTemporary(f"key lookup for {qname} failed: {str(e) or 'timeout'}") from None
     return key_record(records)

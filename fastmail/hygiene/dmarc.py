@@ -26,6 +26,7 @@ from typing import Literal
 from publicsuffixlist import PublicSuffixList
 
 from fastmail.delivery.dns import DNSTemporary
+from fastmail.hygiene.deadline import within
 from fastmail.hygiene.dkim import DKIMResult, TXTLookup
 from fastmail.hygiene.message import Message
 from fastmail.hygiene.message import parse as parse_message
@@ -177,8 +178,7 @@ async def _record_at(domain: str, txt_lookup: TXTLookup, timeout: float) -> tupl
     several records apply no DMARC, like none)."""
     name = f"_dmarc.{domain}"
     try:
-        async with asyncio.timeout(timeout):
-            txts = await txt_lookup(name)
+        txts = await within(txt_lookup(name), asyncio.get_running_loop().time() + timeout)
     except (DNSTemporary, TimeoutError) as e:
         raise _Temporary(f"lookup of {name} failed: {str(e) or 'timeout'}") from None
     records = [t for t in (b.decode("utf-8", "replace") for b in txts) if is_dmarc_record(t)]

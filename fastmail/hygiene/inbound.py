@@ -33,6 +33,7 @@ from fastmail.delivery.dns import DNSTemporary
 from fastmail.hygiene import arc, dkim, dmarc, dnsq, message, spf
 from fastmail.hygiene.authfail import AuthFailures
 from fastmail.hygiene.clamd import TooBig
+from fastmail.hygiene.deadline import within
 from fastmail.hygiene.filters import FilterUnavailable
 from fastmail.hygiene.greylist import Greylist
 from fastmail.hygiene.headers import edit_headers, merge_spam_fields, strip_authres
@@ -297,6 +298,7 @@ class Inbound:
     async def _authenticate(self, raw: bytes, tx: Transaction, client: ClientChecks) -> _Auth:
         cfg = self.config
         budget = float(cfg.checks_timeout)
+        loop = asyncio.get_running_loop()
         r = self.resolver
         msg = message.parse(raw)  # one parse of the header section for DKIM, ARC and DMARC
         # DMARC needs SPF's and DKIM's results, but not to find its record: the lookup of _dmarc.<From
@@ -353,10 +355,9 @@ class Inbound:
                 b = done["dnsbl"]
                 out.dnsbl = b if not isinstance(b, BaseException) else ("temperror", "")
             try:
-                async with asyncio.timeout(budget):  # (wait_for would run it in a task of its own)
-                    out.dmarc = await dmarc.evaluate_message(
-                        msg, spf_result=out.spf.result, spf_domain=spf_domain, dkim_results=out.dkim or [],
-                        txt_lookup=dmarc_txt, timeout=budget, domains=from_domains)
+                out.dmarc = await within(dmarc.evaluate_message(
+                    msg, spf_result=out.spf.result, spf_domain=spf_domain, dkim_results=out.dkim or [],
+                    txt_lookup=dmarc_txt, timeout=budget, domains=from_domains), loop.time() + budget)
             except (TimeoutError, DNSTemporary):
                 out.dmarc = dmarc.DMARCResult(result="temperror", policy="none", from_domain="")
             return out
@@ -601,18 +602,18 @@ async def _settle(inline: dict[str, Awaitable[Any]], tasks: dict[str, Awaitable[
     all): the `tasks` each run in a task of their own from the start, the `inline` jobs are awaited one
     after the other in this coroutine (a task costs ~10 µs, and a job answered from kept DNS answers never
     waits; one reached after the deadline keeps what it answers without waiting)."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     running = {name: asyncio.ensure_future(job) for name, job in tasks.items()}
     out: dict[str, Any] = {}
     try:
         for name, job in inline.items():
-            within = asyncio.timeout_at(deadline)
             try:
-                async with within:
-                    out[name] = await job
+                out[name] = await within(job, deadline)
             except Exception as e:
-                out[name] = TimeoutError(f"{name}: no answer within {timeout:g} s") if within.expired() else e
-                if not within.expired():
+                expired = isinstance(e, TimeoutError) and loop.time() >= deadline
+                out[name] = TimeoutError(f"{name}: no answer within {timeout:g} s") if expired else e
+                if not expired:
                     _unexpected(name, e)
         for name, task in running.items():
             if not task.done():

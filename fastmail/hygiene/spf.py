@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from .deadline import within
 from .dnsq import BadName, DNSTempError, NXDomain, SPFResolver
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -546,8 +547,7 @@ async def check_host(ip: str, domain: str, sender: str, helo: str, *, resolver: 
     deadline = loop.time() + timeout
     check = _Check(client_address(ip), sender, helo, receiver, resolver)
     try:
-        async with asyncio.timeout_at(deadline):
-            outcome = await check.check_host(domain)
+        outcome = await within(check.check_host(domain), deadline)
     except PermError:
         return SPFResult("permerror", lookups=check.lookups)
     except (TempError, TimeoutError):
@@ -555,8 +555,7 @@ async def check_host(ip: str, domain: str, sender: str, helo: str, *, resolver: 
     explanation = None
     if outcome.exp is not None:
         try:
-            async with asyncio.timeout_at(deadline):
-                explanation = await check.explain(*outcome.exp)
+            explanation = await within(check.explain(*outcome.exp), deadline)
         except TimeoutError:
             pass
     return SPFResult(outcome.result, explanation, outcome.mechanism, check.lookups)
