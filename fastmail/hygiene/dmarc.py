@@ -123,6 +123,7 @@ def is_dmarc_record(txt: str) -> bool:
     return _V_DMARC1.match(txt) is not None
 
 
+@lru_cache(maxsize=1024)  # a record is read for every message of its domain; DMARCRecord is immutable
 def parse_record(txt: str) -> DMARCRecord | None:
     """A v=DMARC1 record (§6.4 tag-list, §6.3 tags), or None when it has no usable policy.
 
@@ -224,9 +225,10 @@ async def evaluate(from_domain: str, *, spf_result: str, spf_domain: str, dkim_r
     # §4.2: DMARC passes when SPF or DKIM passes for an identifier aligned with the From domain.
     dkim_ok = any(r.result == "pass" and aligned(r.domain, from_domain, record.adkim) for r in dkim_results)
     spf_ok = spf_result.lower() == "pass" and aligned(spf_domain, from_domain, record.aspf)
-    found_result = replace(base, record_domain=record_domain, record=record, dkim_aligned=dkim_ok, spf_aligned=spf_ok)
-    if dkim_ok or spf_ok:
-        return replace(found_result, result="pass", reason="aligned " + ("DKIM" if dkim_ok else "SPF"))
+    if dkim_ok or spf_ok:  # (built whole: dataclasses.replace costs ~5 µs)
+        return DMARCResult(result="pass", policy="none", from_domain=from_domain, record_domain=record_domain,
+                           record=record, dkim_aligned=dkim_ok, spf_aligned=spf_ok,
+                           reason="aligned " + ("DKIM" if dkim_ok else "SPF"))
 
     # §6.3 sp=: the policy for subdomains, when the record was found at the Organizational Domain for a
     # From domain below it; without sp= (or with the record at the From domain itself) p= applies.
@@ -237,8 +239,9 @@ async def evaluate(from_domain: str, *, spf_result: str, spf_domain: str, dkim_r
     if requested != "none" and not rand() * 100 < record.pct:
         # §6.6.4: a message outside pct= gets the next policy down: reject -> quarantine -> none.
         policy = "quarantine" if requested == "reject" else "none"
-    return replace(found_result, result="fail", requested=requested, policy=policy,
-                   reason=f"no aligned pass; pct={record.pct}" if policy != requested else "no aligned pass")
+    return DMARCResult(result="fail", policy=policy, from_domain=from_domain, requested=requested,
+                       record_domain=record_domain, record=record, dkim_aligned=dkim_ok, spf_aligned=spf_ok,
+                       reason=f"no aligned pass; pct={record.pct}" if policy != requested else "no aligned pass")
 
 
 async def evaluate_message(message: bytes | Message, *, spf_result: str, spf_domain: str,
