@@ -6,8 +6,8 @@ answer (fastmail.hygiene.dnsq) returns without the coroutine ever suspending.  A
 and a message's checks set five or six of them, every one for an answer already there.
 
 `within` runs the coroutine's first step itself.  A coroutine that finishes in it (or raises) gives its
-answer with no timer set — as `async with asyncio.timeout_at(deadline)` would have, which also lets an answer
-that needs no wait through after its deadline.  A coroutine that suspends is resumed under
+answer with no timer set — as `async with asyncio.timeout_at(deadline)` would have, which also lets an
+answer that needs no wait through after its deadline.  A coroutine that suspends is resumed under
 `asyncio.timeout_at(deadline)` exactly where it stopped (`_Resumed` passes what the task sends or throws
 into it, as `await` does), so waits time out, and a cancellation reaches it, as under a plain `await`.
 """

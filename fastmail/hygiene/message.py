@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dkim
 
+from fastmail._core import canon as core
+
 # The header fields an ARC set is made of (RFC 8617 §4.1); dkimpy's dkim.ARC.ARC_HEADERS.
 ARC_FIELDS = frozenset({b"arc-seal", b"arc-message-signature", b"arc-authentication-results"})
 
@@ -92,35 +94,14 @@ def header_end(raw: bytes) -> int:
     return crlf_ + 3
 
 
-_NAME_OCTETS = bytes(range(0x21, 0x7F))  # what dkimpy's field-name pattern [\x21-\x7e]+? allows
-
-
 def header_fields(head: bytes) -> list[list[bytes]]:
     """The fields of a header section as dkimpy's rfc822_parse gives them, and its MessageFormatError (or
-    IndexError) where it raises one, without its regular expressions: lines split at CRLF or LF; up to the
-    first empty line, a line starting with SP or HT continues the field above, a line with a colon after one
-    or more octets of %x21-7E starts a field (the name up to the first colon after the line's first
-    octet: the non-greedy ([\x21-\x7e]+?): matches there or nowhere, a colon being one of those octets), a line starting with
-    "From " (an mbox separator) is skipped, and any other line is an error."""
-    fields: list[list[bytes]] = []
-    parts = head.split(b"\n")
-    last = len(parts) - 1
-    for i, line in enumerate(parts):
-        if i < last and line.endswith(b"\r"):
-            line = line[:-1]  # the CR of a CRLF (re.split(b"\r?\n"): an LF takes the CR right before it)
-        if not line:
-            break
-        if line[0] in (0x09, 0x20):
-            fields[-1][1] += line + b"\r\n"  # IndexError on a first line that is a continuation, as dkimpy
-            continue
-        colon = line.find(b":", 1)
-        if colon > 0 and not line[:colon].translate(None, _NAME_OCTETS):
-            fields.append([line[:colon], line[colon + 1:] + b"\r\n"])
-        elif line.startswith(b"From "):
-            pass
-        else:
-            raise dkim.MessageFormatError(f"Unexpected characters in RFC822 header: {line!r}")
-    return fields
+    IndexError) where it raises one, without its regular expressions (fastmail._core.canon.header_fields:
+    one pass for a section of CRLF lines, each value a slice of it)."""
+    try:
+        return core.header_fields(head)  # type: ignore[no-any-return]
+    except ValueError as e:
+        raise dkim.MessageFormatError(f"Unexpected characters in RFC822 header: {e.args[0]!r}") from None
 
 
 def crlf(data: bytes) -> bytes:

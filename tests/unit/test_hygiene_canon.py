@@ -105,12 +105,6 @@ def test_body_canonicalization_is_dkimpys(body):
     assert canon.simple_body(body) == dc.Simple.canonicalize_body(body)
 
 
-@given(texts)
-@settings(max_examples=500, deadline=None)
-def test_compress_wsp_is_dkimpys(data):
-    assert canon.compress_wsp(data) == dc.compress_whitespace(data)
-
-
 _BTAG_PIECES = [b"b", b"=", b";", b" ", b"\t", b"\r\n", b"\n", b"\r", b"A", b"z", b"9", b"+", b"/", b"h",
                 b"bh=", b" b=", b";b=", b"\x0b", b"\x0c", b"-", b"b =", b"b\r\n =", b"\r\n "]
 
