@@ -50,9 +50,10 @@ class ARCResult:
 
 
 async def verify(message: bytes | Message, *, txt_lookup: TXTLookup, minkey: int = MIN_RSA_BITS,
-                 timeout: float = _LOOKUP_TIMEOUT) -> ARCResult:
+                 timeout: float | None = _LOOKUP_TIMEOUT) -> ARCResult:
     """Validate the ARC chain of `message` (RFC 8617 §5.2).  `message` may come parsed
-    (fastmail.hygiene.message), as the inbound checks share one parse."""
+    (fastmail.hygiene.message), as the inbound checks share one parse.  `timeout` bounds each key lookup;
+    None sets no timer (the caller bounds the validation)."""
     msg = parse_message(message)
     known = without_lookups(msg)
     if known is not None:
@@ -78,7 +79,7 @@ async def verify(message: bytes | Message, *, txt_lookup: TXTLookup, minkey: int
     temporary = {name for name, record in records.items() if isinstance(record, _Temporary)}
     consulted: set[bytes] = set()
 
-    def dnsfunc(name: bytes, timeout: float = timeout) -> bytes | None:
+    def dnsfunc(name: bytes, timeout: float | None = timeout) -> bytes | None:
         key = _norm(name)
         consulted.add(key)
         record = records.get(key)
@@ -142,10 +143,10 @@ def _key_names(sets: list[tuple[int, tuple[bytes, bytes]]]) -> list[bytes]:
     return names
 
 
-async def _fetch(name: bytes, txt_lookup: TXTLookup, timeout: float) -> bytes | _Temporary | None:
+async def _fetch(name: bytes, txt_lookup: TXTLookup, timeout: float | None) -> bytes | _Temporary | None:
     """The key record at `name` (RFC 6376 §3.6.2.2, see dkim.key_record), None without one."""
     try:
-        end = asyncio.get_running_loop().time() + timeout
+        end = None if timeout is None else asyncio.get_running_loop().time() + timeout
         records = await within(txt_lookup(name.decode("ascii", "replace")), end)
     except (DNSTemporary, TimeoutError):
         return _Temporary()

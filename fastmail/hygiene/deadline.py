@@ -16,23 +16,29 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Coroutine, Generator
+from types import CoroutineType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
 async def within(job: Awaitable[T], deadline: float | None) -> T:
-    """`job`'s answer, or TimeoutError once the loop's clock passes `deadline` while it waits (None: no
-    deadline).  `job` is normally a coroutine object; any other awaitable is awaited under the timer."""
-    if not isinstance(job, Coroutine):
+    """`job`'s answer, or TimeoutError once the loop's clock passes `deadline` while it waits; None: no
+    deadline, no timer (the caller's own deadline bounds the wait).  `job` is normally a coroutine object;
+    any other awaitable is awaited under the timer."""
+    if type(job) is not CoroutineType:
+        if deadline is None:
+            return await job
         async with asyncio.timeout_at(deadline):
             return await job
     try:
-        waiting = job.send(None)
+        waiting = job.send(None)  # type: ignore[attr-defined]
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
+    if deadline is None:
+        return await _Resumed(job, waiting)  # type: ignore[arg-type]
     async with asyncio.timeout_at(deadline):
-        return await _Resumed(job, waiting)
+        return await _Resumed(job, waiting)  # type: ignore[arg-type]
 
 
 class _Resumed:

@@ -119,11 +119,12 @@ class _KeyLookupTemporary(Exception):
 
 
 async def verify(message: bytes | Message, *, txt_lookup: TXTLookup, minkey: int = MIN_RSA_BITS,
-                 timeout: float = _KEY_TIMEOUT, max_signatures: int = MAX_SIGNATURES) -> list[DKIMResult]:
+                 timeout: float | None = _KEY_TIMEOUT, max_signatures: int = MAX_SIGNATURES) -> list[DKIMResult]:
     """One result per DKIM-Signature field of `message` (top first; at most `max_signatures`, the rest are
     not evaluated); [] when it has none.  The signatures are verified concurrently (RFC 6376 §6.1: each on
     its own, any one passing is enough for a consumer like DMARC).  `message` may come parsed
-    (fastmail.hygiene.message), as the inbound checks share one parse."""
+    (fastmail.hygiene.message), as the inbound checks share one parse.  `timeout` bounds each key lookup;
+    None sets no timer (the caller bounds the whole verification, as the inbound checks do)."""
     msg = parse_message(message)
     if msg.error:
         return []  # no header section dkimpy can parse: there is no signature to evaluate
@@ -137,7 +138,7 @@ async def verify(message: bytes | Message, *, txt_lookup: TXTLookup, minkey: int
 
 
 async def _verify_one(msg: Message, field: tuple[bytes, bytes], body_hashes: _BodyHashes, txt_lookup: TXTLookup,
-                      minkey: int, timeout: float) -> DKIMResult:
+                      minkey: int, timeout: float | None) -> DKIMResult:
     # dkimpy's DKIM.verify_headerprep, with the tag list parsed once for it and for the report
     raw = field[1]
     try:
@@ -167,7 +168,7 @@ async def _verify_one(msg: Message, field: tuple[bytes, bytes], body_hashes: _Bo
     # RFC 6376 §6.1.2: the key at SELECTOR._domainkey.DOMAIN.
     name = sig[b"s"] + b"._domainkey." + sig[b"d"]
 
-    async def dnsfunc(qname: bytes, timeout: float = timeout) -> bytes | None:
+    async def dnsfunc(qname: bytes, timeout: float | None = timeout) -> bytes | None:
         return await _key_record(qname, txt_lookup, timeout)
 
     try:
@@ -282,7 +283,7 @@ class _Verifier:
     seqtlsrpt: bool
 
     def __init__(self, msg: Message, body_hashes: _BodyHashes, *, minkey: int,
-                 timeout: float) -> None:
+                 timeout: float | None) -> None:
         self.headers = msg.fields
         self._msg = msg
         self._body_hashes = body_hashes
@@ -424,11 +425,12 @@ def rsa_verify(h: Any, signature: bytes, pk: dict[str, int]) -> bool:
     return True
 
 
-async def _key_record(name: bytes, txt_lookup: TXTLookup, timeout: float) -> bytes | None:
+async def _key_record(name: bytes, txt_lookup: TXTLookup, timeout: float | None) -> bytes | None:
     """The key record at `name` (see key_record), or None when there is none."""
     qname = name.decode("ascii", "replace").rstrip(".")
     try:
-        records = await within(txt_lookup(qname), asyncio.get_running_loop().time() + timeout)
+        end = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        records = await within(txt_lookup(qname), end)
     except (DNSTemporary, TimeoutError) as e:
         raise _KeyLookupTemporary(f"key lookup for {qname} failed: {str(e) or 'timeout'}") from None
     return key_record(records)

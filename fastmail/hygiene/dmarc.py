@@ -174,12 +174,14 @@ class _Temporary(Exception):
     pass
 
 
-async def _record_at(domain: str, txt_lookup: TXTLookup, timeout: float) -> tuple[list[str], DMARCRecord | None]:
+async def _record_at(domain: str, txt_lookup: TXTLookup,
+                     timeout: float | None) -> tuple[list[str], DMARCRecord | None]:
     """The v=DMARC1 records at _dmarc.DOMAIN and the parsed one when there is exactly one (§6.6.3 step 5:
     several records apply no DMARC, like none)."""
     name = f"_dmarc.{domain}"
     try:
-        txts = await within(txt_lookup(name), asyncio.get_running_loop().time() + timeout)
+        end = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        txts = await within(txt_lookup(name), end)
     except (DNSTemporary, TimeoutError) as e:
         raise _Temporary(f"lookup of {name} failed: {str(e) or 'timeout'}") from None
     records = [t for t in (b.decode("utf-8", "replace") for b in txts) if is_dmarc_record(t)]
@@ -193,11 +195,12 @@ async def _record_at(domain: str, txt_lookup: TXTLookup, timeout: float) -> tupl
 
 async def evaluate(from_domain: str, *, spf_result: str, spf_domain: str, dkim_results: Sequence[DKIMResult],
                    txt_lookup: TXTLookup, rand: Callable[[], float] = _random.random,
-                   timeout: float = _LOOKUP_TIMEOUT) -> DMARCResult:
+                   timeout: float | None = _LOOKUP_TIMEOUT) -> DMARCResult:
     """The DMARC result for a message whose RFC5322.From domain is `from_domain`.
 
     `spf_result` is SPF's result ("pass" counts, RFC 7489 §4.2); `spf_domain` the domain SPF checked.
     `rand` returns a float in [0, 1): the message is inside pct= when rand() * 100 < pct (§6.6.4).
+    `timeout` bounds each record lookup; None sets no timer (the caller bounds the evaluation).
     """
     from_domain = normalize_domain(from_domain)
     org = organizational_domain(from_domain)
@@ -246,7 +249,7 @@ async def evaluate(from_domain: str, *, spf_result: str, spf_domain: str, dkim_r
 
 async def evaluate_message(message: bytes | Message, *, spf_result: str, spf_domain: str,
                            dkim_results: Sequence[DKIMResult], txt_lookup: TXTLookup,
-                           rand: Callable[[], float] = _random.random, timeout: float = _LOOKUP_TIMEOUT,
+                           rand: Callable[[], float] = _random.random, timeout: float | None = _LOOKUP_TIMEOUT,
                            domains: list[str] | AuthorDomainError | None = None) -> DMARCResult:
     """evaluate() for the From domain(s) of `message` (which may come parsed, fastmail.hygiene.message;
     `domains`: what message_domains() gave for it, when the caller has it already).

@@ -155,3 +155,14 @@ def test_no_deadline_waits_as_long_as_it_takes() -> None:
         return await within(after(0.02, "done"), None)
 
     assert run(main()) == "done"
+
+
+def test_no_deadline_sets_no_timer(timers) -> None:
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        loop.call_later(0.01, fut.set_result, "f")
+        return await within(after(0.01, "c"), None), await within(fut, None)
+
+    assert run(main()) == ("c", "f")
+    assert timers == []

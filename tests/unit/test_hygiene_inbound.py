@@ -41,6 +41,8 @@ class Resolver:
             raise dnsq.NXDomain(name)
         if isinstance(answer, type) and issubclass(answer, Exception):
             raise answer(name)
+        if answer == "hang":  # never answered
+            await asyncio.Event().wait()
         return list(answer)
 
     def is_kept(self, qtype: str, name: str) -> bool:
@@ -270,3 +272,30 @@ def test_settle_cancelled_closes_what_it_did_not_start() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         assert asyncio.run(main())
+
+
+SIGNED = (b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=sender.test; s=sel; h=from;\r\n"
+          b" bh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=; b=AAAA\r\n" + MESSAGE)
+
+
+@pytest.mark.parametrize("hanging, clause", [
+    (("TXT", "sel._domainkey.sender.test"), b"dkim=temperror"),
+    (("TXT", "_dmarc.sender.test"), b"dmarc=temperror"),
+])
+def test_a_lookup_never_answered_ends_at_the_checks_deadline(tmp_path, hanging, clause) -> None:
+    """DKIM's key and DMARC's record lookups set no timer of their own: the checks' deadline
+    (checks.timeout) ends them, and what did not answer is temperror."""
+    z = zone()
+    z[hanging] = "hang"
+    z.setdefault(("TXT", "sel._domainkey.sender.test"), [b"v=DKIM1; k=rsa; p="])  # revoked key: no RSA needed
+    inb = inbound(tmp_path, Resolver(z), **{"checks.timeout": 0.3})
+
+    async def main() -> tuple[bytes, float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        _, verdict = await inb.check(SIGNED, tx())
+        return verdict.headers, loop.time() - start
+
+    headers, elapsed = asyncio.run(main())
+    assert clause in headers
+    assert 0.3 <= elapsed < 5
