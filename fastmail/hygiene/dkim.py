@@ -90,7 +90,7 @@ SIGNED_HEADERS = (
 # at signing added later, breaks the signature, so a second From cannot be slipped in above ours.
 OVERSIGNED_HEADERS = ("from", "reply-to", "subject", "to", "cc")
 
-_REPORTED = ("d", "s", "b", "i", "a")  # the tags a DKIMResult reports
+_REPORTED = tuple((k, k.encode()) for k in ("d", "s", "b", "i", "a"))  # the tags a DKIMResult reports
 _BodyHashes = dict[tuple[bytes, bytes | None, bytes], bytes]  # (c= body algorithm, l=, a=) -> digest
 _DKIM_ALGORITHM = {"ed25519": b"ed25519-sha256", "rsa-sha256": b"rsa-sha256"}
 _KEY_TIMEOUT = 10.0
@@ -146,9 +146,9 @@ async def _verify_one(msg: Message, field: tuple[bytes, bytes], body_hashes: _Bo
         tag_error: Exception | None = None
     except dkim.util.InvalidTagValueList as e:
         sig, tag_error = None, e
-    tags = {k: _text(sig[k.encode()]) for k in _REPORTED if k.encode() in sig} if sig is not None else {}
 
     def result(status: Status, reason: str) -> DKIMResult:
+        tags = {k: _text(sig[b]) for k, b in _REPORTED if b in sig} if sig is not None else {}
         return DKIMResult(
             result=status, domain=tags.get("d", "").lower(), selector=tags.get("s", ""),
             header_b="".join(tags.get("b", "").split())[:HEADER_B_LEN], identity=tags.get("i", ""),
@@ -168,11 +168,8 @@ async def _verify_one(msg: Message, field: tuple[bytes, bytes], body_hashes: _Bo
     # RFC 6376 §6.1.2: the key at SELECTOR._domainkey.DOMAIN.
     name = sig[b"s"] + b"._domainkey." + sig[b"d"]
 
-    async def dnsfunc(qname: bytes, timeout: float | None = timeout) -> bytes | None:
-        return await _key_record(qname, txt_lookup, timeout)
-
     try:
-        key = evaluate_key(name, await dnsfunc(name, timeout=timeout))
+        key = evaluate_key(name, await _key_record(name, txt_lookup, timeout))
     except _KeyLookupTemporary as e:
         return result("temperror", str(e))  # §6.1.2 step 2: TEMPFAIL (key unavailable)
     except (dkim.DKIMException, ValueError) as e:  # ValueError: binascii.Error of a bad p= (base64)
@@ -183,7 +180,7 @@ async def _verify_one(msg: Message, field: tuple[bytes, bytes], body_hashes: _Bo
 
     # RFC 6376 §6.1.3: body hash, then the header hash against b=.
     try:
-        ok = verifier.verify_sig_process(sig, include_headers, field, dnsfunc)
+        ok = verifier.verify_sig_process(sig, include_headers, field)
     except dkim.ValidationError as e:
         return result("fail", _text(e))  # body hash mismatch
     except (dkim.KeyFormatError, dkim.UnknownKeyTypeError) as e:
@@ -233,9 +230,10 @@ def validate_signature(sig: dict[bytes, bytes], now: int | None = None) -> None:
             raise dkim.ValidationError(f"missing {name!r}=")
     if sig[b"a"] not in dkim.HASH_ALGORITHMS:
         raise dkim.ValidationError(f"unknown signature algorithm: {sig[b'a']!r}")
-    if _BASE64.match(sig[b"b"]) is None or len(canon.without_wsp(sig[b"b"])) % 4:
+    b_ok = _BASE64.match(sig[b"b"]) is not None
+    if not b_ok or len(canon.without_wsp(sig[b"b"])) % 4:
         raise dkim.ValidationError(f"b= value is not valid base64 ({sig[b'b']!r})")
-    if _BASE64.match(sig[b"b"]) is None or len(canon.without_wsp(sig[b"bh"])) % 4:
+    if not b_ok or len(canon.without_wsp(sig[b"bh"])) % 4:
         raise dkim.ValidationError(f"bh= value is not valid base64 ({sig[b'bh']!r})")
     if b"cv" in sig and sig[b"cv"] not in (dkim.CV_Pass, dkim.CV_Fail, dkim.CV_None):
         raise dkim.ValidationError(f"cv= value is not valid ({sig[b'cv']!r})")
@@ -290,16 +288,13 @@ class _Verifier:
         self.minkey = minkey
 
     def verify_sig_process(self, sig: dict[bytes, bytes], include_headers: list[bytes],
-                           sig_header: tuple[bytes, bytes], dnsfunc: object) -> bool:
+                           sig_header: tuple[bytes, bytes]) -> bool:
         # RFC 8460 §3 (tlsrpt) as dkimpy: this verifier is not told a message is a TLS report
         if self.tlsrpt == "strict" and not self.seqtlsrpt:
             raise dkim.ValidationError("Message is tlsrpt and Service Type is not tlsrpt")
         if not self.tlsrpt and self.seqtlsrpt:
             raise dkim.ValidationError("Message is not tlsrpt and Service Type is tlsrpt")
-        try:
-            policy = CanonicalizationPolicy.from_c_value(sig.get(b"c", b"simple/simple"))
-        except InvalidCanonicalizationPolicyError as e:
-            raise dkim.MessageFormatError(f"invalid c= value: {e.args[0]}") from None
+        policy = _policy(sig.get(b"c", b"simple/simple"))
         hasher = dkim.HASH_ALGORITHMS[sig[b"a"]]
 
         if b"bh" in sig:  # RFC 6376 §3.7 body hash, computed once per message for each c=, l= and a=
@@ -350,6 +345,15 @@ class _Verifier:
                 return False
         else:
             raise dkim.UnknownKeyTypeError(self.ktag)
+
+
+@functools.lru_cache(maxsize=64)
+def _policy(c: bytes) -> CanonicalizationPolicy:
+    """dkimpy's CanonicalizationPolicy of a c= value (immutable: remembered), or its MessageFormatError."""
+    try:
+        return CanonicalizationPolicy.from_c_value(c)
+    except InvalidCanonicalizationPolicyError as e:
+        raise dkim.MessageFormatError(f"invalid c= value: {e.args[0]}") from None
 
 
 def select_headers(headers: list[list[bytes]], lower_names: list[bytes], include_headers: list[bytes]) -> list[list[bytes]]:
@@ -436,11 +440,14 @@ async def _key_record(name: bytes, txt_lookup: TXTLookup, timeout: float | None)
     return key_record(records)
 
 
+_V_DKIM1 = re.compile(rb"\s*v\s*=\s*DKIM1\s*(;|$)")
+
+
 def key_record(records: list[bytes]) -> bytes | None:
     """The key record among the TXT records of a key name, None when there is none.  RFC 6376 §3.6.2.2:
     with several records a verifier may pick one; the first that starts with v=DKIM1 wins, else the first."""
     for record in records:
-        if re.match(rb"\s*v\s*=\s*DKIM1\s*(;|$)", record):
+        if _V_DKIM1.match(record):
             return record
     return records[0] if records else None
 
