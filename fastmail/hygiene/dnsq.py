@@ -122,10 +122,31 @@ class Resolver:
         asking = self._asking.get(key)
         if asking is None:
             check_name(name)
-            asking = self._asking[key] = asyncio.ensure_future(self._ask(name, qtype, key))
-            asking.add_done_callback(_retrieved)  # a failure nobody waits for any more is not logged as lost
+            asking = self._ask_now(name, qtype, key)
         # shielded: a caller that gives up (its own deadline) does not cancel the answer others wait for
         return await asyncio.shield(asking)
+
+    def _ask_now(self, name: str, qtype: str, key: tuple[str, str]) -> asyncio.Future[list[Any]]:
+        asking = self._asking[key] = asyncio.ensure_future(self._ask(name, qtype, key))
+        asking.add_done_callback(_retrieved)  # a failure nobody waits for any more is not logged as lost
+        return asking
+
+    def start(self, qtype: str, name: str) -> asyncio.Future[list[Any]] | None:
+        """The question on its way, asked now unless it already is: its future answer (the records as the
+        method of `qtype` gives them; NXDomain, DNSTempError).  None when the answer is kept, or no question
+        can carry the name (the lookup itself will say so).  For Lookups."""
+        key = (qtype, name.lower())
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] > _now():
+            return None
+        asking = self._asking.get(key)
+        if asking is None:
+            try:
+                check_name(name)
+            except BadName:
+                return None
+            asking = self._ask_now(name, qtype, key)
+        return asking
 
     async def _ask(self, name: str, qtype: str, key: tuple[str, str]) -> list[Any]:
         try:
@@ -150,7 +171,7 @@ class Resolver:
             raise DNSTempError(f"{qtype} {name}: {reason}") from None
         wanted = _QTYPES[qtype]
         found = [r for r in result.answer if r.type == wanted]
-        records = [r.data for r in found]
+        records = _CONVERT[qtype]([r.data for r in found])  # kept as the methods give them (not to be changed)
         # the smallest TTL of the whole answer: a CNAME on the way counts too; NODATA is not kept
         ttl = min((r.ttl for r in result.answer), default=0) if found else 0
         if ttl > 0:
@@ -160,16 +181,69 @@ class Resolver:
         return records
 
     async def txt(self, name: str) -> list[bytes]:
-        return [d.data if isinstance(d.data, bytes) else str(d.data).encode() for d in await self._query(name, "TXT")]
+        return await self._query(name, "TXT")
 
     async def a(self, name: str) -> list[str]:
-        return [d.addr for d in await self._query(name, "A")]
+        return await self._query(name, "A")
 
     async def aaaa(self, name: str) -> list[str]:
-        return [d.addr for d in await self._query(name, "AAAA")]
+        return await self._query(name, "AAAA")
 
     async def mx(self, name: str) -> list[tuple[int, str]]:
-        return [(d.priority, d.exchange.rstrip(".").lower()) for d in await self._query(name, "MX")]
+        return await self._query(name, "MX")
 
     async def ptr(self, name: str) -> list[str]:
-        return [d.dname.rstrip(".") for d in await self._query(name, "PTR")]
+        return await self._query(name, "PTR")
+
+
+# pycares's record data as the methods give it (SPFResolver)
+_CONVERT: dict[str, Any] = {
+    "TXT": lambda ds: [d.data if isinstance(d.data, bytes) else str(d.data).encode() for d in ds],
+    "A": lambda ds: [d.addr for d in ds],
+    "AAAA": lambda ds: [d.addr for d in ds],
+    "MX": lambda ds: [(d.priority, d.exchange.rstrip(".").lower()) for d in ds],
+    "PTR": lambda ds: [d.dname.rstrip(".") for d in ds],
+}
+
+
+class Lookups:
+    """One message's view of a resolver (`Resolver`, or any with its methods and `start`): questions
+    started early (`start`) go out at once, side by side, and the message's own lookups read their answers
+    later — even with a TTL of 0, which keeps nothing for the next message (RFC 1035 §3.2.1: such an answer
+    is for the transaction in progress).  What the inbound checks ask of SPF's record and DMARC's while
+    DKIM waits for its key, without a task of their own.  Anything not started is asked as usual."""
+
+    __slots__ = ("_resolver", "_started")
+
+    def __init__(self, resolver: Any) -> None:
+        self._resolver = resolver
+        self._started: dict[tuple[str, str], asyncio.Future[list[Any]]] = {}
+
+    def start(self, qtype: str, name: str) -> None:
+        fut = self._resolver.start(qtype, name)
+        if fut is not None:
+            self._started[(qtype, name.lower().rstrip("."))] = fut
+
+    def is_kept(self, qtype: str, name: str) -> bool:
+        return bool(self._resolver.is_kept(qtype, name))
+
+    async def _answer(self, qtype: str, name: str, method: Any) -> Any:
+        fut = self._started.get((qtype, name.lower().rstrip(".")))
+        if fut is None:
+            return await method(name)
+        return await asyncio.shield(fut)  # shared: giving up here does not cancel it for others
+
+    async def txt(self, name: str) -> list[bytes]:
+        return await self._answer("TXT", name, self._resolver.txt)  # type: ignore[no-any-return]
+
+    async def a(self, name: str) -> list[str]:
+        return await self._answer("A", name, self._resolver.a)  # type: ignore[no-any-return]
+
+    async def aaaa(self, name: str) -> list[str]:
+        return await self._answer("AAAA", name, self._resolver.aaaa)  # type: ignore[no-any-return]
+
+    async def mx(self, name: str) -> list[tuple[int, str]]:
+        return await self._answer("MX", name, self._resolver.mx)  # type: ignore[no-any-return]
+
+    async def ptr(self, name: str) -> list[str]:
+        return await self._answer("PTR", name, self._resolver.ptr)  # type: ignore[no-any-return]

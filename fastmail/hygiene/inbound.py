@@ -158,15 +158,6 @@ class Inbound:
             self._resolver = dnsq.Resolver(self.config.checks_nameserver, timeout=self.config.checks_dns_timeout)
         return self._resolver
 
-    async def _txt(self, name: str) -> list[bytes]:
-        """dkim/dmarc/arc's TXT lookup: [] for NXDOMAIN and NODATA, DNSTemporary for the rest."""
-        try:
-            return await self.resolver.txt(name)
-        except dnsq.NXDomain:
-            return []
-        except dnsq.DNSTempError as e:
-            raise DNSTemporary("4.4.3", str(e)) from None
-
     async def check(self, raw: bytes, tx: Transaction, *, authenticate: bool = True) -> tuple[bytes, Verdict]:
         """The message as it is to be stored (our A-R removed, the filter's edits applied) and the verdict.
         `authenticate`: run the authentication checks (not for mail that a trusted client relays)."""
@@ -299,36 +290,34 @@ class Inbound:
         cfg = self.config
         budget = float(cfg.checks_timeout)
         loop = asyncio.get_running_loop()
-        r = self.resolver
         msg = message.parse(raw)  # one parse of the header section for DKIM, ARC and DMARC
-        # DMARC needs SPF's and DKIM's results, but not to find its record: the lookup of _dmarc.<From
-        # domain> (RFC 7489 §6.6.3) starts with the others, and evaluate() is handed its answer.
+        # The records SPF and DMARC start from — the sender domain's TXT (RFC 7208 §4.4) and _dmarc.<From
+        # domain> (RFC 7489 §6.6.3) — are asked at once, side by side with DKIM's key, and read from this
+        # message's own view of the answers (dnsq.Lookups: no task per check, and a TTL of 0 still serves
+        # the message that asked).  The checks then run one after the other in this coroutine.
+        look = dnsq.Lookups(self.resolver)
+        spf_domain = tx.mail_from.rpartition("@")[2] if tx.mail_from else tx.helo
+        if spf_domain:
+            look.start("TXT", spf_domain)
         from_domains = dmarc.message_domains(msg)
-        prefetched: dict[str, asyncio.Future[list[bytes]]] = {}
         if not isinstance(from_domains, dmarc.AuthorDomainError):
             for d in from_domains:
-                name = f"_dmarc.{d}"
-                if name not in prefetched and not r.is_kept("TXT", name):  # a kept answer needs no task
-                    prefetched[name] = asyncio.ensure_future(self._txt(name))
+                look.start("TXT", f"_dmarc.{d}")
 
-        async def dmarc_txt(name: str) -> list[bytes]:
-            fut = prefetched.pop(name, None)
-            return await (fut if fut is not None else self._txt(name))
+        async def txt(name: str) -> list[bytes]:
+            return await _txt_over(look, name)
 
-        spf_domain = tx.mail_from.rpartition("@")[2] if tx.mail_from else tx.helo
-        mail_from_spf = spf.check_mail_from(tx.ip, tx.mail_from, tx.helo, resolver=r, timeout=budget,
-                                            receiver=self.hostname)
-        # DKIM runs in this coroutine; SPF too when its record is kept (answered at once, as it mostly is
-        # for a sender that sends often), else in a task that asks while DKIM waits for its key.
         # The lookups of DKIM, ARC and DMARC set no timer of their own (timeout=None): _settle's deadline, and
         # DMARC's below, bound them, and a timer costs ~5 µs when a question has to wait.
-        inline: dict[str, Awaitable[Any]] = {"dkim": dkim.verify(msg, txt_lookup=self._txt, timeout=None)}
+        inline: dict[str, Awaitable[Any]] = {
+            "dkim": dkim.verify(msg, txt_lookup=txt, timeout=None),
+            "spf": spf.check_mail_from(tx.ip, tx.mail_from, tx.helo, resolver=look, timeout=budget,
+                                       receiver=self.hostname)}
         tasks: dict[str, Awaitable[Any]] = {}
-        (inline if r.is_kept("TXT", spf_domain) else tasks)["spf"] = mail_from_spf
         known: dict[str, Any] = {}  # what is answered already: no task to wait for it
         arc_result = arc.without_lookups(msg)
         if arc_result is None:
-            tasks["arc"] = arc.verify(msg, txt_lookup=self._txt, timeout=None)
+            tasks["arc"] = arc.verify(msg, txt_lookup=txt, timeout=None)
         else:
             known["arc"] = arc_result
         if client.iprev_wanted:
@@ -341,33 +330,27 @@ class Inbound:
                 known["dnsbl"] = kept
             else:
                 tasks["dnsbl"] = client.lists()
+        done = {**await _settle(inline, tasks, budget), **known}
+        out = _Auth()
+        s = done["spf"]
+        out.spf = s if not isinstance(s, BaseException) else spf.SPFResult("temperror")
+        d = done["dkim"]
+        out.dkim = d if not isinstance(d, BaseException) else None
+        a = done["arc"]
+        out.arc = a if not isinstance(a, BaseException) else arc.ARCResult("temperror")
+        if "iprev" in done:
+            i = done["iprev"]
+            out.iprev = i if not isinstance(i, BaseException) else ("temperror", "")
+        if "dnsbl" in done:
+            b = done["dnsbl"]
+            out.dnsbl = b if not isinstance(b, BaseException) else ("temperror", "")
         try:
-            done = {**await _settle(inline, tasks, budget), **known}
-            out = _Auth()
-            s = done["spf"]
-            out.spf = s if not isinstance(s, BaseException) else spf.SPFResult("temperror")
-            d = done["dkim"]
-            out.dkim = d if not isinstance(d, BaseException) else None
-            a = done["arc"]
-            out.arc = a if not isinstance(a, BaseException) else arc.ARCResult("temperror")
-            if "iprev" in done:
-                i = done["iprev"]
-                out.iprev = i if not isinstance(i, BaseException) else ("temperror", "")
-            if "dnsbl" in done:
-                b = done["dnsbl"]
-                out.dnsbl = b if not isinstance(b, BaseException) else ("temperror", "")
-            try:
-                out.dmarc = await within(dmarc.evaluate_message(
-                    msg, spf_result=out.spf.result, spf_domain=spf_domain, dkim_results=out.dkim or [],
-                    txt_lookup=dmarc_txt, timeout=None, domains=from_domains), loop.time() + budget)
-            except (TimeoutError, DNSTemporary):
-                out.dmarc = dmarc.DMARCResult(result="temperror", policy="none", from_domain="")
-            return out
-        finally:
-            for fut in prefetched.values():  # not asked for (a timeout came first)
-                fut.cancel()
-                if fut.done() and not fut.cancelled():
-                    fut.exception()
+            out.dmarc = await within(dmarc.evaluate_message(
+                msg, spf_result=out.spf.result, spf_domain=spf_domain, dkim_results=out.dkim or [],
+                txt_lookup=txt, timeout=None, domains=from_domains), loop.time() + budget)
+        except (TimeoutError, DNSTemporary):
+            out.dmarc = dmarc.DMARCResult(result="temperror", policy="none", from_domain="")
+        return out
 
     async def _iprev(self, ip: str) -> tuple[str, str]:
         """RFC 8601 §3 iprev: a PTR name whose A/AAAA records include the client address."""
@@ -579,6 +562,17 @@ class _Auth:
     def timed_out(cls) -> _Auth:
         return cls(spf=spf.SPFResult("temperror"), dkim=None, arc=arc.ARCResult("temperror"),
                    dmarc=dmarc.DMARCResult(result="temperror", policy="none", from_domain=""))
+
+
+async def _txt_over(resolver: Any, name: str) -> list[bytes]:
+    """The TXT lookup of dkim/dmarc/arc through a dnsq resolver: [] for NXDOMAIN and NODATA, DNSTemporary for
+    the rest."""
+    try:
+        return await resolver.txt(name)  # type: ignore[no-any-return]
+    except dnsq.NXDomain:
+        return []
+    except dnsq.DNSTempError as e:
+        raise DNSTemporary("4.4.3", str(e)) from None
 
 
 def _unavailable(verdict: Verdict, check: str, fail_open: bool) -> bool:

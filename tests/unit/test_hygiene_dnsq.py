@@ -121,3 +121,56 @@ def test_a_bad_name_is_refused_before_any_question(dns: LocalDNS) -> None:
         return r.queries
 
     assert run(dns, fn) == 0
+
+
+@pytest.mark.parametrize("dns", [0], indirect=True)
+def test_a_started_question_serves_its_message_even_with_ttl_zero(dns: LocalDNS) -> None:
+    """Lookups: asked at start(), read later — after its answer came — without asking again; the next
+    message's view asks again (a TTL of 0 keeps nothing between messages)."""
+    async def fn(r: dnsq.Resolver) -> tuple[list[Any], int, int]:
+        first = dnsq.Lookups(r)
+        first.start("TXT", "sender.test")
+        first.start("TXT", "sender.test")  # once is enough
+        first.start("TXT", "nowhere.test")
+        await asyncio.sleep(0.2)  # the answers are in
+        out: list[Any] = [await first.txt("Sender.Test."), await first.txt("sender.test")]
+        with pytest.raises(dnsq.NXDomain):
+            await first.txt("nowhere.test")
+        out.append(await first.a("sender.test"))  # not started: asked now
+        before_next = r.queries
+        second = dnsq.Lookups(r)
+        second.start("TXT", "sender.test")
+        out.append(await second.txt("sender.test"))
+        return out, before_next, r.queries
+
+    out, before_next, queries = run(dns, fn)
+    assert out == [[b"v=spf1 -all"], [b"v=spf1 -all"], ["192.0.2.1"], [b"v=spf1 -all"]]
+    assert before_next == 3 and queries == 4
+    assert asked(dns, "TXT", "sender.test") == 2 and asked(dns, "TXT", "nowhere.test") == 1
+
+
+def test_a_kept_answer_is_not_asked_again_by_start(dns: LocalDNS) -> None:
+    async def fn(r: dnsq.Resolver) -> tuple[list[bytes], int, bool]:
+        await r.txt("sender.test")
+        look = dnsq.Lookups(r)
+        look.start("TXT", "sender.test")
+        look.start("TXT", "a" * 64 + ".test")  # no question can carry it: left to the lookup, which says so
+        with pytest.raises(dnsq.BadName):
+            await look.txt("a" * 64 + ".test")
+        return await look.txt("sender.test"), r.queries, look.is_kept("TXT", "sender.test")
+
+    assert run(dns, fn) == ([b"v=spf1 -all"], 1, True)
+
+
+@pytest.mark.parametrize("dns", [0], indirect=True)
+def test_giving_up_on_a_started_question_leaves_it_to_others(dns: LocalDNS) -> None:
+    async def fn(r: dnsq.Resolver) -> list[bytes]:
+        look = dnsq.Lookups(r)
+        look.start("TXT", "sender.test")
+        waiting = asyncio.ensure_future(look.txt("sender.test"))
+        await asyncio.sleep(0)
+        waiting.cancel()
+        return await r.txt("sender.test")  # the same question, still on its way
+
+    assert run(dns, fn) == [b"v=spf1 -all"]
+    assert asked(dns, "TXT", "sender.test") == 1

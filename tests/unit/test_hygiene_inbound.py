@@ -48,6 +48,12 @@ class Resolver:
     def is_kept(self, qtype: str, name: str) -> bool:
         return False  # nothing is kept: every question is asked (and counted)
 
+    def start(self, qtype: str, name: str) -> asyncio.Future[Any]:
+        """The question asked now (dnsq.Resolver.start), its answer read later."""
+        fut = asyncio.ensure_future(self._q(qtype, name))
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return fut
+
     async def txt(self, name: str) -> list[bytes]:
         return await self._q("TXT", name)  # type: ignore[no-any-return]
 
