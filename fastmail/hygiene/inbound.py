@@ -307,11 +307,11 @@ class Inbound:
         async def txt(name: str) -> list[bytes]:
             return await _txt_over(look, name)
 
-        # The lookups of DKIM, ARC and DMARC set no timer of their own (timeout=None): _settle's deadline, and
-        # DMARC's below, bound them, and a timer costs ~5 µs when a question has to wait.
+        # SPF, DKIM, ARC and DMARC set no timer of their own (timeout=None): _settle's deadline, and DMARC's
+        # below, bound them, and a timer costs ~5 µs when a question has to wait.
         inline: dict[str, Awaitable[Any]] = {
             "dkim": dkim.verify(msg, txt_lookup=txt, timeout=None),
-            "spf": spf.check_mail_from(tx.ip, tx.mail_from, tx.helo, resolver=look, timeout=budget,
+            "spf": spf.check_mail_from(tx.ip, tx.mail_from, tx.helo, resolver=look, timeout=None,
                                        receiver=self.hostname)}
         tasks: dict[str, Awaitable[Any]] = {}
         known: dict[str, Any] = {}  # what is answered already: no task to wait for it

@@ -545,12 +545,12 @@ class _Check:
 # --- the API ------------------------------------------------------------------------------------------
 
 async def check_host(ip: str, domain: str, sender: str, helo: str, *, resolver: SPFResolver,
-                     timeout: float = 20.0, receiver: str = "unknown") -> SPFResult:
+                     timeout: float | None = 20.0, receiver: str = "unknown") -> SPFResult:
     """check_host(<ip>, <domain>, <sender>) of RFC 7208 §4.  `helo` is for %{h}, `receiver` (this host's
     name) for %{r}.  `timeout` bounds the whole evaluation (§4.6.4), then "temperror"; the explanation of a
-    "fail" gets what is left of it, and is dropped when that runs out.  ValueError: `ip` is no address."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    "fail" gets what is left of it, and is dropped when that runs out; None sets no timer (the caller
+    bounds the evaluation, as the inbound checks do).  ValueError: `ip` is no address."""
+    deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
     check = _Check(client_address(ip), sender, helo, receiver, resolver)
     try:
         outcome = await within(check.check_host(domain), deadline)
@@ -568,7 +568,7 @@ async def check_host(ip: str, domain: str, sender: str, helo: str, *, resolver: 
 
 
 async def check_mail_from(ip: str, mail_from: str, helo: str, *, resolver: SPFResolver,
-                          timeout: float = 20.0, receiver: str = "unknown") -> SPFResult:
+                          timeout: float | None = 20.0, receiver: str = "unknown") -> SPFResult:
     """The "MAIL FROM" identity (§2.4): the reverse-path's domain; a null reverse-path is
     postmaster@<HELO identity>; an address without "@" is taken as a domain."""
     if mail_from in ("", "<>"):
@@ -579,7 +579,7 @@ async def check_mail_from(ip: str, mail_from: str, helo: str, *, resolver: SPFRe
                             receiver=receiver)
 
 
-async def check_helo(ip: str, helo: str, *, resolver: SPFResolver, timeout: float = 20.0,
+async def check_helo(ip: str, helo: str, *, resolver: SPFResolver, timeout: float | None = 20.0,
                      receiver: str = "unknown") -> SPFResult:
     """The "HELO" identity (§2.3): <domain> is the HELO/EHLO name, <sender> postmaster@ it; an address
     literal or a single-label name is "none" (§4.3)."""

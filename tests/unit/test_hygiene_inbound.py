@@ -287,10 +287,11 @@ SIGNED = (b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=sender.test;
 @pytest.mark.parametrize("hanging, clause", [
     (("TXT", "sel._domainkey.sender.test"), b"dkim=temperror"),
     (("TXT", "_dmarc.sender.test"), b"dmarc=temperror"),
+    (("TXT", "sender.test"), b"spf=temperror"),
 ])
 def test_a_lookup_never_answered_ends_at_the_checks_deadline(tmp_path, hanging, clause) -> None:
-    """DKIM's key and DMARC's record lookups set no timer of their own: the checks' deadline
-    (checks.timeout) ends them, and what did not answer is temperror."""
+    """SPF's, DKIM's and DMARC's lookups set no timer of their own: the checks' deadline (checks.timeout)
+    ends them, and what did not answer is temperror."""
     z = zone()
     z[hanging] = "hang"
     z.setdefault(("TXT", "sel._domainkey.sender.test"), [b"v=DKIM1; k=rsa; p="])  # revoked key: no RSA needed
