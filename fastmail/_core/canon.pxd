@@ -19,6 +19,9 @@ cdef bint _name_octets(const unsigned char* s, Py_ssize_t a, Py_ssize_t b)
 @cython.locals(found="const void*")
 cdef Py_ssize_t _find(bytes data, int c, Py_ssize_t a, Py_ssize_t b)
 
+@cython.locals(parts=list, last=dict, n=Py_ssize_t, i=Py_ssize_t, field=list, name=bytes)
+cpdef bytes signed_fields(list fields, list lower_names, list selected, bint relaxed)
+
 @cython.locals(n=Py_ssize_t, s='const unsigned char*', out=bytearray, o='unsigned char*', j=Py_ssize_t,
                i=Py_ssize_t, k=Py_ssize_t, c='unsigned char')
 cpdef bytes relaxed_body(bytes body)

@@ -15,6 +15,7 @@ tests compare them with dkimpy on generated input):
 - `relaxed_body(body)`: §3.4.4 on a body with CRLF line ends: white space before a CRLF removed, each
   other run of SP/HT one SP, the empty lines at the end removed (a non-empty body ends in one CRLF), and a
   body left as a lone CRLF is empty (RFC 6376 errata 3133, as dkimpy).
+- `signed_fields(...)`: the fields a signature selects, canonicalized and joined for its header hash.
 - `relaxed_value(value)`: §3.4.2 on a field value: unfolded (each CRLF, then each LF left, removed), each
   run of SP/HT one SP, the white space at both ends removed (what bytes.strip() removes), then CRLF.
 """
@@ -106,6 +107,35 @@ def _find(data: bytes, c, a, b):
         p: cython.p_const_uchar = cython.cast(cython.p_const_uchar, found)
         return -1 if p == cython.NULL else p - s
     return data.find(bytes((c,)), a, b)
+
+
+def signed_fields(fields: list, lower_names: list, selected: list, relaxed: bool) -> bytes:
+    """The fields a signature's h= list selects (`selected`, lower case), canonicalized and joined as the
+    header hash takes them (RFC 6376 §3.7, §5.4.2): each name takes the bottom-most field of that name not
+    taken yet (dkimpy's select_headers), a name with none left adds nothing; relaxed (§3.4.2) or simple
+    (§3.4.1, the field as it is).  `fields`: [name, value] pairs as header_fields() gives them,
+    `lower_names`: their names in lower case."""
+    parts: list = []
+    last: dict = {}
+    n = len(fields)
+    for h in selected:
+        i = last.get(h, n)
+        while i > 0:
+            i -= 1
+            if lower_names[i] == h:
+                field = fields[i]
+                name = field[0]
+                if relaxed:
+                    parts.append(name.lower().rstrip())
+                    parts.append(b":")
+                    parts.append(relaxed_value(field[1]))
+                else:
+                    parts.append(name)
+                    parts.append(b":")
+                    parts.append(field[1])
+                break
+        last[h] = i
+    return b"".join(parts)
 
 
 def relaxed_body(body: bytes) -> bytes:

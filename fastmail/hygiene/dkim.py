@@ -58,6 +58,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizationPolicyError
 from dkim.crypto import DigestTooLargeError, RSASSA_PKCS1_v1_5_verify
 
+from fastmail._core import canon as core_canon
 from fastmail.delivery.dns import DNSTemporary
 from fastmail.hygiene import canon
 from fastmail.hygiene.deadline import within
@@ -321,13 +322,11 @@ class _Verifier:
         # the message and then selects; the names carry no white space, so selecting first is the same),
         # then the signature field itself with b= emptied and without its CRLF.
         algorithm = policy.header_algorithm.name
-        parts: list[bytes] = []
-        for name, value in select_headers(self.headers, self._msg.lower_names, include_headers):
-            name, value = canon.header(algorithm, name, value)
-            parts += (name, b":", value)
+        # (the core's one pass: dkimpy's select_headers and canon.header on each selected field)
+        signed = core_canon.signed_fields(self.headers, self._msg.lower_names, include_headers,
+                                          algorithm == canon.RELAXED)
         name, value = canon.header(algorithm, sig_header[0], canon.without_b(sig_header[1]))
-        parts += (name, b":", value.rstrip())
-        h = hasher(b"".join(parts))
+        h = hasher(b"".join((signed, name, b":", value.rstrip())))
         signature = base64.b64decode(canon.without_wsp(sig[b"b"]))
         if self.ktag == b"rsa":
             try:
@@ -354,22 +353,6 @@ def _policy(c: bytes) -> CanonicalizationPolicy:
         return CanonicalizationPolicy.from_c_value(c)
     except InvalidCanonicalizationPolicyError as e:
         raise dkim.MessageFormatError(f"invalid c= value: {e.args[0]}") from None
-
-
-def select_headers(headers: list[list[bytes]], lower_names: list[bytes], include_headers: list[bytes]) -> list[list[bytes]]:
-    """dkimpy's select_headers (each name of h= takes the bottom-most field of that name not taken yet,
-    RFC 6376 §5.4.2) on names lowered once per message rather than at every comparison."""
-    sign_headers = []
-    lastindex: dict[bytes, int] = {}
-    for h in include_headers:
-        i = lastindex.get(h, len(headers))
-        while i > 0:
-            i -= 1
-            if h == lower_names[i]:
-                sign_headers.append(headers[i])
-                break
-        lastindex[h] = i
-    return sign_headers
 
 
 # -- keys and RSA, the C way ---------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 - header_fields: dkimpy's rfc822_parse of a header section (fields, and where it fails); sections of CRLF
   lines take the one-pass path, others the general loop, and both are generated;
 - relaxed_value: dkimpy's relaxed canonicalization of a field's value;
-- relaxed_body: dkimpy's relaxed canonicalization of a body.
+- relaxed_body: dkimpy's relaxed canonicalization of a body;
+- signed_fields: dkimpy's select_headers, then its canonicalization of each selected field, joined.
 """
 
 from __future__ import annotations
@@ -113,3 +114,21 @@ def test_relaxed_body_of_a_long_body(core):
     lines = [b"line %d with  spaces\t and a trailing one " % i for i in range(500)]
     body = b"\r\n".join(lines) + b"\r\n\r\n\r\n"
     assert core.relaxed_body(body) == dc.Relaxed.canonicalize_body(body)
+
+
+_NAMES = [b"From", b"TO", b"subject", b"Date", b"x", b"y", b"DKIM-Signature", b"Subject "]
+_VALUES = [b" a\r\n", b"\tb  c \r\n", b" folded\r\n  line \r\n", b"\r\n", b" x\ty\r\n"]
+
+
+@given(st.lists(st.sampled_from([b"from", b"to", b"subject", b"date", b"x", b"dkim-signature", b"subject "]),
+                max_size=14),
+       st.lists(st.tuples(st.sampled_from(_NAMES), st.sampled_from(_VALUES)), max_size=12),
+       st.booleans())
+@example([b"from", b"from", b"from"], [(b"From", b" a\r\n"), (b"FROM", b" b\r\n")], True)
+@settings(max_examples=1500, deadline=None)
+def test_signed_fields_are_dkimpys(core, selected, fields, relaxed):
+    fields = [[n, v] for n, v in fields]
+    algorithm = dc.Relaxed if relaxed else dc.Simple
+    expected = b"".join(n + b":" + v for n, v in algorithm.canonicalize_headers(
+        dkimpy.select_headers(fields, list(selected))))
+    assert core.signed_fields(fields, [n.lower() for n, _ in fields], list(selected), relaxed) == expected
