@@ -30,4 +30,10 @@ cpdef bytes relaxed_body(bytes body)
                i=Py_ssize_t, a=Py_ssize_t, c='unsigned char')
 cpdef bytes relaxed_value(bytes value)
 
+@cython.locals(n=Py_ssize_t, s='const unsigned char*', out=bytearray, o='unsigned char*', j=Py_ssize_t,
+               i=Py_ssize_t, k=Py_ssize_t, r=Py_ssize_t, end=Py_ssize_t, c='unsigned char')
+cpdef bytes without_b(bytes value)
+
+cdef bint _is_b64(unsigned char c)
+
 cdef bytes _bytes(bytearray out, Py_ssize_t n, Py_ssize_t a=*)

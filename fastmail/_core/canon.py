@@ -16,6 +16,7 @@ tests compare them with dkimpy on generated input):
   other run of SP/HT one SP, the empty lines at the end removed (a non-empty body ends in one CRLF), and a
   body left as a lone CRLF is empty (RFC 6376 errata 3133, as dkimpy).
 - `signed_fields(...)`: the fields a signature selects, canonicalized and joined for its header hash.
+- `without_b(value)`: a DKIM-Signature's value with b= emptied, as dkimpy's regular expression does it.
 - `relaxed_value(value)`: §3.4.2 on a field value: unfolded (each CRLF, then each LF left, removed), each
   run of SP/HT one SP, the white space at both ends removed (what bytes.strip() removes), then CRLF.
 """
@@ -136,6 +137,54 @@ def signed_fields(fields: list, lower_names: list, selected: list, relaxed: bool
                 break
         last[h] = i
     return b"".join(parts)
+
+
+def without_b(value: bytes) -> bytes:
+    """dkimpy's RE_BTAG.sub(b"\\1", value): each b= tag of a signature field's value emptied (RFC 6376
+    §3.7).  A tag starts after ";" or white space with "b", white space, "="; its value is the longest run
+    of white space and base64 characters, cut after its last base64 character, and a line end that is all
+    that follows it at the end of `value` goes with it.  (\\s of a bytes pattern: SP, HT, LF, VT, FF, CR.)"""
+    n = len(value)
+    s = value
+    out = bytearray(n)
+    o = out
+    j = 0
+    i = 0
+    while i < n:
+        c = s[i]
+        if (c == 59 or c == 32 or 9 <= c <= 13) and i + 1 < n and s[i + 1] == 98:  # ";" or \s, then "b"
+            k = i + 2
+            while k < n and (s[k] == 32 or 9 <= s[k] <= 13):
+                k += 1
+            if k < n and s[k] == 61:  # "="
+                k += 1
+                end = k
+                r = k
+                while r < n:
+                    c = s[r]
+                    if _is_b64(c):
+                        end = r + 1
+                    elif not (c == 32 or 9 <= c <= 13):
+                        break
+                    r += 1
+                if end == n - 1 and s[end] == 10:
+                    end = n
+                elif end == n - 2 and s[end] == 13 and s[end + 1] == 10:
+                    end = n
+                while i < k:  # the tag's name and "=" stay
+                    o[j] = s[i]
+                    j += 1
+                    i += 1
+                i = end
+                continue
+        o[j] = c
+        j += 1
+        i += 1
+    return _bytes(out, j)
+
+
+def _is_b64(c) -> bool:
+    return (65 <= c <= 90) or (97 <= c <= 122) or (48 <= c <= 57) or c == 43 or c == 47 or c == 61
 
 
 def relaxed_body(body: bytes) -> bytes:

@@ -132,3 +132,17 @@ def test_signed_fields_are_dkimpys(core, selected, fields, relaxed):
     expected = b"".join(n + b":" + v for n, v in algorithm.canonicalize_headers(
         dkimpy.select_headers(fields, list(selected))))
     assert core.signed_fields(fields, [n.lower() for n, _ in fields], list(selected), relaxed) == expected
+
+
+_BTAG_PIECES = [b"b", b"=", b";", b" ", b"\t", b"\r\n", b"\n", b"\r", b"\x0b", b"a", b"Z", b"0", b"+", b"/", b"bh",
+                b"v=1", b"-", b"\xff", b"b=abc", b"; b =", b"\r\n\t"]
+
+
+@given(st.lists(st.sampled_from(_BTAG_PIECES), max_size=60).map(b"".join))
+@example(b"v=1; b=abc\r\n")
+@example(b"v=1; b=\r\n")
+@example(b" b=AA==  \r\n")
+@example(b";b= a b c ;b=x\n")
+@settings(max_examples=3000, deadline=None)
+def test_without_b_is_dkimpys_re_btag(core, value):
+    assert core.without_b(value) == dkimpy.RE_BTAG.sub(b"\\1", value)
