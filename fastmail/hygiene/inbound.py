@@ -597,26 +597,47 @@ async def _settle(inline: dict[str, Awaitable[Any]], tasks: dict[str, Awaitable[
     """Each job's result, or the exception it raised, or TimeoutError once `timeout` passed (one deadline for
     all): the `tasks` each run in a task of their own from the start, the `inline` jobs are awaited one
     after the other in this coroutine (a task costs ~10 µs, and a job answered from kept DNS answers never
-    waits; one reached after the deadline keeps what it answers without waiting)."""
+    waits).  One timer serves them all, set only when something has to wait (deadline.within).  Inline
+    jobs the deadline did not let start are still run: one that needs no wait keeps its answer."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    running = {name: asyncio.ensure_future(job) for name, job in tasks.items()}
+    running = {name: asyncio.ensure_future(job) for name, job in tasks.items()} if tasks else {}
     out: dict[str, Any] = {}
-    try:
-        for name, job in inline.items():
+    jobs = list(inline.items())
+    finished = 0  # inline jobs with their outcome in `out`
+
+    async def run() -> None:
+        nonlocal finished
+        for name, job in jobs:
             try:
-                out[name] = await within(job, deadline)
+                out[name] = await job
             except Exception as e:
-                expired = isinstance(e, TimeoutError) and loop.time() >= deadline
-                out[name] = TimeoutError(f"{name}: no answer within {timeout:g} s") if expired else e
-                if not expired:
-                    _unexpected(name, e)
-        for name, task in running.items():
+                out[name] = e
+                _unexpected(name, e)
+            finished += 1
+        for task in running.values():
             if not task.done():
                 try:
-                    await within(task, deadline)  # past the deadline the task is cancelled (it is, below)
+                    await task  # past the deadline the task is cancelled with this wait (it would be below)
                 except Exception:  # noqa: S110 — the task's outcome is read below
                     pass
+
+    try:
+        try:
+            await within(run(), deadline)
+        except TimeoutError:  # the deadline (the jobs' own exceptions stay in `out`)
+            expired = TimeoutError(f"no answer within {timeout:g} s")
+            if finished < len(jobs):
+                out[jobs[finished][0]] = expired  # the one that was waiting
+            for name, job in jobs[finished + 1:]:
+                try:
+                    out[name] = await within(job, deadline)  # answered at once, or TimeoutError at once
+                except TimeoutError:
+                    out[name] = expired
+                except Exception as e:
+                    out[name] = e
+                    _unexpected(name, e)
+        for name, task in running.items():
             if not task.done() or task.cancelled():
                 out[name] = TimeoutError(f"{name}: no answer within {timeout:g} s")
             elif (exc := task.exception()) is not None:
@@ -624,12 +645,14 @@ async def _settle(inline: dict[str, Awaitable[Any]], tasks: dict[str, Awaitable[
                 out[name] = exc
             else:
                 out[name] = task.result()
+    except BaseException:  # cancelled from outside: the inline jobs never started are closed
+        for _, job in jobs:
+            if inspect.iscoroutine(job) and inspect.getcoroutinestate(job) == inspect.CORO_CREATED:
+                job.close()
+        raise
     finally:
         for task in running.values():
             task.cancel()
-        for job in inline.values():  # not reached (this coroutine was cancelled): never started
-            if inspect.iscoroutine(job) and inspect.getcoroutinestate(job) == inspect.CORO_CREATED:
-                job.close()
     return out
 
 
