@@ -26,6 +26,7 @@ import ipaddress
 import re
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from types import CoroutineType
 from typing import Any
 
 from fastmail import log
@@ -33,7 +34,7 @@ from fastmail.delivery.dns import DNSTemporary
 from fastmail.hygiene import arc, dkim, dmarc, dnsq, message, spf
 from fastmail.hygiene.authfail import AuthFailures
 from fastmail.hygiene.clamd import TooBig
-from fastmail.hygiene.deadline import within
+from fastmail.hygiene.deadline import _Resumed, within
 from fastmail.hygiene.filters import FilterUnavailable
 from fastmail.hygiene.greylist import Greylist
 from fastmail.hygiene.headers import edit_headers, merge_spam_fields, strip_authres
@@ -595,26 +596,43 @@ async def _gather_within(jobs: dict[str, Awaitable[Any]], timeout: float) -> dic
 async def _settle(inline: dict[str, Awaitable[Any]], tasks: dict[str, Awaitable[Any]],
                   timeout: float) -> dict[str, Any]:
     """Each job's result, or the exception it raised, or TimeoutError once `timeout` passed (one deadline for
-    all): the `tasks` each run in a task of their own from the start, the `inline` jobs are awaited one
-    after the other in this coroutine (a task costs ~10 µs, and a job answered from kept DNS answers never
-    waits).  One timer serves them all, set only when something has to wait (deadline.within).  Inline
-    jobs the deadline did not let start are still run: one that needs no wait keeps its answer."""
+    all).  The `tasks` each run in a task of their own from the start.  The `inline` jobs run one after the
+    other in this coroutine as long as none has to wait (a job answered from kept DNS answers never does,
+    and a task costs ~10 µs); once one waits, the ones after it are put in tasks, so that they run while it
+    waits, with the whole deadline.  One timer serves them all, set only when something waits
+    (deadline.within)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     running = {name: asyncio.ensure_future(job) for name, job in tasks.items()} if tasks else {}
     out: dict[str, Any] = {}
     jobs = list(inline.items())
-    finished = 0  # inline jobs with their outcome in `out`
+    waiting_on: list[str] = []  # the inline job being waited for
 
     async def run() -> None:
-        nonlocal finished
-        for name, job in jobs:
+        for k, (name, job) in enumerate(jobs):
             try:
-                out[name] = await job
+                if type(job) is not CoroutineType:
+                    out[name] = await job
+                    continue
+                step = job.send(None)  # type: ignore[attr-defined]
+            except StopIteration as done:
+                out[name] = done.value
+                continue
             except Exception as e:
                 out[name] = e
                 _unexpected(name, e)
-            finished += 1
+                continue
+            # it waits: the jobs after it run meanwhile, in tasks
+            for later, other in jobs[k + 1:]:
+                running[later] = asyncio.ensure_future(other)
+            waiting_on.append(name)
+            try:
+                out[name] = await _Resumed(job, step)  # type: ignore[arg-type]
+            except Exception as e:
+                out[name] = e
+                _unexpected(name, e)
+            waiting_on.clear()
+            break
         for task in running.values():
             if not task.done():
                 try:
@@ -626,18 +644,11 @@ async def _settle(inline: dict[str, Awaitable[Any]], tasks: dict[str, Awaitable[
         try:
             await within(run(), deadline)
         except TimeoutError:  # the deadline (the jobs' own exceptions stay in `out`)
-            expired = TimeoutError(f"no answer within {timeout:g} s")
-            if finished < len(jobs):
-                out[jobs[finished][0]] = expired  # the one that was waiting
-            for name, job in jobs[finished + 1:]:
-                try:
-                    out[name] = await within(job, deadline)  # answered at once, or TimeoutError at once
-                except TimeoutError:
-                    out[name] = expired
-                except Exception as e:
-                    out[name] = e
-                    _unexpected(name, e)
+            for name in waiting_on:
+                out[name] = TimeoutError(f"{name}: no answer within {timeout:g} s")
         for name, task in running.items():
+            if name in out:
+                continue
             if not task.done() or task.cancelled():
                 out[name] = TimeoutError(f"{name}: no answer within {timeout:g} s")
             elif (exc := task.exception()) is not None:
@@ -645,9 +656,10 @@ async def _settle(inline: dict[str, Awaitable[Any]], tasks: dict[str, Awaitable[
                 out[name] = exc
             else:
                 out[name] = task.result()
-    except BaseException:  # cancelled from outside: the inline jobs never started are closed
-        for _, job in jobs:
-            if inspect.iscoroutine(job) and inspect.getcoroutinestate(job) == inspect.CORO_CREATED:
+    except BaseException:  # cancelled from outside: the inline jobs never started (nor given to a task) closed
+        for name, job in jobs:
+            if name not in running and inspect.iscoroutine(job) \
+                    and inspect.getcoroutinestate(job) == inspect.CORO_CREATED:
                 job.close()
         raise
     finally:

@@ -218,43 +218,64 @@ def test_rspamd_hostname_is_left_out_unless_verified(tmp_path, case) -> None:
 
 def test_settle_answers_as_gather_within() -> None:
     """The authentication checks' runner: jobs awaited in the coroutine and jobs in tasks, each with its
-    result, its exception or TimeoutError once the shared deadline passed; nothing left running or
-    unawaited."""
+    result, its exception or TimeoutError once the shared deadline passed; the inline jobs run in the
+    caller's task until one has to wait, and the ones after it then run meanwhile in tasks of their own,
+    with the whole deadline; nothing left running or unawaited."""
     import gc
     import warnings
 
     from fastmail.hygiene.inbound import _settle
 
     started: list[str] = []
+    ran_in: dict[str, Any] = {}
 
     async def job(name: str, delay: float | None, fail: bool = False) -> str:
         started.append(name)
+        ran_in[name] = asyncio.current_task()
         if delay is not None:
             await asyncio.sleep(delay)
         if fail:
             raise OSError(name)
         return name
 
-    async def main() -> tuple[dict[str, Any], list[asyncio.Task[Any]]]:
-        # "late" comes after the deadline: what it answers without waiting (kept DNS answers) still counts,
-        # "later" waits and times out
-        out = await _settle({"a": job("a", 0), "slow": job("slow", 5), "late": job("late", None),
-                             "later": job("later", 0)},
+    async def main() -> tuple[dict[str, Any], list[asyncio.Task[Any]], Any]:
+        # "a" needs no wait: answered inline; "slow" waits past the deadline, so "late" and "later" run
+        # beside it in tasks and answer
+        out = await _settle({"a": job("a", None), "slow": job("slow", 5), "late": job("late", None),
+                             "later": job("later", 0.01)},
                             {"t": job("t", 0.01), "bad": job("bad", 0, fail=True), "never": job("never", 5)},
                             0.2)
         await asyncio.sleep(0)  # the cancelled tasks finish
-        return out, [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        return out, [t for t in asyncio.all_tasks() if t is not asyncio.current_task()], asyncio.current_task()
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a coroutine never awaited would warn
-        out, left = asyncio.run(main())
+        out, left, caller = asyncio.run(main())
         gc.collect()
-    assert out["a"] == "a" and out["t"] == "t" and out["late"] == "late"
+    assert out["a"] == "a" and out["t"] == "t" and out["late"] == "late" and out["later"] == "later"
     assert isinstance(out["bad"], OSError)
-    for name in ("slow", "never", "later"):
+    for name in ("slow", "never"):
         assert isinstance(out[name], TimeoutError)
     assert left == []
     assert sorted(started) == ["a", "bad", "late", "later", "never", "slow", "t"]
+    assert ran_in["a"] is caller and ran_in["slow"] is caller
+    assert ran_in["late"] is not caller and ran_in["later"] is not caller
+
+
+def test_settle_runs_every_inline_job_inline_when_none_waits() -> None:
+    from fastmail.hygiene.inbound import _settle
+
+    async def job(name: str) -> Any:
+        return name, asyncio.current_task()
+
+    async def main() -> tuple[dict[str, Any], Any, int]:
+        before = len(asyncio.all_tasks())
+        out = await _settle({"x": job("x"), "y": job("y"), "z": job("z")}, {}, 1.0)
+        return out, asyncio.current_task(), len(asyncio.all_tasks()) - before
+
+    out, caller, extra = asyncio.run(main())
+    assert {k: v[0] for k, v in out.items()} == {"x": "x", "y": "y", "z": "z"}
+    assert all(v[1] is caller for v in out.values()) and extra == 0
 
 
 def test_settle_cancelled_closes_what_it_did_not_start() -> None:
