@@ -42,6 +42,15 @@ class LoopDNSResolver(aiodns.DNSResolver):
             kwargs["flags"] = LOOPBACK_FLAGS
         super().__init__(nameservers, **kwargs)
 
+    def close_now(self) -> None:
+        """Cancel what is asked and let go of the channel at once: its sockets (one kept open on loopback
+        stays otherwise for the life of the process), their watches and its timer.  aiodns's own close() is
+        a coroutine doing the same; where it has no `_cleanup` (aiodns 3), cancel() alone."""
+        self.cancel()
+        cleanup = getattr(self, "_cleanup", None)
+        if cleanup is not None:
+            cleanup()
+
     def _make_channel(self, **kwargs: Any) -> tuple[bool, pycares.Channel]:
         state_cb = getattr(self, "_sock_state_cb", None)
         if state_cb is None:  # not the aiodns this was written for: its own way

@@ -77,7 +77,7 @@ class Resolver:
         self.queries = 0
 
     def close(self) -> None:
-        self._resolver.cancel()
+        self._resolver.close_now()
 
     async def _query(self, name: str, qtype: str) -> list[Any]:
         key = (name, qtype)

@@ -96,16 +96,18 @@ class Resolver:
 
     def __init__(self, nameserver: str = "", *, timeout: float = 5.0, tries: int = 2,
                  resolver: aiodns.DNSResolver | None = None) -> None:
-        self._own = resolver is None
-        self._resolver = resolver if resolver is not None else LoopDNSResolver(
-            nameservers=[nameserver] if nameserver else None, timeout=timeout, tries=tries)
+        self._own: LoopDNSResolver | None = None  # the resolver made here, closed by close()
+        if resolver is None:
+            resolver = self._own = LoopDNSResolver(
+                nameservers=[nameserver] if nameserver else None, timeout=timeout, tries=tries)
+        self._resolver = resolver
         self.queries = 0  # questions sent to the resolver (not those answered from the kept answers)
         self._kept: dict[tuple[str, str], tuple[float, list[Any]]] = {}  # (type, name) -> (expiry, records)
         self._asking: dict[tuple[str, str], asyncio.Future[list[Any]]] = {}
 
     def close(self) -> None:
-        if self._own:
-            self._resolver.cancel()
+        if self._own is not None:
+            self._own.close_now()
 
     def is_kept(self, qtype: str, name: str) -> bool:
         """True when a question of `qtype` about `name` would be answered from the kept answers now."""

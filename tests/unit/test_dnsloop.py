@@ -92,3 +92,33 @@ def test_c_ares_default_opens_a_socket_per_idle_question(recorder) -> None:
 ])
 def test_all_loopback(servers, expected) -> None:
     assert all_loopback(servers) is expected
+
+
+def _udp_sockets() -> int:
+    import os
+
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                n += 1
+        except OSError:
+            pass
+    return n
+
+
+def test_close_now_lets_go_of_the_kept_socket(recorder) -> None:
+    async def main() -> tuple[int, int, int]:
+        before = _udp_sockets()
+        r = LoopDNSResolver(nameservers=[recorder.address], timeout=2.0, tries=1)
+        with pytest.raises(aiodns.error.DNSError):
+            await r.query_dns("q.test", "TXT")
+        await asyncio.sleep(0.01)
+        held = _udp_sockets()
+        r.close_now()
+        await asyncio.sleep(0.01)
+        return before, held, _udp_sockets()
+
+    before, held, after = asyncio.run(main())
+    assert held == before + 1  # STAYOPEN: the socket outlives its question
+    assert after == before
