@@ -8,7 +8,7 @@ and a message's checks set five or six of them, every one for an answer already 
 `within` runs the coroutine's first step itself.  A coroutine that finishes in it (or raises) gives its
 answer with no timer set — as `async with asyncio.timeout_at(deadline)` would have, which also lets an
 answer that needs no wait through after its deadline.  A coroutine that suspends is resumed under
-`asyncio.timeout_at(deadline)` exactly where it stopped (`_Resumed` passes what the task sends or throws
+`asyncio.timeout_at(deadline)` exactly where it stopped (`Resumed` passes what the task sends or throws
 into it, as `await` does), so waits time out, and a cancellation reaches it, as under a plain `await`.
 """
 
@@ -36,14 +36,15 @@ async def within(job: Awaitable[T], deadline: float | None) -> T:
     except StopIteration as done:
         return done.value  # type: ignore[no-any-return]
     if deadline is None:
-        return await _Resumed(job, waiting)  # type: ignore[arg-type]
+        return await Resumed(job, waiting)  # type: ignore[arg-type]
     async with asyncio.timeout_at(deadline):
-        return await _Resumed(job, waiting)  # type: ignore[arg-type]
+        return await Resumed(job, waiting)  # type: ignore[arg-type]
 
 
-class _Resumed:
-    """A coroutine already started, awaited from where it suspended (`yield from` by hand: the first thing
-    handed to the task is what the coroutine yielded)."""
+class Resumed:
+    """A coroutine already started (its first `send(None)` done by the caller, which got `waiting`), awaited
+    from where it suspended: `yield from` by hand, the first thing handed to the task being what the
+    coroutine yielded.  within() and the checks' runner (inbound._settle) use it."""
 
     __slots__ = ("job", "waiting")
 

@@ -34,7 +34,7 @@ from fastmail.delivery.dns import DNSTemporary
 from fastmail.hygiene import arc, dkim, dmarc, dnsq, message, spf
 from fastmail.hygiene.authfail import AuthFailures
 from fastmail.hygiene.clamd import TooBig
-from fastmail.hygiene.deadline import _Resumed, within
+from fastmail.hygiene.deadline import Resumed, within
 from fastmail.hygiene.filters import FilterUnavailable
 from fastmail.hygiene.greylist import Greylist
 from fastmail.hygiene.headers import edit_headers, merge_spam_fields, strip_authres
@@ -627,7 +627,7 @@ async def _settle(inline: dict[str, Awaitable[Any]], tasks: dict[str, Awaitable[
                 running[later] = asyncio.ensure_future(other)
             waiting_on.append(name)
             try:
-                out[name] = await _Resumed(job, step)  # type: ignore[arg-type]
+                out[name] = await Resumed(job, step)  # type: ignore[arg-type]
             except Exception as e:
                 out[name] = e
                 _unexpected(name, e)
