@@ -157,7 +157,7 @@ async def _verify_one(msg: Message, field: tuple[bytes, bytes], body_hashes: _Bo
 
     # RFC 6376 §6.1.1: the signature's own syntax and semantics (tags present, i= within d=, not expired).
     # RFC 8601 §2.7.1: a signature with syntax errors, or one that cannot otherwise be processed, is neutral.
-    verifier = _Verifier(msg, body_hashes, minkey=minkey, timeout=timeout)
+    verifier = _Verifier(msg, body_hashes, minkey=minkey)
     try:
         if sig is None:
             raise dkim.MessageFormatError(tag_error)
@@ -281,8 +281,7 @@ class _Verifier:
     ktag: bytes
     seqtlsrpt: bool
 
-    def __init__(self, msg: Message, body_hashes: _BodyHashes, *, minkey: int,
-                 timeout: float | None) -> None:
+    def __init__(self, msg: Message, body_hashes: _BodyHashes, *, minkey: int) -> None:
         self.headers = msg.fields
         self._msg = msg
         self._body_hashes = body_hashes

@@ -295,7 +295,8 @@ class Inbound:
         # The records SPF and DMARC start from — the sender domain's TXT (RFC 7208 §4.4) and _dmarc.<From
         # domain> (RFC 7489 §6.6.3) — are asked at once, side by side with DKIM's key, and read from this
         # message's own view of the answers (dnsq.Lookups: no task per check, and a TTL of 0 still serves
-        # the message that asked).  The checks then run one after the other in this coroutine.
+        # the message that asked).  The checks then run one after the other in this coroutine, until one
+        # has to wait (_settle: the ones after it then run meanwhile in tasks).
         look = dnsq.Lookups(self.resolver)
         spf_domain = tx.mail_from.rpartition("@")[2] if tx.mail_from else tx.helo
         if spf_domain:
