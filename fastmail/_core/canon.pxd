@@ -34,6 +34,12 @@ cpdef bytes relaxed_value(bytes value)
                i=Py_ssize_t, k=Py_ssize_t, r=Py_ssize_t, end=Py_ssize_t, c='unsigned char')
 cpdef bytes without_b(bytes value)
 
+@cython.locals(n=Py_ssize_t, s='const unsigned char*', e=Py_ssize_t)
+cpdef bint bare_lf(bytes data)
+
+@cython.locals(n=Py_ssize_t, s='const unsigned char*', i=Py_ssize_t, c='unsigned char')
+cpdef bint crlf_only(bytes data)
+
 cdef bint _is_b64(unsigned char c)
 
 cdef bytes _bytes(bytearray out, Py_ssize_t n, Py_ssize_t a=*)

@@ -17,6 +17,8 @@ tests compare them with dkimpy on generated input):
   body left as a lone CRLF is empty (RFC 6376 errata 3133, as dkimpy).
 - `signed_fields(...)`: the fields a signature selects, canonicalized and joined for its header hash.
 - `without_b(value)`: a DKIM-Signature's value with b= emptied, as dkimpy's regular expression does it.
+- `bare_lf(data)`: whether some LF in `data` has no CR before it (a body that needs its line ends made CRLF).
+- `crlf_only(data)`: whether every CR and every LF in `data` is part of a CRLF.
 - `relaxed_value(value)`: §3.4.2 on a field value: unfolded (each CRLF, then each LF left, removed), each
   run of SP/HT one SP, the white space at both ends removed (what bytes.strip() removes), then CRLF.
 """
@@ -181,6 +183,42 @@ def without_b(value: bytes) -> bytes:
         j += 1
         i += 1
     return _bytes(out, j)
+
+
+def bare_lf(data: bytes) -> bool:
+    """Some LF in data is not preceded by a CR (one memchr pass; the pure twin counts)."""
+    if cython.compiled:
+        n = len(data)
+        s = data
+        e = _find(data, 10, 0, n)
+        while e >= 0:
+            if e == 0 or s[e - 1] != 13:
+                return True
+            e = _find(data, 10, e + 1, n)
+        return False
+    return data.count(b"\n") != data.count(b"\r\n")
+
+
+def crlf_only(data: bytes) -> bool:
+    """Every CR in data is followed by an LF and every LF preceded by a CR: its line ends are CRLF and
+    nothing else (one pass; the pure twin counts)."""
+    if cython.compiled:
+        n = len(data)
+        s = data
+        i = 0
+        while i < n:
+            c = s[i]
+            if c == 13:
+                if i + 1 >= n or s[i + 1] != 10:
+                    return False
+                i += 2
+                continue
+            if c == 10:
+                return False  # an LF not right after a CR (a CR's LF is skipped above)
+            i += 1
+        return True
+    crs = data.count(b"\r")
+    return crs == data.count(b"\n") == data.count(b"\r\n")
 
 
 def _is_b64(c) -> bool:

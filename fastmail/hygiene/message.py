@@ -85,13 +85,14 @@ def header_end(raw: bytes) -> int:
         return 1
     if raw.startswith(b"\r\n"):
         return 2
-    lf = raw.find(b"\n\n")
+    # The CRLF form first: in a message as SMTP delivers it that search stops at the end of the header
+    # section, and a bare-LF empty line can only come first if it is before that point (a search for it
+    # over the whole message would read the whole body).
     crlf_ = raw.find(b"\n\r\n")
-    if lf < 0 and crlf_ < 0:
-        return len(raw)
-    if crlf_ < 0 or 0 <= lf < crlf_:
+    lf = raw.find(b"\n\n", 0, crlf_ + 1) if crlf_ >= 0 else raw.find(b"\n\n")
+    if lf >= 0:
         return lf + 2
-    return crlf_ + 3
+    return crlf_ + 3 if crlf_ >= 0 else len(raw)
 
 
 def header_fields(head: bytes) -> list[list[bytes]]:
@@ -107,7 +108,6 @@ def header_fields(head: bytes) -> list[list[bytes]]:
 def crlf(data: bytes) -> bytes:
     """Every line ending CRLF: what b"\\r\\n".join(re.split(b"\\r?\\n", data)) gives, without splitting
     into lines (a bare LF becomes CRLF, a bare CR stays)."""
-    n = data.count(b"\n")
-    if n == 0 or n == data.count(b"\r\n"):
+    if not core.bare_lf(data):
         return data
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import re
+
 import dkim as dkimpy
 import dkim.canonicalization as dc
 import pytest
@@ -146,3 +148,21 @@ _BTAG_PIECES = [b"b", b"=", b";", b" ", b"\t", b"\r\n", b"\n", b"\r", b"\x0b", b
 @settings(max_examples=3000, deadline=None)
 def test_without_b_is_dkimpys_re_btag(core, value):
     assert core.without_b(value) == dkimpy.RE_BTAG.sub(b"\\1", value)
+
+
+@given(st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b"a", b"\r\r\n", b"\n\r", b"\x00"]), max_size=40).map(b"".join))
+@example(b"\n")
+@example(b"a\r\nb\n")
+@example(b"\r\n" * 50)
+@settings(max_examples=1000, deadline=None)
+def test_bare_lf_finds_an_lf_without_its_cr(core, data):
+    assert core.bare_lf(data) == (re.search(rb"(?<!\r)\n", data) is not None)
+
+
+@given(st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b"a", b"\r\r\n", b"\n\r", b"\x00"]), max_size=40).map(b"".join))
+@example(b"")
+@example(b"\r")
+@example(b"a\r\nb\r\n")
+@settings(max_examples=1000, deadline=None)
+def test_crlf_only_means_every_cr_and_lf_is_a_crlf(core, data):
+    assert core.crlf_only(data) == (re.search(rb"\r(?!\n)|(?<!\r)\n", data) is None)
