@@ -114,6 +114,12 @@ class Resolver:
         kept = self._kept.get((qtype, name.lower()))
         return kept is not None and kept[0] > _now()
 
+    def kept_entry(self, qtype: str, name: str) -> tuple[float, list[Any]] | None:
+        """The kept answer to a question, (expiry, records), while it is kept; None otherwise.  A new answer
+        is a new entry: a caller holding an entry can tell by identity that the answer is still the same."""
+        kept = self._kept.get((qtype, name.lower()))
+        return kept if kept is not None and kept[0] > _now() else None
+
     async def _query(self, name: str, qtype: str) -> list[Any]:
         key = (qtype, name.lower())
         kept = self._kept.get(key)
@@ -228,6 +234,9 @@ class Lookups:
 
     def is_kept(self, qtype: str, name: str) -> bool:
         return bool(self._resolver.is_kept(qtype, name))
+
+    def kept_entry(self, qtype: str, name: str) -> Any:
+        return self._resolver.kept_entry(qtype, name)
 
     async def _answer(self, qtype: str, name: str, method: Any) -> Any:
         fut = self._started.get((qtype, name.lower().rstrip(".")))

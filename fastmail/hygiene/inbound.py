@@ -83,9 +83,12 @@ def _fold(name: str, items: list[str]) -> bytes:
     return header_field(name, ";\r\n\t".join(items))
 
 
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~@]+")
+
+
 def _quote(value: str) -> str:
     """A value as an RFC 8601 pvalue: a token when it is one, else a quoted-string."""
-    if value and re.fullmatch(r"[A-Za-z0-9!#$%&'*+\-.^_`{|}~@]+", value) and "@" not in value[:1]:
+    if value and _TOKEN.fullmatch(value) and "@" not in value[:1]:
         return value
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -102,6 +105,7 @@ class Inbound:
         self.authserv_id = str(config.checks_authserv_id or hostname)
         self.hostname = hostname
         self._resolver: dnsq.Resolver | None = None
+        self._spf_kept: spf.KeptResults | None = None
         self._state: HygieneState | None = None
         self._state_failed = False
         self._greylist: Greylist | None = None
@@ -299,7 +303,11 @@ class Inbound:
         # has to wait (_settle: the ones after it then run meanwhile in tasks).
         look = dnsq.Lookups(self.resolver)
         spf_domain = tx.mail_from.rpartition("@")[2] if tx.mail_from else tx.helo
-        if spf_domain:
+        if self._spf_kept is None:
+            self._spf_kept = spf.KeptResults(self.resolver, self.hostname)
+        # SPF's result for this client, sender and HELO name, while the answers it came from are kept
+        spf_known = self._spf_kept.get(tx.ip, tx.mail_from, tx.helo)
+        if spf_domain and spf_known is None:
             look.start("TXT", spf_domain)
         from_domains = dmarc.message_domains(msg)
         if not isinstance(from_domains, dmarc.AuthorDomainError):
@@ -311,12 +319,13 @@ class Inbound:
 
         # SPF, DKIM, ARC and DMARC set no timer of their own (timeout=None): _settle's deadline, and DMARC's
         # below, bound them, and a timer costs ~5 µs when a question has to wait.
-        inline: dict[str, Awaitable[Any]] = {
-            "dkim": dkim.verify(msg, txt_lookup=txt, timeout=None),
-            "spf": spf.check_mail_from(tx.ip, tx.mail_from, tx.helo, resolver=look, timeout=None,
-                                       receiver=self.hostname)}
+        inline: dict[str, Awaitable[Any]] = {"dkim": dkim.verify(msg, txt_lookup=txt, timeout=None)}
         tasks: dict[str, Awaitable[Any]] = {}
         known: dict[str, Any] = {}  # what is answered already: no task to wait for it
+        if spf_known is not None:
+            known["spf"] = spf_known
+        else:
+            inline["spf"] = self._spf_kept.check_mail_from(tx.ip, tx.mail_from, tx.helo, resolver=look, timeout=None)
         arc_result = arc.without_lookups(msg)
         if arc_result is None:
             tasks["arc"] = arc.verify(msg, txt_lookup=txt, timeout=None)

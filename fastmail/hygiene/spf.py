@@ -30,7 +30,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .deadline import within
 from .dnsq import BadName, DNSTempError, NXDomain, SPFResolver
@@ -585,3 +585,98 @@ async def check_helo(ip: str, helo: str, *, resolver: SPFResolver, timeout: floa
     literal or a single-label name is "none" (§4.3)."""
     return await check_host(ip, helo, f"postmaster@{helo}", helo, resolver=resolver, timeout=timeout,
                             receiver=receiver)
+
+
+# --- results kept while their answers are ---------------------------------------------------------------
+
+KEPT_RESULTS = 4096  # results kept at most; the oldest goes first
+
+
+class KeptResults:
+    """check_mail_from() results, each kept while every DNS answer its evaluation read is still the answer
+    `resolver` keeps (fastmail.hygiene.dnsq.Resolver.kept_entry: the same entry, not expired).
+
+    A result is a function of the client address, the sender, the HELO name, the receiver's name and the DNS
+    answers the evaluation read (RFC 7208 §4: check_host() has no other input), so while those answers are
+    the kept ones, evaluating again gives the same result.  Mail from one sender arrives in runs (a list, a
+    notification service), and its record, its includes and its addresses are kept for their TTL anyway;
+    this saves the evaluation, not just the questions.  Not kept: a result that read an answer the resolver
+    did not keep (NXDOMAIN, NODATA, a TTL of 0, an answer read from a question started for this message that
+    has expired since), a temperror, and a result with an explanation (its %{t} macro is the time).  The
+    key holds everything else the evaluation reads: `receiver` is fixed per instance."""
+
+    def __init__(self, resolver: Any, receiver: str, size: int = KEPT_RESULTS) -> None:
+        self._resolver = resolver
+        self._receiver = receiver
+        self._size = size
+        self._results: dict[tuple[str, str, str], tuple[SPFResult, list[tuple[str, str, Any]]]] = {}
+        self.hits = 0
+
+    def get(self, ip: str, mail_from: str, helo: str) -> SPFResult | None:
+        """The kept result for this client, sender and HELO name, None when there is none (or it no longer
+        holds)."""
+        key = (ip, mail_from, helo)
+        found = self._results.get(key)
+        if found is None:
+            return None
+        kept = self._resolver.kept_entry
+        for qtype, name, entry in found[1]:
+            if kept(qtype, name) is not entry:
+                del self._results[key]
+                return None
+        self.hits += 1
+        return found[0]
+
+    async def check_mail_from(self, ip: str, mail_from: str, helo: str, *, resolver: SPFResolver,
+                              timeout: float | None = 20.0) -> SPFResult:
+        """check_mail_from() through `resolver` (a view of this instance's resolver, such as dnsq.Lookups),
+        its result kept when it may be."""
+        recording = _Recording(resolver, self._resolver)
+        result = await check_mail_from(ip, mail_from, helo, resolver=recording,  # type: ignore[arg-type]
+                                       timeout=timeout, receiver=self._receiver)
+        if recording.complete and result.result != "temperror" and result.explanation is None:
+            if len(self._results) >= self._size:
+                del self._results[next(iter(self._results))]
+            self._results[(ip, mail_from, helo)] = (result, recording.read)
+        return result
+
+
+class _Recording:
+    """An SPFResolver over `dns` noting the kept entry (of `kept`, the resolver behind `dns`) of each answer
+    read; `complete` turns False at the first answer that is not a kept one (or a question that failed)."""
+
+    __slots__ = ("_dns", "_kept", "read", "complete")
+
+    def __init__(self, dns: SPFResolver, kept: Any) -> None:
+        self._dns = dns
+        self._kept = kept
+        self.read: list[tuple[str, str, Any]] = []
+        self.complete = True
+
+    async def _ask(self, qtype: str, name: str, answer: Awaitable[list[_T]]) -> list[_T]:
+        try:
+            records = await answer
+        except BaseException:
+            self.complete = False
+            raise
+        entry = self._kept.kept_entry(qtype, name)
+        if entry is None or entry[1] is not records:
+            self.complete = False
+        else:
+            self.read.append((qtype, name, entry))
+        return records
+
+    def txt(self, name: str) -> Awaitable[list[bytes]]:
+        return self._ask("TXT", name, self._dns.txt(name))
+
+    def a(self, name: str) -> Awaitable[list[str]]:
+        return self._ask("A", name, self._dns.a(name))
+
+    def aaaa(self, name: str) -> Awaitable[list[str]]:
+        return self._ask("AAAA", name, self._dns.aaaa(name))
+
+    def mx(self, name: str) -> Awaitable[list[tuple[int, str]]]:
+        return self._ask("MX", name, self._dns.mx(name))
+
+    def ptr(self, name: str) -> Awaitable[list[str]]:
+        return self._ask("PTR", name, self._dns.ptr(name))

@@ -13,6 +13,8 @@ import aiodns
 import dkim as dkimpy
 import pytest
 from dnslib import DNSRecord
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from fastmail.delivery.dns import DNSTemporary
 from fastmail.hygiene import dkim
@@ -286,3 +288,19 @@ def test_tag_parsing_and_signature_checks_answer_as_dkimpy() -> None:
             assert _outcome(dkim.validate_signature, sig) == theirs, raw
         kinds.add(theirs[0] if theirs[0] != "ok" else theirs[1] or "valid")
     assert {"InvalidTagSpec", "DuplicateTag", "ValidationError", "valid"} <= kinds
+
+
+_B64_PIECES = [b" ", b"\t", b"\n", b"\r", b"\x0b", b"\x0c", b"=", b"==", b"A", b"z", b"+", b"/", b"09", b"-", b".",
+               b"\xff", b"_"]
+
+
+@given(st.lists(st.sampled_from(_B64_PIECES), max_size=12).map(b"".join))
+@example(b"")
+@example(b" =")
+@example(b"= ")
+@example(b"AB==  ")
+@settings(max_examples=2000, deadline=None)
+def test_is_base64_is_the_expression_dkimpy_uses(value):
+    # dkimpy's validate_signature_fields: re.match(rb"[\s0-9A-Za-z+/]+[\s=]*$", b=) ($ and \Z agree here:
+    # a final LF is white space, which the expression's last part takes)
+    assert dkim._is_base64(value) == (re.match(rb"[\s0-9A-Za-z+/]+[\s=]*\Z", value) is not None)

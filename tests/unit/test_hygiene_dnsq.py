@@ -174,3 +174,103 @@ def test_giving_up_on_a_started_question_leaves_it_to_others(dns: LocalDNS) -> N
 
     assert run(dns, fn) == [b"v=spf1 -all"]
     assert asked(dns, "TXT", "sender.test") == 1
+
+
+# -- spf.KeptResults: an SPF result kept while the answers it read are ------------------------------------
+
+
+def _kept_spf(dns: LocalDNS, steps: Any) -> Any:
+    """Run `steps(check, resolver)` where check(mail_from, ip="192.0.2.1") evaluates through one KeptResults
+    ((result, whether it was the kept one))."""
+    from fastmail.hygiene import spf
+
+    async def fn(r: dnsq.Resolver) -> Any:
+        kept = spf.KeptResults(r, "mx.example.org")
+
+        async def check(mail_from: str, ip: str = "192.0.2.1", helo: str = "client.test") -> tuple[str, bool]:
+            found = kept.get(ip, mail_from, helo)
+            if found is not None:
+                return found.result, True
+            res = await kept.check_mail_from(ip, mail_from, helo, resolver=dnsq.Lookups(r), timeout=None)
+            return res.result, False
+
+        return await steps(check, r), r.queries, kept.hits
+    return run(dns, fn)
+
+
+def test_an_spf_result_is_kept_while_its_answers_are(dns: LocalDNS, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(dnsq, "_now", lambda: now[0])
+    dns.set("list.test", ("TXT", "v=spf1 include:esp.test -all"))
+    dns.set("esp.test", ("TXT", "v=spf1 a:out.esp.test ~all"))
+    dns.set("out.esp.test", ("A", "192.0.2.1"))
+
+    async def steps(check: Any, r: dnsq.Resolver) -> list[Any]:
+        out = [await check("a@list.test"), await check("a@list.test")]
+        out.append(await check("a@list.test", ip="192.0.2.9"))  # another client: its own evaluation
+        out.append(await check("b@list.test"))  # another sender too (%{l} may be in a record)
+        asked = r.queries
+        now[0] += 301.0  # every answer expired: evaluated again, the questions asked again
+        out.append(await check("a@list.test"))
+        out.append(r.queries - asked)
+        # A new answer for one name (c-ares keeps answers for their TTL itself, so the server cannot be made
+        # to give another one here: the resolver's kept entry is replaced as a new answer would replace it)
+        expiry, _ = r.kept_entry("A", "out.esp.test")
+        r._kept[("A", "out.esp.test")] = (expiry, ["192.0.2.77"])
+        out.append(await check("a@list.test"))
+        out.append(await check("a@list.test"))
+        return out
+
+    out, _queries, hits = _kept_spf(dns, steps)
+    assert out == [("pass", False), ("pass", True), ("fail", False), ("pass", False),
+                   ("pass", False), 3, ("fail", False), ("fail", True)]
+    assert hits == 2
+
+
+def test_an_spf_result_is_evaluated_again_once_any_of_its_answers_expired(
+        dns: LocalDNS, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(dnsq, "_now", lambda: now[0])
+    dns.set("list.test", ("TXT", "v=spf1 a:out.list.test -all"))
+    dns.set("out.list.test", ("A", "192.0.2.1"))
+
+    async def steps(check: Any, r: dnsq.Resolver) -> list[Any]:
+        await check("a@other.test")  # nothing there (NXDOMAIN): a "none" that is not kept
+        return [await check("a@other.test")]
+
+    assert _kept_spf(dns, steps)[0] == [("none", False)]
+
+    async def fn(r: dnsq.Resolver) -> list[Any]:
+        from fastmail.hygiene import spf
+
+        kept = spf.KeptResults(r, "mx.example.org")
+        await r.a("out.list.test")  # the A answer is kept from t=1000 (to 1300) ...
+        now[0] = 1100.0
+        first = await kept.check_mail_from("192.0.2.1", "a@list.test", "h.test", resolver=r)  # TXT to 1400
+        held = kept.get("192.0.2.1", "a@list.test", "h.test")
+        now[0] = 1350.0  # ... so it expired while the TXT answer is still kept
+        gone = kept.get("192.0.2.1", "a@list.test", "h.test")
+        asked = r.queries
+        second = await kept.check_mail_from("192.0.2.1", "a@list.test", "h.test", resolver=r)
+        return [first.result, held, gone, second.result, r.queries - asked,
+                kept.get("192.0.2.1", "a@list.test", "h.test")]
+
+    first, held, gone, second, asked, again = run(dns, fn)
+    assert (first, gone, second, asked) == ("pass", None, "pass", 1)  # only the A question asked again
+    assert held is not None and held.result == "pass"
+    assert again is not None and again.result == "pass"
+
+
+def test_temperror_and_an_explanation_are_not_kept(dns: LocalDNS) -> None:
+    dns.set("exp.test", ("TXT", "v=spf1 -all exp=why.exp.test"))
+    dns.set("why.exp.test", ("TXT", "%{i} is not one of ours at %{t}"))
+    dns.set("broken.test", ("TXT", "v=spf1 a:down.test -all"))
+    dns.servfail.add("down.test")
+
+    async def steps(check: Any, r: dnsq.Resolver) -> list[Any]:
+        return [await check("a@exp.test"), await check("a@exp.test"),
+                await check("a@broken.test"), await check("a@broken.test")]
+
+    out, _queries, hits = _kept_spf(dns, steps)
+    assert out == [("fail", False), ("fail", False), ("temperror", False), ("temperror", False)]
+    assert hits == 0

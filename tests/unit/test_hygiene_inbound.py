@@ -48,6 +48,9 @@ class Resolver:
     def is_kept(self, qtype: str, name: str) -> bool:
         return False  # nothing is kept: every question is asked (and counted)
 
+    def kept_entry(self, qtype: str, name: str) -> None:
+        return None  # nothing is kept (dnsq.Resolver.kept_entry)
+
     def start(self, qtype: str, name: str) -> asyncio.Future[Any]:
         """The question asked now (dnsq.Resolver.start), its answer read later."""
         fut = asyncio.ensure_future(self._q(qtype, name))
