@@ -91,7 +91,6 @@ SIGNED_HEADERS = (
 # at signing added later, breaks the signature, so a second From cannot be slipped in above ours.
 OVERSIGNED_HEADERS = ("from", "reply-to", "subject", "to", "cc")
 
-_REPORTED = tuple((k, k.encode()) for k in ("d", "s", "b", "i", "a"))  # the tags a DKIMResult reports
 _BodyHashes = dict[tuple[bytes, bytes | None, bytes], bytes]  # (c= body algorithm, l=, a=) -> digest
 _DKIM_ALGORITHM = {"ed25519": b"ed25519-sha256", "rsa-sha256": b"rsa-sha256"}
 _KEY_TIMEOUT = 10.0
@@ -130,7 +129,8 @@ async def verify(message: bytes | Message, *, txt_lookup: TXTLookup, minkey: int
     if msg.error:
         return []  # no header section dkimpy can parse: there is no signature to evaluate
     # the fields as the message has them: the name's case matters to c=simple
-    fields = [(name, value) for name, value in msg.fields if name.lower() == b"dkim-signature"][:max_signatures]
+    fields = [(f[0], f[1]) for f, lower in zip(msg.fields, msg.lower_names, strict=True)
+              if lower == b"dkim-signature"][:max_signatures]
     body_hashes: _BodyHashes = {}  # shared by the signatures
     if len(fields) == 1:  # the usual case: no task to run it in
         return [await _verify_one(msg, fields[0], body_hashes, txt_lookup, minkey, timeout)]
@@ -149,11 +149,7 @@ async def _verify_one(msg: Message, field: tuple[bytes, bytes], body_hashes: _Bo
         sig, tag_error = None, e
 
     def result(status: Status, reason: str) -> DKIMResult:
-        tags = {k: _text(sig[b]) for k, b in _REPORTED if b in sig} if sig is not None else {}
-        return DKIMResult(
-            result=status, domain=tags.get("d", "").lower(), selector=tags.get("s", ""),
-            header_b="".join(tags.get("b", "").split())[:HEADER_B_LEN], identity=tags.get("i", ""),
-            algorithm=tags.get("a", ""), reason=reason)
+        return _result(sig, status, reason)
 
     # RFC 6376 §6.1.1: the signature's own syntax and semantics (tags present, i= within d=, not expired).
     # RFC 8601 §2.7.1: a signature with syntax errors, or one that cannot otherwise be processed, is neutral.
@@ -191,6 +187,19 @@ async def _verify_one(msg: Message, field: tuple[bytes, bytes], body_hashes: _Bo
     if not ok:
         return result("fail", "signature did not verify")
     return result("pass", "")
+
+
+def _result(sig: dict[bytes, bytes] | None, status: Status, reason: str) -> DKIMResult:
+    """The result of a signature whose tags are `sig` (None: its tag list did not parse)."""
+    if sig is None:
+        return DKIMResult(result=status, domain="", selector="", header_b="", reason=reason)
+    get = sig.get
+    return DKIMResult(
+        result=status, domain=get(b"d", b"").decode("utf-8", "replace").lower(),
+        selector=get(b"s", b"").decode("utf-8", "replace"),
+        header_b="".join(get(b"b", b"").decode("utf-8", "replace").split())[:HEADER_B_LEN],
+        identity=get(b"i", b"").decode("utf-8", "replace"), algorithm=get(b"a", b"").decode("utf-8", "replace"),
+        reason=reason)
 
 
 _H_SEPARATOR = re.compile(rb"\s*:\s*")
